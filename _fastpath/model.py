@@ -1,0 +1,406 @@
+"""Vocabulary shared by both engines: enums, configuration records, errors.
+
+Everything here is boundary code (configuration, validation, time zones); the
+per-decision path never calls into this module except for the rare cases
+documented in each engine (a shop's local day rolling over).
+
+Numeric values of the enums equal the ``dispatch.v1`` protobuf enum numbers,
+so the service layer converts between them with ``int()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import zoneinfo
+from typing import Final
+
+__all__ = [
+    "AFFINITY_WINDOW_MS_DEFAULT",
+    "MAX_ID_BYTES",
+    "AgentConfig",
+    "AlreadyExistsError",
+    "Client",
+    "ConversationEvent",
+    "ConversationType",
+    "DispatchError",
+    "FailedPreconditionError",
+    "GroupConfig",
+    "InvalidArgumentError",
+    "MainAccountMode",
+    "NotFoundError",
+    "OfflineRule",
+    "OrderState",
+    "Presence",
+    "Reason",
+    "Role",
+    "ShopConfig",
+    "Strategy",
+    "WaitKind",
+    "check_id",
+    "day_bounds",
+    "fnv1a64",
+    "splitmix64",
+    "shop_seed",
+]
+
+MAX_ID_BYTES: Final = 128
+"""Every id (shop, agent, buyer, conversation, group, source) is 1..128 UTF-8 bytes."""
+
+HOUR_MS: Final = 3_600_000
+AFFINITY_WINDOW_MS_DEFAULT: Final = 72 * HOUR_MS
+MAX_DURATION_MS: Final = 366 * 24 * HOUR_MS
+"""Longest affinity window or offline grace accepted (one year)."""
+
+MAX_WEIGHT: Final = 1_000_000
+MAX_CAPACITY: Final = 1_000_000
+MAX_TIME_MS: Final = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last instant a protobuf Timestamp can hold."""
+MIN_TIME_MS: Final = 0
+
+
+class Reason(enum.IntEnum):
+    """Why a conversation went where it went (``dispatch.v1.Reason``)."""
+
+    UNSPECIFIED = 0
+    DIRECT = 1
+    OFFLINE_MAIN_ACCOUNT = 2
+    OFFLINE_PROXY_ACCOUNT = 3
+    OFFLINE_MESSAGE_POOL = 4
+    OFFLINE_STAGING = 5
+    AFFINITY = 6
+    AFFINITY_HELD = 7
+    EXCLUSIVE = 8
+    ROBOT = 9
+    GROUP = 10
+    FALLBACK = 11
+    QUEUED = 12
+
+
+class Strategy(enum.IntEnum):
+    UNSPECIFIED = 0  # on a group: use the shop's strategy
+    LEAST_SATURATION = 1
+    FEWEST_TODAY = 2
+    CAPACITY_ROUND_ROBIN = 3
+    FEWEST_UNREAD = 4
+    WEIGHTED_BUSYNESS = 5
+
+
+class OfflineRule(enum.IntEnum):
+    UNSPECIFIED = 0  # treated as MAIN_ACCOUNT
+    MAIN_ACCOUNT = 1
+    PROXY_ACCOUNT = 2
+    MESSAGE_POOL = 3
+    STAGING = 4
+
+
+class MainAccountMode(enum.IntEnum):
+    """Spec section 7, cases A-D."""
+
+    UNSPECIFIED = 0  # treated as MEMBER
+    ONLY_MAIN = 1  # A: chat groups off, only the main account receives
+    EXCLUDED = 2  # B: the main account receives nothing unless forwarded
+    FALLBACK = 3  # C: only when every other agent is offline and it is online
+    MEMBER = 4  # D: an ordinary agent
+
+
+class Presence(enum.IntEnum):
+    UNSPECIFIED = 0
+    ONLINE = 1
+    SUSPENDED = 2
+    OFFLINE = 3
+
+
+class Client(enum.IntEnum):
+    UNSPECIFIED = 0  # treated as DESKTOP
+    DESKTOP = 1
+    MOBILE = 2
+
+
+class Role(enum.IntEnum):
+    UNSPECIFIED = 0  # SUB, or MAIN for the shop's main account
+    MAIN = 1
+    SUB = 2
+    PROXY = 3
+    ROBOT = 4
+
+
+class ConversationType(enum.IntEnum):
+    UNSPECIFIED = 0  # treated as BUYER_TO_SHOP
+    BUYER_TO_SHOP = 1
+    SHOP_TO_SHOP = 2
+    PLATFORM_TO_SHOP = 3
+    BUYER_TO_BUYER = 4
+
+
+class OrderState(enum.IntEnum):
+    UNSPECIFIED = 0  # no order state known: matches no group binding
+    NO_ORDER = 1
+    UNPAID = 2
+    PAID_UNSHIPPED = 3
+    SHIPPED = 4
+    AFTER_SALE = 5
+
+
+class ConversationEvent(enum.IntEnum):
+    UNSPECIFIED = 0
+    BUYER_MESSAGE = 1
+    AGENT_REPLY = 2
+    CLOSED = 3
+    TRANSFERRED = 4
+    ASSIGNED = 5  # assigned outside the dispatcher (e.g. by an administrator)
+
+
+class WaitKind(enum.IntEnum):
+    """Where a conversation that nobody could take is waiting."""
+
+    NONE = 0
+    QUEUE = 1
+    STAGING = 2
+    POOL = 3
+
+
+# --------------------------------------------------------------------- errors
+
+
+class DispatchError(Exception):
+    """Base of the engine's typed errors; ``grpc_status`` names the gRPC code."""
+
+    grpc_status: str = "UNKNOWN"
+
+
+class InvalidArgumentError(DispatchError):
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class NotFoundError(DispatchError):
+    grpc_status = "NOT_FOUND"
+
+
+class FailedPreconditionError(DispatchError):
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class AlreadyExistsError(DispatchError):
+    grpc_status = "ALREADY_EXISTS"
+
+
+def check_id(value: object, field: str, *, optional: bool = False) -> str:
+    """Validate an id: a str of 1..128 UTF-8 bytes without control characters."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{field} must be a string")
+    if not value:
+        if optional:
+            return value
+        raise InvalidArgumentError(f"{field} is required")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{field} is not valid UTF-8") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidArgumentError(f"{field} is {size} bytes; the limit is {MAX_ID_BYTES}")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InvalidArgumentError(f"{field} contains a control character")
+    return value
+
+
+def check_time(at_ms: object, field: str = "at") -> int:
+    if not isinstance(at_ms, int) or isinstance(at_ms, bool):
+        raise InvalidArgumentError(f"{field} must be an integer number of milliseconds")
+    if not MIN_TIME_MS <= at_ms <= MAX_TIME_MS:
+        raise InvalidArgumentError(f"{field}={at_ms} ms is outside 1970-01-01..9999-12-31")
+    return at_ms
+
+
+def _check_int(value: object, field: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{field} must be an integer")
+    if not lo <= value <= hi:
+        raise InvalidArgumentError(f"{field}={value} is outside {lo}..{hi}")
+    return value
+
+
+def _check_enum(value: object, enum_type: type[enum.IntEnum], field: str) -> int:
+    try:
+        return int(enum_type(value))
+    except (ValueError, TypeError):
+        raise InvalidArgumentError(f"{field}={value!r} is not a valid {enum_type.__name__}") from None
+
+
+# --------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShopConfig:
+    """A shop and its settings. Unset (zero) enum values take the documented default."""
+
+    shop_id: str
+    main_account: str
+    strategy: int = Strategy.LEAST_SATURATION
+    affinity_window_ms: int = AFFINITY_WINDOW_MS_DEFAULT
+    offline_grace_ms: int = 0
+    affinity_may_exceed_capacity: bool = True
+    exclusive_direct: bool = False
+    robot_first: bool = False
+    robot_agent_id: str = ""
+    offline_rule: int = OfflineRule.MAIN_ACCOUNT
+    proxy_account: str = ""
+    staging_first_cap: int = 100
+    busy_threshold: int = 4
+    main_account_mode: int = MainAccountMode.MEMBER
+    mobile_dispatch: bool = False
+    timezone: str = "UTC"
+    tie_seed: int = 0
+
+    def normalized(self) -> ShopConfig:
+        """Validate every field; return a copy with defaults applied to unset enums."""
+        check_id(self.shop_id, "shop_id")
+        check_id(self.main_account, "main_account")
+        strategy = _check_enum(self.strategy, Strategy, "strategy") or Strategy.LEAST_SATURATION
+        offline_rule = _check_enum(self.offline_rule, OfflineRule, "offline_rule") or OfflineRule.MAIN_ACCOUNT
+        mode = _check_enum(self.main_account_mode, MainAccountMode, "main_account_mode") or MainAccountMode.MEMBER
+        _check_int(self.affinity_window_ms, "affinity_window", 1, MAX_DURATION_MS)
+        _check_int(self.offline_grace_ms, "offline_grace", 0, MAX_DURATION_MS)
+        _check_int(self.staging_first_cap, "staging_first_cap", 1, MAX_CAPACITY)
+        _check_int(self.busy_threshold, "busy_threshold", 0, MAX_CAPACITY)
+        _check_int(self.tie_seed, "tie_seed", 0, 2**64 - 1)
+        check_id(self.robot_agent_id, "robot_agent_id", optional=True)
+        check_id(self.proxy_account, "proxy_account", optional=True)
+        if self.robot_first and not self.robot_agent_id:
+            raise InvalidArgumentError("robot_first needs robot_agent_id")
+        if offline_rule == OfflineRule.PROXY_ACCOUNT and not self.proxy_account:
+            raise InvalidArgumentError("offline_rule PROXY_ACCOUNT needs proxy_account")
+        if not isinstance(self.timezone, str) or not self.timezone:
+            raise InvalidArgumentError("timezone must be an IANA time zone name")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise InvalidArgumentError(f"timezone {self.timezone!r} is not a known IANA time zone") from None
+        for name in ("affinity_may_exceed_capacity", "exclusive_direct", "robot_first", "mobile_dispatch"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(f"{name} must be a boolean")
+        return dataclasses.replace(self, strategy=strategy, offline_rule=offline_rule, main_account_mode=mode)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """An account that can receive conversations.
+
+    ``max_capacity`` must be >= 1, except for robots, where 0 means "no limit".
+    """
+
+    shop_id: str
+    agent_id: str
+    role: int = Role.SUB
+    weight: int = 1
+    max_capacity: int = 0
+    created_at_ms: int = 0
+    chat_permission: bool = True
+
+    def normalized(self, main_account: str) -> AgentConfig:
+        check_id(self.shop_id, "shop_id")
+        check_id(self.agent_id, "agent_id")
+        role = _check_enum(self.role, Role, "role")
+        is_main = self.agent_id == main_account
+        if role == Role.UNSPECIFIED:
+            role = Role.MAIN if is_main else Role.SUB
+        if is_main and role != Role.MAIN:
+            raise InvalidArgumentError(f"agent {self.agent_id!r} is the shop's main account; its role must be MAIN")
+        if role == Role.MAIN and not is_main:
+            raise InvalidArgumentError(f"role MAIN is reserved for the main account {main_account!r}")
+        _check_int(self.weight, "weight", 1, MAX_WEIGHT)
+        lowest = 0 if role == Role.ROBOT else 1
+        _check_int(self.max_capacity, "max_capacity", lowest, MAX_CAPACITY)
+        check_time(self.created_at_ms, "created_at")
+        if not isinstance(self.chat_permission, bool):
+            raise InvalidArgumentError("chat_permission must be a boolean")
+        return dataclasses.replace(self, role=role)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A named set of agents, optionally bound to order states and/or entry sources."""
+
+    shop_id: str
+    group_id: str
+    members: tuple[str, ...] = ()
+    order_states: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
+    robot_enabled: bool = False
+    robot_agent_id: str = ""
+    strategy: int = Strategy.UNSPECIFIED
+
+    def normalized(self) -> GroupConfig:
+        check_id(self.shop_id, "shop_id")
+        check_id(self.group_id, "group_id")
+        members = tuple(dict.fromkeys(check_id(m, "members[]") for m in self.members))
+        states = []
+        for state in self.order_states:
+            value = _check_enum(state, OrderState, "order_states[]")
+            if value == OrderState.UNSPECIFIED:
+                raise InvalidArgumentError("order_states[] may not be ORDER_STATE_UNSPECIFIED")
+            states.append(value)
+        sources = tuple(dict.fromkeys(check_id(s, "sources[]") for s in self.sources))
+        check_id(self.robot_agent_id, "robot_agent_id", optional=True)
+        strategy = _check_enum(self.strategy, Strategy, "strategy")
+        if not isinstance(self.robot_enabled, bool):
+            raise InvalidArgumentError("robot_enabled must be a boolean")
+        return dataclasses.replace(
+            self,
+            members=members,
+            order_states=tuple(sorted(set(states))),
+            sources=sources,
+            strategy=strategy,
+        )
+
+
+# ----------------------------------------------------------- time and chance
+
+
+def day_bounds(timezone: str, at_ms: int) -> tuple[int, int, int]:
+    """The shop-local day containing ``at_ms``: (day ordinal, start ms, end ms).
+
+    Both engines call this only when an event falls outside the cached day of
+    its shop, i.e. about once per shop per day.
+    """
+    tz = zoneinfo.ZoneInfo(timezone)
+    local = _dt.datetime.fromtimestamp(at_ms / 1000, tz)
+    day = local.date()
+    start = _dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+    nxt = day + _dt.timedelta(days=1)
+    end = _dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
+    start_ms = int(start.timestamp()) * 1000
+    end_ms = int(end.timestamp()) * 1000
+    # fromtimestamp rounds; keep the invariant start <= at < end exact.
+    if at_ms < start_ms:
+        start_ms = at_ms
+    if at_ms >= end_ms:
+        end_ms = at_ms + 1
+    return day.toordinal(), start_ms, end_ms
+
+
+MASK64: Final = (1 << 64) - 1
+
+
+def splitmix64(state: int) -> tuple[int, int]:
+    """One step of SplitMix64: (new state, output). Both engines implement exactly this."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return state, z ^ (z >> 31)
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & MASK64
+    return h
+
+
+def shop_seed(engine_seed: int, shop_id: str, tie_seed: int) -> int:
+    """Initial PRNG state of a shop: its tie_seed, else derived from the engine seed."""
+    if tie_seed:
+        return tie_seed & MASK64
+    return (engine_seed ^ fnv1a64(shop_id.encode("utf-8"))) & MASK64
