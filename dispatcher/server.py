@@ -1,0 +1,559 @@
+"""The gRPC servicers ``dispatch.v1.Dispatch`` and ``dispatch.v1.Admin`` on grpc.aio.
+
+The servicers are thin: decode the request, call the engine, encode the
+answer. The engine is single-threaded and synchronous, and every call runs on
+the event loop's thread, so calls never interleave. After each mutating call
+the engine's outbox (hand-outs made after the original Dispatch: queue drains,
+staging pushes, pool claims) is drained and fanned out to WatchAssignments
+subscribers.
+
+Errors: the engine's ``DispatchError`` subclasses become the gRPC status they
+name (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS) with
+their message; anything else is a bug, logged and answered INTERNAL. Nothing is
+logged per decision: ``Counters`` counts, and the server logs them periodically
+and at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Final, TypeVar
+
+import grpc
+import structlog
+from google.rpc import status_pb2
+
+import _fastpath
+from _fastpath import DispatchError, Reason
+
+from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from .convert import (
+    agent_from_pb,
+    assignment_to_pb,
+    group_from_pb,
+    now_ms,
+    shop_config_to_pb,
+    shop_from_pb,
+    shop_state_to_pb,
+    timestamp,
+    timestamp_ms,
+)
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_MESSAGE_BYTES",
+    "WATCH_BACKLOG",
+    "AdminServicer",
+    "AssignmentHub",
+    "Counters",
+    "DispatchServer",
+    "DispatchServicer",
+]
+
+MAX_BATCH: Final = 4096
+"""Most items in one DispatchBatchRequest (also per message of DispatchStream)."""
+
+MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+"""Largest message received or sent. A full batch of 4096 requests with 128-byte
+ids is about 3 MiB; anything beyond 8 MiB is refused by gRPC with RESOURCE_EXHAUSTED."""
+
+WATCH_BACKLOG: Final = 65536
+"""Assignments a WatchAssignments subscriber may fall behind before it is ended."""
+
+log = structlog.get_logger("dispatcher.server")
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_CODES: Final = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+def _status_code(exc: DispatchError) -> grpc.StatusCode:
+    return _CODES.get(exc.grpc_status, grpc.StatusCode.INTERNAL)
+
+
+@dataclasses.dataclass(slots=True)
+class Counters:
+    """What the server did, counted instead of logged."""
+
+    dispatched: list[int] = dataclasses.field(default_factory=lambda: [0] * (max(Reason) + 1))
+    handed_out: int = 0
+    events: int = 0
+    admin_calls: int = 0
+    errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    internal_errors: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "dispatched": {Reason(i).name.lower(): n for i, n in enumerate(self.dispatched) if n},
+            "handed_out": self.handed_out,
+            "events": self.events,
+            "admin_calls": self.admin_calls,
+            "errors": dict(sorted(self.errors.items())),
+            "internal_errors": self.internal_errors,
+        }
+
+
+class _Subscriber:
+    __slots__ = ("shops", "items", "wakeup", "closed", "overflowed")
+
+    def __init__(self, shops: frozenset[str]) -> None:
+        self.shops = shops
+        self.items: collections.deque[dispatch_pb2.Assignment] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+
+
+class AssignmentHub:
+    """Fans the engine's hand-outs out to WatchAssignments subscribers.
+
+    Publishing never blocks: a subscriber that falls ``backlog`` items behind
+    is marked and its stream ends with RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(self, backlog: int = WATCH_BACKLOG) -> None:
+        self._backlog = backlog
+        self._subscribers: set[_Subscriber] = set()
+        self._closed = False
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, items: Iterable[dispatch_pb2.Assignment]) -> None:
+        for item in items:
+            for sub in self._subscribers:
+                if sub.overflowed or (sub.shops and item.shop_id not in sub.shops):
+                    continue
+                if len(sub.items) >= self._backlog:
+                    sub.overflowed = True
+                else:
+                    sub.items.append(item)
+                sub.wakeup.set()
+
+    def subscribe(self, shops: Iterable[str]) -> _Subscriber:
+        sub = _Subscriber(frozenset(shops))
+        sub.closed = self._closed
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    def close(self) -> None:
+        """End every stream (with OK) once it has sent what it holds."""
+        self._closed = True
+        for sub in self._subscribers:
+            sub.closed = True
+            sub.wakeup.set()
+
+
+class _Core:
+    """The engine plus what every servicer needs around it."""
+
+    def __init__(self, engine: Any, hub: AssignmentHub, counters: Counters) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.counters = counters
+
+    def flush(self) -> list[dispatch_pb2.Assignment]:
+        """Drain the engine's outbox and publish it; return what it held."""
+        out = self.engine.drain_outbox()
+        if not out:
+            return []
+        items = [assignment_to_pb(item) for item in out]
+        self.counters.handed_out += len(items)
+        self.hub.publish(items)
+        return items
+
+    async def call(self, context: grpc.aio.ServicerContext, fn: Callable[[], _Resp]) -> _Resp:
+        """Run ``fn``; map its errors to a status (aborting the call); flush the outbox."""
+        try:
+            return fn()
+        except DispatchError as exc:
+            code = _status_code(exc)
+            self.counters.errors[code.name] += 1
+            message = str(exc)
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("internal_error")
+            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        finally:
+            self.flush()
+        await context.abort(code, message)
+        raise AssertionError("unreachable")  # abort raises
+
+
+def _at(request: Any, field: str = "at") -> int:
+    if request.HasField(field):
+        return timestamp_ms(getattr(request, field), field)
+    return now_ms()
+
+
+class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
+    """``dispatch.v1.Dispatch``: the hot path and the IM-side events."""
+
+    def __init__(self, core: _Core, max_batch: int = MAX_BATCH) -> None:
+        self._core = core
+        self._engine = core.engine
+        self._max_batch = max_batch
+
+    def _dispatch(self, request: dispatch_pb2.DispatchRequest) -> dispatch_pb2.DispatchResponse:
+        reason, agent_id, group_id, trace = self._engine.dispatch(
+            request.shop_id,
+            request.buyer_id,
+            request.conversation_id,
+            _at(request),
+            request.type,
+            request.source,
+            request.order_state,
+            request.to_account,
+            request.trace,
+        )
+        self._core.counters.dispatched[reason] += 1
+        return dispatch_pb2.DispatchResponse(
+            agent_id=agent_id or "",
+            reason=reason,
+            group_id=group_id or "",
+            trace=trace,
+            conversation_id=request.conversation_id,
+        )
+
+    def _batch(self, requests: Any) -> dispatch_pb2.DispatchBatchResponse:
+        if len(requests) > self._max_batch:
+            raise _fastpath.InvalidArgumentError(
+                f"requests has {len(requests)} items; the limit is {self._max_batch} per batch"
+            )
+        responses = []
+        counters = self._core.counters
+        for request in requests:
+            try:
+                responses.append(self._dispatch(request))
+            except DispatchError as exc:
+                code = _status_code(exc)
+                counters.errors[code.name] += 1
+                responses.append(
+                    dispatch_pb2.DispatchResponse(
+                        conversation_id=request.conversation_id,
+                        error=status_pb2.Status(code=code.value[0], message=str(exc)),
+                    )
+                )
+        self._core.flush()
+        return dispatch_pb2.DispatchBatchResponse(responses=responses)
+
+    async def Dispatch(
+        self, request: dispatch_pb2.DispatchRequest, context: grpc.aio.ServicerContext
+    ) -> dispatch_pb2.DispatchResponse:
+        return await self._core.call(context, lambda: self._dispatch(request))
+
+    async def DispatchBatch(
+        self, request: dispatch_pb2.DispatchBatchRequest, context: grpc.aio.ServicerContext
+    ) -> dispatch_pb2.DispatchBatchResponse:
+        return await self._core.call(context, lambda: self._batch(request.requests))
+
+    async def DispatchStream(
+        self,
+        request_iterator: AsyncIterator[dispatch_pb2.DispatchBatchRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[dispatch_pb2.DispatchBatchResponse]:
+        async for batch in request_iterator:
+            yield await self._core.call(context, lambda: self._batch(batch.requests))
+
+    async def SetPresence(
+        self, request: dispatch_pb2.SetPresenceRequest, context: grpc.aio.ServicerContext
+    ) -> dispatch_pb2.SetPresenceResponse:
+        def run() -> dispatch_pb2.SetPresenceResponse:
+            self._core.counters.events += 1
+            self._engine.set_presence(
+                request.shop_id, request.agent_id, request.presence, request.client, _at(request)
+            )
+            return dispatch_pb2.SetPresenceResponse(assignments=self._core.flush())
+
+        return await self._core.call(context, run)
+
+    async def ReportConversation(
+        self, request: dispatch_pb2.ReportConversationRequest, context: grpc.aio.ServicerContext
+    ) -> dispatch_pb2.ReportConversationResponse:
+        def run() -> dispatch_pb2.ReportConversationResponse:
+            self._core.counters.events += 1
+            agent_id = self._engine.conversation_event(
+                request.shop_id,
+                request.conversation_id,
+                request.event,
+                _at(request),
+                buyer_id=request.buyer_id,
+                agent_id=request.agent_id,
+                to_agent_id=request.to_agent_id,
+                to_group_id=request.to_group_id,
+            )
+            return dispatch_pb2.ReportConversationResponse(agent_id=agent_id or "", assignments=self._core.flush())
+
+        return await self._core.call(context, run)
+
+    async def ClaimFromPool(
+        self, request: dispatch_pb2.ClaimFromPoolRequest, context: grpc.aio.ServicerContext
+    ) -> dispatch_pb2.ClaimFromPoolResponse:
+        def run() -> dispatch_pb2.ClaimFromPoolResponse:
+            self._core.counters.events += 1
+            conversation_id, buyer_id = self._engine.claim_from_pool(
+                request.shop_id, request.agent_id, _at(request), request.conversation_id
+            )
+            return dispatch_pb2.ClaimFromPoolResponse(
+                conversation_id=conversation_id, buyer_id=buyer_id, agent_id=request.agent_id
+            )
+
+        return await self._core.call(context, run)
+
+    async def WatchAssignments(
+        self, request: dispatch_pb2.WatchAssignmentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dispatch_pb2.Assignment]:
+        shops = list(request.shop_ids)
+        for i, shop_id in enumerate(shops):
+            try:
+                _fastpath.model.check_id(shop_id, f"shop_ids[{i}]")
+            except DispatchError as exc:
+                await context.abort(_status_code(exc), str(exc))
+        hub = self._core.hub
+        sub = hub.subscribe(shops)
+        try:
+            # The headers tell the caller that the subscription is registered:
+            # every hand-out after they arrive is delivered.
+            await context.send_initial_metadata((("dispatch-watch", "subscribed"),))
+            while True:
+                if sub.overflowed:
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the subscriber fell more than {WATCH_BACKLOG} assignments behind; watch again",
+                    )
+                while sub.items:
+                    yield sub.items.popleft()
+                if sub.closed:
+                    return
+                sub.wakeup.clear()
+                if not (sub.items or sub.closed or sub.overflowed):
+                    await sub.wakeup.wait()
+        finally:
+            hub.unsubscribe(sub)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    """``dispatch.v1.Admin``: configuration and inspection. Mutations are logged, one line each."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        self._engine = core.engine
+
+    async def _mutate(
+        self, context: grpc.aio.ServicerContext, event: str, fields: dict[str, str], fn: Callable[[], _Resp]
+    ) -> _Resp:
+        self._core.counters.admin_calls += 1
+        result = await self._core.call(context, fn)
+        log.info(event, **fields)
+        return result
+
+    async def PutShop(self, request: admin_pb2.PutShopRequest, context: grpc.aio.ServicerContext) -> admin_pb2.PutShopResponse:
+        def run() -> admin_pb2.PutShopResponse:
+            if not request.HasField("shop"):
+                raise _fastpath.InvalidArgumentError("shop is required")
+            self._engine.put_shop(shop_from_pb(request.shop))
+            return admin_pb2.PutShopResponse(shop=shop_config_to_pb(self._engine.shop_config(request.shop.shop_id)))
+
+        return await self._mutate(context, "shop.put", {"shop_id": request.shop.shop_id}, run)
+
+    async def DeleteShop(
+        self, request: admin_pb2.DeleteShopRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteShopResponse:
+        def run() -> admin_pb2.DeleteShopResponse:
+            self._engine.delete_shop(request.shop_id)
+            return admin_pb2.DeleteShopResponse()
+
+        return await self._mutate(context, "shop.deleted", {"shop_id": request.shop_id}, run)
+
+    async def PutAgent(self, request: admin_pb2.PutAgentRequest, context: grpc.aio.ServicerContext) -> admin_pb2.PutAgentResponse:
+        def run() -> admin_pb2.PutAgentResponse:
+            if not request.HasField("agent"):
+                raise _fastpath.InvalidArgumentError("agent is required")
+            self._engine.put_agent(agent_from_pb(request.agent))
+            return admin_pb2.PutAgentResponse()
+
+        fields = {"shop_id": request.agent.shop_id, "agent_id": request.agent.agent_id}
+        return await self._mutate(context, "agent.put", fields, run)
+
+    async def DeleteAgent(
+        self, request: admin_pb2.DeleteAgentRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteAgentResponse:
+        def run() -> admin_pb2.DeleteAgentResponse:
+            self._engine.delete_agent(request.shop_id, request.agent_id)
+            return admin_pb2.DeleteAgentResponse()
+
+        fields = {"shop_id": request.shop_id, "agent_id": request.agent_id}
+        return await self._mutate(context, "agent.deleted", fields, run)
+
+    async def PutGroup(self, request: admin_pb2.PutGroupRequest, context: grpc.aio.ServicerContext) -> admin_pb2.PutGroupResponse:
+        def run() -> admin_pb2.PutGroupResponse:
+            if not request.HasField("group"):
+                raise _fastpath.InvalidArgumentError("group is required")
+            self._engine.put_group(group_from_pb(request.group))
+            return admin_pb2.PutGroupResponse()
+
+        fields = {"shop_id": request.group.shop_id, "group_id": request.group.group_id}
+        return await self._mutate(context, "group.put", fields, run)
+
+    async def DeleteGroup(
+        self, request: admin_pb2.DeleteGroupRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteGroupResponse:
+        def run() -> admin_pb2.DeleteGroupResponse:
+            self._engine.delete_group(request.shop_id, request.group_id)
+            return admin_pb2.DeleteGroupResponse()
+
+        fields = {"shop_id": request.shop_id, "group_id": request.group_id}
+        return await self._mutate(context, "group.deleted", fields, run)
+
+    async def SetExclusiveAgent(
+        self, request: admin_pb2.SetExclusiveAgentRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetExclusiveAgentResponse:
+        def run() -> admin_pb2.SetExclusiveAgentResponse:
+            self._engine.set_exclusive_agent(request.shop_id, request.buyer_id, request.agent_id)
+            return admin_pb2.SetExclusiveAgentResponse()
+
+        fields = {"shop_id": request.shop_id, "buyer_id": request.buyer_id, "agent_id": request.agent_id}
+        return await self._mutate(context, "exclusive.set", fields, run)
+
+    async def DeleteExclusiveAgent(
+        self, request: admin_pb2.DeleteExclusiveAgentRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteExclusiveAgentResponse:
+        def run() -> admin_pb2.DeleteExclusiveAgentResponse:
+            self._engine.delete_exclusive_agent(request.shop_id, request.buyer_id)
+            return admin_pb2.DeleteExclusiveAgentResponse()
+
+        fields = {"shop_id": request.shop_id, "buyer_id": request.buyer_id}
+        return await self._mutate(context, "exclusive.deleted", fields, run)
+
+    async def GetShopState(self, request: admin_pb2.GetShopStateRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ShopState:
+        return await self._core.call(
+            context,
+            lambda: shop_state_to_pb(self._engine.shop_state(request.shop_id), self._engine.shop_config(request.shop_id)),
+        )
+
+    async def ListShops(
+        self, request: admin_pb2.ListShopsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListShopsResponse:
+        return await self._core.call(context, lambda: admin_pb2.ListShopsResponse(shop_ids=self._engine.shop_ids()))
+
+    async def GetConversation(
+        self, request: admin_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetConversationResponse:
+        def run() -> admin_pb2.GetConversationResponse:
+            if not self._engine.has_shop(request.shop_id):
+                _fastpath.model.check_id(request.shop_id, "shop_id")
+                raise _fastpath.NotFoundError(f"shop {request.shop_id!r} not found")
+            _fastpath.model.check_id(request.conversation_id, "conversation_id")
+            conv = self._engine.conversation(request.shop_id, request.conversation_id)
+            if conv is None:
+                raise _fastpath.NotFoundError(
+                    f"conversation {request.conversation_id!r} not found in shop {request.shop_id!r}"
+                )
+            return admin_pb2.GetConversationResponse(
+                conversation_id=request.conversation_id,
+                buyer_id=conv["buyer_id"],
+                agent_id=conv["agent_id"] or "",
+                wait=conv["wait"],
+                unread=conv["unread"],
+                forwarded=conv["forwarded"],
+            )
+
+        return await self._core.call(context, run)
+
+    async def GetBuyer(self, request: admin_pb2.GetBuyerRequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetBuyerResponse:
+        def run() -> admin_pb2.GetBuyerResponse:
+            _fastpath.model.check_id(request.buyer_id, "buyer_id")
+            contact = self._engine.recent_contact(request.shop_id, request.buyer_id)
+            response = admin_pb2.GetBuyerResponse(
+                exclusive_agent=self._engine.exclusive_agent(request.shop_id, request.buyer_id) or ""
+            )
+            if contact is not None:
+                response.recent_contact = contact[0]
+                response.recent_contact_expires_at.CopyFrom(timestamp(contact[1]))
+            return response
+
+        return await self._core.call(context, run)
+
+
+class DispatchServer:
+    """One grpc.aio server with both services over one engine.
+
+    ``await start()`` binds and returns the port (0 picks a free one);
+    ``await stop(grace)`` stops accepting, ends watch streams, lets in-flight
+    calls finish for up to ``grace`` seconds, and logs the counters.
+    """
+
+    def __init__(
+        self,
+        engine: Any | None = None,
+        *,
+        seed: int = 0,
+        max_batch: int = MAX_BATCH,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        watch_backlog: int = WATCH_BACKLOG,
+    ) -> None:
+        self.engine = engine if engine is not None else _fastpath.Engine(seed)
+        self.counters = Counters()
+        self.hub = AssignmentHub(watch_backlog)
+        self._core = _Core(self.engine, self.hub, self.counters)
+        self._max_batch = max_batch
+        self._max_message_bytes = max_message_bytes
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.engine.drain_outbox()  # hand-outs made while bootstrapping have no watcher
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                # Fail loudly when the port is taken instead of sharing it.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        dispatch_pb2_grpc.add_DispatchServicer_to_server(DispatchServicer(self._core, self._max_batch), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bound = server.add_insecure_port(address)
+        if bound == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        self.port = bound
+        return bound
+
+    async def stop(self, grace: float | None = 10.0) -> None:
+        self.hub.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    def run_stats(self, interval: float) -> Awaitable[None]:
+        """A task body that logs the counters every ``interval`` seconds when they change."""
+
+        async def loop() -> None:
+            last: dict[str, Any] | None = None
+            while True:
+                await asyncio.sleep(interval)
+                snap = self.counters.snapshot()
+                if snap != last:
+                    log.info("stats", **snap)
+                    last = snap
+
+        return loop()
