@@ -21,6 +21,7 @@ $(PY):
 # Installing the project (editable, with dev extras) compiles the _fastpath extension.
 $(STAMP): $(PY) pyproject.toml $(FASTPATH_SRC)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e clients/python
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,413 @@
+"""The clients. Both wrap one channel and the two generated stubs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+
+from . import pb
+
+__all__ = ["AsyncDispatchClient", "AsyncWatch", "DispatchClient", "Watch", "dispatch_request", "pb", "to_timestamp"]
+
+Time = _dt.datetime | int | timestamp_pb2.Timestamp | None
+"""A point in time: an aware datetime, integer milliseconds since the epoch, a Timestamp, or None (server clock)."""
+
+_M = TypeVar("_M", bound=Message)
+
+# Generous but bounded: a full 4096-item batch answer fits easily.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+]
+
+
+def to_timestamp(at: Time) -> timestamp_pb2.Timestamp | None:
+    """Convert ``at`` for a request field; None stays None (the server uses its clock)."""
+    if at is None or isinstance(at, timestamp_pb2.Timestamp):
+        return at
+    if isinstance(at, _dt.datetime):
+        if at.tzinfo is None:
+            raise ValueError("use an aware datetime (e.g. tzinfo=datetime.timezone.utc)")
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(at)
+        return ts
+    if isinstance(at, int) and not isinstance(at, bool):
+        seconds, millis = divmod(at, 1000)
+        return timestamp_pb2.Timestamp(seconds=seconds, nanos=millis * 1_000_000)
+    raise TypeError(f"cannot use {at!r} as a time")
+
+
+def _fields(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Convert datetimes/timedeltas to protobuf types; drop None (unset)."""
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        if isinstance(value, _dt.timedelta):
+            d = duration_pb2.Duration()
+            d.FromTimedelta(value)
+            value = d
+        elif isinstance(value, _dt.datetime) or (key in ("at", "created_at") and isinstance(value, int)):
+            value = to_timestamp(value)
+        out[key] = value
+    return out
+
+
+def _build(cls: type[_M], message: _M | None, kwargs: dict[str, Any]) -> _M:
+    if message is not None:
+        if kwargs:
+            raise TypeError("pass either a message or keyword fields, not both")
+        return message
+    return cls(**_fields(kwargs))
+
+
+def dispatch_request(
+    shop_id: str,
+    buyer_id: str = "",
+    conversation_id: str = "",
+    *,
+    type: int = 0,  # noqa: A002 - the proto field's name
+    source: str = "",
+    order_state: int = 0,
+    to_account: str = "",
+    at: Time = None,
+    trace: bool = False,
+) -> dispatch_pb2.DispatchRequest:
+    """A DispatchRequest; enums take their numbers (``pb.OrderState.ORDER_STATE_UNPAID``) or names."""
+    return dispatch_pb2.DispatchRequest(
+        shop_id=shop_id,
+        buyer_id=buyer_id,
+        conversation_id=conversation_id,
+        type=type,  # type: ignore[arg-type]
+        source=source,
+        order_state=order_state,  # type: ignore[arg-type]
+        to_account=to_account,
+        at=to_timestamp(at),
+        trace=trace,
+    )
+
+
+def _presence(shop_id: str, agent_id: str, presence: int, client: int, at: Time) -> dispatch_pb2.SetPresenceRequest:
+    return dispatch_pb2.SetPresenceRequest(
+        shop_id=shop_id, agent_id=agent_id, presence=presence, client=client, at=to_timestamp(at)  # type: ignore[arg-type]
+    )
+
+
+def _report(
+    shop_id: str,
+    conversation_id: str,
+    event: int,
+    buyer_id: str,
+    agent_id: str,
+    to_agent_id: str,
+    to_group_id: str,
+    at: Time,
+) -> dispatch_pb2.ReportConversationRequest:
+    return dispatch_pb2.ReportConversationRequest(
+        shop_id=shop_id,
+        conversation_id=conversation_id,
+        event=event,  # type: ignore[arg-type]
+        buyer_id=buyer_id,
+        agent_id=agent_id,
+        to_agent_id=to_agent_id,
+        to_group_id=to_group_id,
+        at=to_timestamp(at),
+    )
+
+
+class AsyncWatch:
+    """An open WatchAssignments stream: ``async for assignment in watch``.
+
+    ``await watch.ready()`` returns once the server has registered the
+    subscription (its response headers arrived): every hand-out after that is
+    delivered. ``async with`` does that on entry and cancels on exit.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def ready(self) -> AsyncWatch:
+        await self._call.initial_metadata()
+        return self
+
+    async def next(self) -> dispatch_pb2.Assignment:
+        """The next assignment; StopAsyncIteration when the server ends the stream."""
+        item = await self._call.read()
+        if item is grpc.aio.EOF:
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> AsyncIterator[dispatch_pb2.Assignment]:
+        return self
+
+    async def __anext__(self) -> dispatch_pb2.Assignment:
+        return await self.next()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncWatch:
+        return await self.ready()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class Watch:
+    """The blocking twin of AsyncWatch: ``for assignment in watch``."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def ready(self) -> Watch:
+        self._call.initial_metadata()
+        return self
+
+    def __iter__(self) -> Iterator[dispatch_pb2.Assignment]:
+        return self
+
+    def __next__(self) -> dispatch_pb2.Assignment:
+        return next(self._call)  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> Watch:
+        return self.ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class AsyncDispatchClient:
+    """The dispatch.v1 API over a grpc.aio channel. Use ``async with`` or ``await close()``."""
+
+    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None, timeout: float | None = 30.0) -> None:
+        self.channel = channel if channel is not None else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.dispatch_stub = dispatch_pb2_grpc.DispatchStub(self.channel)
+        self.admin_stub = admin_pb2_grpc.AdminStub(self.channel)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncDispatchClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the channel is connected."""
+        import asyncio
+
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
+    # -------------------------------------------------------------- Dispatch
+
+    async def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
+        """Route one conversation; ``fields`` are dispatch_request's keywords."""
+        return await self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
+        reply = await self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
+        return list(reply.responses)
+
+    async def dispatch_stream(
+        self, batches: AsyncIterable[Sequence[dispatch_pb2.DispatchRequest]] | Iterable[Sequence[dispatch_pb2.DispatchRequest]]
+    ) -> AsyncIterator[list[dispatch_pb2.DispatchResponse]]:
+        """Send batches on one DispatchStream; yield each answer batch in order."""
+
+        async def requests() -> AsyncIterator[dispatch_pb2.DispatchBatchRequest]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield dispatch_pb2.DispatchBatchRequest(requests=batch)
+            else:
+                for batch in batches:
+                    yield dispatch_pb2.DispatchBatchRequest(requests=batch)
+
+        async for reply in self.dispatch_stub.DispatchStream(requests()):
+            yield list(reply.responses)
+
+    async def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
+        return await self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def report_conversation(
+        self,
+        shop_id: str,
+        conversation_id: str,
+        event: int,
+        *,
+        buyer_id: str = "",
+        agent_id: str = "",
+        to_agent_id: str = "",
+        to_group_id: str = "",
+        at: Time = None,
+    ) -> dispatch_pb2.ReportConversationResponse:
+        request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
+        return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
+        request = dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
+        return await self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def watch_assignments(self, *shop_ids: str) -> AsyncWatch:
+        """Open a WatchAssignments stream (every shop when none is named) and wait until it is registered."""
+        call = self.dispatch_stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shop_ids))
+        return await AsyncWatch(call).ready()
+
+    # -------------------------------------------------------------- Admin
+
+    async def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
+        """Create or replace a shop (a ShopConfig or its fields; timedelta for durations). Returns the stored config."""
+        reply = await self.admin_stub.PutShop(admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout)
+        return reply.shop  # type: ignore[no-any-return]
+
+    async def delete_shop(self, shop_id: str) -> None:
+        await self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
+
+    async def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
+        await self.admin_stub.PutAgent(admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout)
+
+    async def delete_agent(self, shop_id: str, agent_id: str) -> None:
+        await self.admin_stub.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout)
+
+    async def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
+        await self.admin_stub.PutGroup(admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout)
+
+    async def delete_group(self, shop_id: str, group_id: str) -> None:
+        await self.admin_stub.DeleteGroup(admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout)
+
+    async def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
+        request = admin_pb2.SetExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id, agent_id=agent_id)
+        await self.admin_stub.SetExclusiveAgent(request, timeout=self.timeout)
+
+    async def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
+        request = admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id)
+        await self.admin_stub.DeleteExclusiveAgent(request, timeout=self.timeout)
+
+    async def get_shop_state(self, shop_id: str) -> admin_pb2.ShopState:
+        return await self.admin_stub.GetShopState(admin_pb2.GetShopStateRequest(shop_id=shop_id), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def list_shops(self) -> list[str]:
+        reply = await self.admin_stub.ListShops(admin_pb2.ListShopsRequest(), timeout=self.timeout)
+        return list(reply.shop_ids)
+
+    async def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
+        request = admin_pb2.GetConversationRequest(shop_id=shop_id, conversation_id=conversation_id)
+        return await self.admin_stub.GetConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
+        return await self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)  # type: ignore[no-any-return]
+
+
+class DispatchClient:
+    """The dispatch.v1 API over a blocking grpc channel. Use ``with`` or ``close()``."""
+
+    def __init__(self, target: str, *, channel: grpc.Channel | None = None, timeout: float | None = 30.0) -> None:
+        self.channel = channel if channel is not None else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.dispatch_stub = dispatch_pb2_grpc.DispatchStub(self.channel)
+        self.admin_stub = admin_pb2_grpc.AdminStub(self.channel)
+        self.timeout = timeout
+
+    def __enter__(self) -> DispatchClient:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # -------------------------------------------------------------- Dispatch
+
+    def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
+        return self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
+        reply = self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
+        return list(reply.responses)
+
+    def dispatch_stream(self, batches: Iterable[Sequence[dispatch_pb2.DispatchRequest]]) -> Iterator[list[dispatch_pb2.DispatchResponse]]:
+        requests = (dispatch_pb2.DispatchBatchRequest(requests=batch) for batch in batches)
+        for reply in self.dispatch_stub.DispatchStream(requests):
+            yield list(reply.responses)
+
+    def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
+        return self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def report_conversation(
+        self,
+        shop_id: str,
+        conversation_id: str,
+        event: int,
+        *,
+        buyer_id: str = "",
+        agent_id: str = "",
+        to_agent_id: str = "",
+        to_group_id: str = "",
+        at: Time = None,
+    ) -> dispatch_pb2.ReportConversationResponse:
+        request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
+        return self.dispatch_stub.ReportConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
+        request = dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
+        return self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def watch_assignments(self, *shop_ids: str) -> Watch:
+        call = self.dispatch_stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shop_ids))
+        return Watch(call).ready()
+
+    # -------------------------------------------------------------- Admin
+
+    def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
+        reply = self.admin_stub.PutShop(admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout)
+        return reply.shop  # type: ignore[no-any-return]
+
+    def delete_shop(self, shop_id: str) -> None:
+        self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
+
+    def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
+        self.admin_stub.PutAgent(admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout)
+
+    def delete_agent(self, shop_id: str, agent_id: str) -> None:
+        self.admin_stub.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout)
+
+    def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
+        self.admin_stub.PutGroup(admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout)
+
+    def delete_group(self, shop_id: str, group_id: str) -> None:
+        self.admin_stub.DeleteGroup(admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout)
+
+    def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
+        request = admin_pb2.SetExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id, agent_id=agent_id)
+        self.admin_stub.SetExclusiveAgent(request, timeout=self.timeout)
+
+    def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
+        request = admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id)
+        self.admin_stub.DeleteExclusiveAgent(request, timeout=self.timeout)
+
+    def get_shop_state(self, shop_id: str) -> admin_pb2.ShopState:
+        return self.admin_stub.GetShopState(admin_pb2.GetShopStateRequest(shop_id=shop_id), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def list_shops(self) -> list[str]:
+        return list(self.admin_stub.ListShops(admin_pb2.ListShopsRequest(), timeout=self.timeout).shop_ids)
+
+    def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
+        request = admin_pb2.GetConversationRequest(shop_id=shop_id, conversation_id=conversation_id)
+        return self.admin_stub.GetConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
+        return self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)  # type: ignore[no-any-return]
