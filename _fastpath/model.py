@@ -38,7 +38,9 @@ __all__ = [
     "ShopConfig",
     "Strategy",
     "WaitKind",
+    "check_enum",
     "check_id",
+    "check_time",
     "day_bounds",
     "fnv1a64",
     "splitmix64",
@@ -211,6 +213,16 @@ def check_time(at_ms: object, field: str = "at") -> int:
     if not MIN_TIME_MS <= at_ms <= MAX_TIME_MS:
         raise InvalidArgumentError(f"{field}={at_ms} ms is outside 1970-01-01..9999-12-31")
     return at_ms
+
+
+def check_enum(value: object, enum_type: type[enum.IntEnum], field: str) -> int:
+    """An enum number sent by a caller: an int that names a member of ``enum_type``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{field} must be an integer enum value")
+    try:
+        return int(enum_type(value))
+    except ValueError:
+        raise InvalidArgumentError(f"{field}={value} is not a valid {enum_type.__name__}") from None
 
 
 def _check_int(value: object, field: str, lo: int, hi: int) -> int:

@@ -35,6 +35,7 @@ from .model import (
     ShopConfig,
     Strategy,
     WaitKind,
+    check_enum,
     check_id,
     check_time,
     day_bounds,
@@ -323,10 +324,10 @@ class ReferenceEngine:
     def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int, at_ms: int) -> None:
         shop = self._shop(shop_id)
         agent = self._agent(shop, agent_id)
-        presence = _enum(presence, Presence, "presence")
+        presence = check_enum(presence, Presence, "presence")
         if presence == Presence.UNSPECIFIED:
             raise InvalidArgumentError("presence is required")
-        client = _enum(client, Client, "client") or Client.DESKTOP
+        client = check_enum(client, Client, "client") or Client.DESKTOP
         check_time(at_ms)
         if agent.role == Role.ROBOT:
             raise FailedPreconditionError(f"agent {agent_id!r} is a robot; presence does not apply")
@@ -354,7 +355,7 @@ class ReferenceEngine:
         """
         shop = self._shop(shop_id)
         check_id(conversation_id, "conversation_id")
-        event = _enum(event, ConversationEvent, "event")
+        event = check_enum(event, ConversationEvent, "event")
         check_id(buyer_id, "buyer_id", optional=True)
         check_id(agent_id, "agent_id", optional=True)
         check_id(to_agent_id, "to_agent_id", optional=True)
@@ -505,7 +506,7 @@ class ReferenceEngine:
         trace: bool = False,
     ) -> tuple[int, str | None, str | None, list[str] | None]:
         """Decide who gets a new conversation: (reason, agent_id, group_id, trace)."""
-        conv_type = _enum(conv_type, ConversationType, "type") or ConversationType.BUYER_TO_SHOP
+        conv_type = check_enum(conv_type, ConversationType, "type") or ConversationType.BUYER_TO_SHOP
         check_id(shop_id, "shop_id")
         if conv_type != ConversationType.BUYER_TO_SHOP:
             # Section 3: point-to-point, no state change.
@@ -514,7 +515,7 @@ class ReferenceEngine:
         check_id(buyer_id, "buyer_id")
         check_id(conversation_id, "conversation_id")
         check_id(source, "source", optional=True)
-        order_state = _enum(order_state, OrderState, "order_state")
+        order_state = check_enum(order_state, OrderState, "order_state")
         check_time(at_ms)
         shop = self._shop(shop_id)
         if (shop_id, conversation_id) in self._conversations:
@@ -945,6 +946,8 @@ class ReferenceEngine:
         }
 
     def conversation(self, shop_id: str, conversation_id: str) -> dict[str, Any] | None:
+        self._shop(shop_id)
+        check_id(conversation_id, "conversation_id")
         conv = self._conversations.get((shop_id, conversation_id))
         if conv is None:
             return None
@@ -959,6 +962,7 @@ class ReferenceEngine:
     def recent_contact(self, shop_id: str, buyer_id: str) -> tuple[str, int] | None:
         """The buyer's live recent contact in the shop: (agent_id, expires_at_ms)."""
         shop = self._shop(shop_id)
+        check_id(buyer_id, "buyer_id")
         contact = self._affinity.get((shop_id, buyer_id))
         if contact is None or shop.clock >= contact[1]:
             return None
@@ -966,6 +970,7 @@ class ReferenceEngine:
 
     def exclusive_agent(self, shop_id: str, buyer_id: str) -> str | None:
         self._shop(shop_id)
+        check_id(buyer_id, "buyer_id")
         return self._exclusive.get((shop_id, buyer_id))
 
     # ------------------------------------------------------------ lookups
@@ -1014,12 +1019,3 @@ def _has_room(agent: _Agent) -> bool:
 def _note(tr: list[str] | None, line: str) -> None:
     if tr is not None:
         tr.append(line)
-
-
-def _enum(value: object, enum_type: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgumentError(f"{field} must be an integer enum value")
-    try:
-        return int(enum_type(value))
-    except ValueError:
-        raise InvalidArgumentError(f"{field}={value} is not a valid {enum_type.__name__}") from None
