@@ -265,6 +265,24 @@ def test_affinity_window_is_a_shop_setting(engine_cls):
     assert picked(dispatch(engine, "c2", "buyer-1", T0 + HOUR)) == (Reason.GROUP, B, None)
 
 
+def test_shortened_affinity_window_applies_to_existing_contacts(engine_cls):
+    """§2: the recent contact is kept "with the time of that contact"; §4.2: it
+    counts if it "is younger than the affinity window". After the shop shortens
+    its window from 72 h to 1 h, a 2-hour-old contact is no longer younger than
+    the window."""
+    engine = _contact_setup(engine_cls)
+    make_shop(engine, affinity_window_ms=HOUR)
+    assert picked(dispatch(engine, "c2", "buyer-1", T0 + 2 * HOUR)) == (Reason.GROUP, B, None)
+
+
+def test_lengthened_affinity_window_applies_to_existing_contacts(engine_cls):
+    """§2/§4.2 as above, the other way: a contact made under a 1 h window is
+    2 hours old, hence younger than the shop's new 72 h window."""
+    engine = _contact_setup(engine_cls, affinity_window_ms=HOUR)
+    make_shop(engine, affinity_window_ms=72 * HOUR)
+    assert picked(dispatch(engine, "c2", "buyer-1", T0 + 2 * HOUR)) == (Reason.AFFINITY, A, None)
+
+
 def test_recent_contact_is_timed_at_the_latest_reply(engine_cls):
     """§8: "the replying agent becomes the buyer's recent contact, timed at the
     reply": a later reply restarts the 72 h window."""
