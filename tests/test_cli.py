@@ -1,0 +1,146 @@
+"""`python -m dispatcher serve` as a real subprocess: start-up, demo bootstrap, signals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dispatch_client import DispatchClient, pb
+from dispatcher.cli import build_parser
+from dispatcher.config import ENV_VARS, settings_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "dispatcher" / "demo_bootstrap.json"
+
+
+class Proc:
+    """A server subprocess whose JSON log lines are read on a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        # The server's own settings come only from the test, never from the outer environment.
+        full_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._started = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line)
+            if '"server.started"' in line:
+                self._started.set()
+        self._started.set()  # the process ended
+
+    def events(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    def port(self) -> int:
+        assert self._started.wait(30), "the server did not start"
+        started = [e for e in self.events() if e["event"] == "server.started"]
+        assert started, "".join(self.lines)
+        return int(started[0]["port"])
+
+    def finish(self, sig: signal.Signals | None = None) -> int:
+        if sig is not None:
+            self.popen.send_signal(sig)
+        code = self.popen.wait(30)
+        self._reader.join(10)
+        return code
+
+
+@pytest.fixture
+def demo_server() -> Iterator[Proc]:
+    proc = Proc("serve", "--port", "0", "--bootstrap", str(DEMO), "--log-format", "json")
+    try:
+        yield proc
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait(10)
+
+
+def test_serve_demo_then_sigterm_ends_streams_cleanly_and_exits_zero(demo_server: Proc) -> None:
+    port = demo_server.port()
+    with DispatchClient(f"127.0.0.1:{port}") as client:
+        answer = client.dispatch("demo", "buyer-1", "conv-1", order_state=pb.OrderState.ORDER_STATE_NO_ORDER)
+        assert answer.reason == pb.Reason.REASON_GROUP
+        assert answer.group_id == "presale" and answer.agent_id in ("demo:alice", "demo:bob")
+        vip = client.dispatch("demo", "vip-buyer", "conv-2")
+        assert (vip.agent_id, vip.reason) == ("demo:carol", pb.Reason.REASON_EXCLUSIVE)
+        watch = client.watch_assignments("demo")
+        assert demo_server.finish(signal.SIGTERM) == 0
+        # The open watch stream was ended cleanly (OK), not cut off.
+        assert list(watch) == []
+        assert watch._call.code() == grpc.StatusCode.OK
+    events = [e["event"] for e in demo_server.events()]
+    assert events[:2] == ["bootstrap.loaded", "server.started"]
+    assert events[-2:] == ["server.stopping", "server.stopped"]
+    stopped = demo_server.events()[-1]
+    assert stopped["dispatched"] == {"group": 1, "exclusive": 1}
+    assert all(e["level"] in ("info", "warning") for e in demo_server.events())
+
+
+def test_sigint_exits_zero_and_env_vars_configure_the_server() -> None:
+    proc = Proc("serve", env={"DISPATCH_PORT": "0", "DISPATCH_LOG_FORMAT": "json", "DISPATCH_SEED": "9"})
+    try:
+        port = proc.port()
+        with DispatchClient(f"127.0.0.1:{port}") as client:
+            assert client.list_shops() == []
+        assert proc.finish(signal.SIGINT) == 0
+        started = [e for e in proc.events() if e["event"] == "server.started"][0]
+        assert started["seed"] == 9
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+
+
+def test_bad_bootstrap_exits_2_naming_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"shops": [{"shop_id": "x", "main_account": "x", "agents": [{"agent_id": "x:a"}]}]}))
+    proc = Proc("serve", "--port", "0", "--bootstrap", str(bad))
+    assert proc.finish() == 2
+    failed = [e for e in proc.events() if e["event"] == "bootstrap.failed"]
+    assert failed and "agents[0]" in failed[0]["error"] and "max_capacity" in failed[0]["error"]
+
+
+def test_port_in_use_exits_nonzero(demo_server: Proc) -> None:
+    port = demo_server.port()
+    proc = Proc("serve", "--port", str(port))
+    assert proc.finish() == 1
+    assert any(e["event"] == "server.bind_failed" for e in proc.events())
+
+
+def test_flags_win_over_env_and_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"DISPATCH_HOST": "0.0.0.0", "DISPATCH_PORT": "7000", "DISPATCH_BOOTSTRAP": "x.toml"}
+    os_env = dict(os.environ)
+    try:
+        os.environ.update(env)
+        ns = build_parser().parse_args(["serve", "--port", "7001"])
+    finally:
+        os.environ.clear()
+        os.environ.update(os_env)
+    settings = settings_from_args(ns)
+    assert (settings.host, settings.port, str(settings.bootstrap), settings.log_format) == ("0.0.0.0", 7001, "x.toml", "json")
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["serve", "--port", "70000"])
+    assert exc.value.code == 2
+    assert "70000" in capsys.readouterr().err
