@@ -1,0 +1,65 @@
+"""The blocking client (and the client helpers) against a real server."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+from server_fixtures import T0, ThreadedServer, server, sync_client  # noqa: F401
+
+from dispatch_client import DispatchClient, dispatch_request, pb, to_timestamp
+
+UTC = dt.timezone.utc
+
+
+def test_blocking_client_round_trip_with_watch(sync_client: DispatchClient) -> None:
+    stored = sync_client.put_shop(shop_id="s", main_account="s", offline_grace=dt.timedelta(minutes=10), staging_first_cap=1)
+    assert stored.offline_grace.ToTimedelta() == dt.timedelta(minutes=10) and stored.staging_first_cap == 1
+    sync_client.put_agent(pb.Agent(shop_id="s", agent_id="s:a", max_capacity=1))
+    sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE, at=dt.datetime(2024, 1, 1, tzinfo=UTC))
+    with sync_client.watch_assignments("s") as watch:
+        first = sync_client.dispatch("s", "b1", "c1", at=dt.datetime(2024, 1, 1, 0, 1, tzinfo=UTC))
+        assert (first.agent_id, first.reason) == ("s:a", pb.Reason.REASON_GROUP)
+        queued = sync_client.dispatch("s", "b2", "c2")
+        assert queued.reason == pb.Reason.REASON_QUEUED
+        sync_client.report_conversation("s", "c1", pb.ConversationEvent.CONVERSATION_EVENT_CLOSED)
+        handed = next(watch)
+        assert (handed.conversation_id, handed.agent_id, handed.buyer_id) == ("c2", "s:a", "b2")
+    answers = sync_client.dispatch_batch([dispatch_request("s", "b3", "c3"), dispatch_request("s", "b4", "")])
+    assert answers[0].reason == pb.Reason.REASON_QUEUED
+    assert answers[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    streamed = list(sync_client.dispatch_stream([[dispatch_request("s", "b5", "c5")], [dispatch_request("x", "b", "c")]]))
+    assert streamed[0][0].reason == pb.Reason.REASON_QUEUED
+    assert streamed[1][0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    state = sync_client.get_shop_state("s")
+    assert [w.conversation_id for w in state.queue] == ["c3", "c5"]
+
+
+def test_blocking_errors_are_rpc_errors(sync_client: DispatchClient) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        sync_client.dispatch("nope", "b", "c")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        sync_client.put_agent(pb.Agent(shop_id="s"), agent_id="x")
+
+
+def test_server_clock_is_used_when_at_is_unset(sync_client: DispatchClient) -> None:
+    sync_client.put_shop(shop_id="s", main_account="s")
+    before = dt.datetime.now(UTC)
+    sync_client.put_agent(shop_id="s", agent_id="s:a", max_capacity=1)
+    sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_OFFLINE)
+    sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE)
+    sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_OFFLINE)
+    offline_at = [a for a in sync_client.get_shop_state("s").agents if a.agent_id == "s:a"][0].offline_at.ToDatetime(UTC)
+    assert before - dt.timedelta(seconds=1) <= offline_at <= dt.datetime.now(UTC) + dt.timedelta(seconds=1)
+
+
+def test_to_timestamp() -> None:
+    assert to_timestamp(None) is None
+    assert to_timestamp(T0 + 7).ToMilliseconds() == T0 + 7  # type: ignore[union-attr]
+    assert to_timestamp(dt.datetime(1970, 1, 1, 0, 0, 1, tzinfo=UTC)).seconds == 1  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        to_timestamp(dt.datetime(2024, 1, 1))
+    with pytest.raises(TypeError):
+        to_timestamp("yesterday")  # type: ignore[arg-type]
