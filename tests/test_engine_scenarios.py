@@ -429,6 +429,15 @@ def test_exclusive_agent_not_online_falls_through(engine_cls, state):
     assert picked(dispatch(engine, "c1", "vip")) == (Reason.GROUP, B, None)
 
 
+def test_deleted_exclusive_pair_no_longer_applies(engine_cls):
+    """§8 Configuration: "exclusive-agent pairs" change the state both ways."""
+    engine = _exclusive_setup(engine_cls)
+    assert engine.exclusive_agent(SHOP, "vip") == A
+    engine.delete_exclusive_agent(SHOP, "vip")
+    assert engine.exclusive_agent(SHOP, "vip") is None
+    assert picked(dispatch(engine, "c1", "vip")) == (Reason.GROUP, B, None)
+
+
 def test_recent_contact_comes_before_exclusive_agent(engine_cls):
     """§4: "the steps run in this order; the first one that yields an agent wins":
     step 2 (recent contact) before step 3 (exclusive)."""
@@ -955,15 +964,19 @@ def test_weighted_busyness_shares_load_in_proportion_to_weight(engine_cls):
 def test_weighted_busyness_not_busy_agents_come_first(engine_cls):
     """§5 WEIGHTED_BUSYNESS: "agents that are not busy (unread ≤ threshold) come
     first"; §2 "Busy: unread > busy threshold (default 4)"; "quicker repliers →
-    more buyers". A: 5 active, 5 unread (busy). B: 8 active, 4 unread (not busy)."""
+    more buyers".
+    A: weight 1, 8 active, 4 unread (not busy: exactly the threshold).
+    B: weight 2, 5 active, 5 unread (busy).
+    By active/weight (8 vs 2.5) or by unread/weight (4 vs 2.5) B would win; A is
+    the only agent that is not busy, so A gets it."""
     engine = fresh(engine_cls, strategy=Strategy.WEIGHTED_BUSYNESS)
-    add_agent(engine, A, cap=30)
-    add_agent(engine, B, cap=30)
-    preload(engine, A, 5)
-    for conv in preload(engine, B, 8)[:4]:
-        reply(engine, conv, B)
-    assert load(engine, A)[:2] == (5, 5) and load(engine, B)[:2] == (8, 4)
-    assert dispatch(engine, "c1", "buyer-1")[1] == B
+    add_agent(engine, A, cap=30, weight=1)
+    add_agent(engine, B, cap=30, weight=2)
+    for conv in preload(engine, A, 8)[:4]:
+        reply(engine, conv, A)
+    preload(engine, B, 5)
+    assert load(engine, A)[:2] == (8, 4) and load(engine, B)[:2] == (5, 5)
+    assert dispatch(engine, "c1", "buyer-1")[1] == A
 
 
 def test_weighted_busyness_all_busy_lowest_unread_per_weight(engine_cls):
