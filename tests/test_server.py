@@ -341,6 +341,16 @@ async def test_direct_types_pass_through_without_state(client: AsyncDispatchClie
     assert [(a.agent_id, a.active) for a in state.agents if a.agent_id == "s:a"] == [("s:a", 0)]
 
 
+async def test_concurrent_calls_are_all_answered_consistently(client: AsyncDispatchClient) -> None:
+    await make_shop(client, agents=(("s:a", 60), ("s:b", 40)), online=("s:a", "s:b"))
+    answers = await asyncio.gather(*(client.dispatch("s", f"b{i}", f"c{i}", at=T0) for i in range(120)))
+    counts = Counter(a.agent_id for a in answers)
+    assert counts[""] == 20 and counts["s:a"] == 60 and counts["s:b"] == 40
+    assert sum(a.reason == R.REASON_QUEUED for a in answers) == 20
+    state = await client.get_shop_state("s")
+    assert (state.live_conversations, len(state.queue)) == (120, 20)
+
+
 # ------------------------------------------------------------------ batch and stream
 
 
