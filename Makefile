@@ -19,7 +19,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # Installing the project (editable, with dev extras) compiles the _fastpath extension.
-$(STAMP): $(PY) pyproject.toml $(FASTPATH_SRC)
+$(STAMP): $(PY) pyproject.toml clients/python/pyproject.toml $(FASTPATH_SRC)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q -e clients/python
 	touch $(STAMP)

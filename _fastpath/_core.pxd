@@ -16,7 +16,7 @@ from cpython.object cimport PyObject
 # vlen value bytes (malloc'd, owned by the entry); keys are unique per map.
 ctypedef struct Entry:
     uint64_t hash
-    int64_t t          # affinity: expires-at ms; conversation: since ms
+    int64_t t          # affinity: contact time ms; conversation: since ms
     int32_t ns         # namespace: the shop handle (0 in engine-wide maps)
     int32_t a          # payload: agent slot / shop handle / source handle
     int32_t b          # payload: conversation flags (see CONV_* in engine.pyx)
@@ -198,6 +198,7 @@ cdef class CompiledEngine:
     cdef object offline(self, Shop shop, Py_ssize_t idx, object conversation_id, object buyer_id,
                         object source, int32_t ostate, int64_t now, list tr)
     cdef void sweep_affinity(self, int32_t budget) noexcept
+    cdef void forget_expired(self, Shop shop) noexcept
     cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1
     cdef int32_t route(self, Shop shop, object buyer_id, int32_t source, int32_t order_state,
                        int64_t now, list tr, int32_t* out_slot, int32_t* out_group) except -1

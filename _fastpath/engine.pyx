@@ -177,6 +177,8 @@ cdef class CompiledEngine:
                 shop.day = 0
                 shop.day_start = 0
                 shop.day_end = 0
+            if config.affinity_window_ms != shop.config.affinity_window_ms:
+                self.forget_expired(shop)
         self.apply_shop_config(shop, config)
         shop.rebuild()
         self.settle(shop, -1)
@@ -672,7 +674,7 @@ cdef class CompiledEngine:
 
         # Step 2: recent contact.
         idx = self.affinity.find(shop.handle, bp, bn, h)
-        if idx >= 0 and now >= self.affinity.entries[idx].t:
+        if idx >= 0 and now - self.affinity.entries[idx].t >= shop.window_ms:
             self.affinity.remove_at(idx)  # expired: forget it
             idx = -1
         if idx < 0:
@@ -825,18 +827,19 @@ cdef class CompiledEngine:
         idx = aff.find(shop.handle, bp, bn, h)
         if idx >= 0:
             aff.entries[idx].a = slot
-            aff.entries[idx].t = now + shop.window_ms
+            aff.entries[idx].t = now
             return 0
         idx = aff.insert(shop.handle, bp, bn, NULL, 0, h)
         aff.entries[idx].a = slot
-        aff.entries[idx].t = now + shop.window_ms
+        aff.entries[idx].t = now
         self.sweep_affinity(2)  # after the fields are set: the new entry is alive
         return 0
 
     cdef void sweep_affinity(self, int32_t budget) noexcept:
         # Reclaim expired recent contacts, a few per insert, so the table holds
-        # O(live contacts) entries. An entry is dead once its shop's clock
-        # reached its expiry; clocks never go back, so it stays dead.
+        # O(live contacts) entries. An entry is dead once its age (by its shop's
+        # clock) reached the shop's window; clocks never go back and a window
+        # change forgets the dead ones first (forget_expired), so it stays dead.
         cdef ByteMap aff = self.affinity
         cdef Entry* e
         cdef Shop shop
@@ -845,10 +848,21 @@ cdef class CompiledEngine:
             if aff.sweep_at >= aff.n:
                 aff.sweep_at = 0
             e = &aff.entries[aff.sweep_at]
-            if (<Shop>self.shop_ptrs[e.ns]).clock >= e.t:
+            shop = <Shop>self.shop_ptrs[e.ns]
+            if shop.clock - e.t >= shop.window_ms:
                 aff.remove_at(aff.sweep_at)
             else:
                 aff.sweep_at += 1
+
+    cdef void forget_expired(self, Shop shop) noexcept:
+        """Before the window changes: forget the contacts already past the old one."""
+        cdef ByteMap aff = self.affinity
+        cdef Py_ssize_t k = 0
+        while k < aff.n:
+            if aff.entries[k].ns == shop.handle and shop.clock - aff.entries[k].t >= shop.window_ms:
+                aff.remove_at(k)  # moves another entry into k: look at k again
+            else:
+                k += 1
 
     cdef int settle(self, Shop shop, int32_t focus) except -1:
         """Hand out waiting conversations after a change (section 6 staging, step 7 queue)."""
@@ -960,14 +974,14 @@ cdef class CompiledEngine:
         }
 
     def recent_contact(self, shop_id, buyer_id):
-        """The buyer's live recent contact in the shop: (agent_id, expires_at_ms)."""
+        """The buyer's recent contact in the shop, if younger than the window: (agent_id, contact_at_ms)."""
         cdef Shop shop = self.shop_for(shop_id)
         cdef Py_ssize_t n, idx
         cdef const char* p
         check_id(buyer_id, "buyer_id")
         p = PyUnicode_AsUTF8AndSize(buyer_id, &n)
         idx = self.affinity.find(shop.handle, p, n, hash_key(shop.handle, p, n))
-        if idx < 0 or shop.clock >= self.affinity.entries[idx].t:
+        if idx < 0 or shop.clock - self.affinity.entries[idx].t >= shop.window_ms:
             return None
         return agent_id_of(shop, self.affinity.entries[idx].a), self.affinity.entries[idx].t
 

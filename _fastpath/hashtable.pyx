@@ -154,3 +154,31 @@ cdef class ByteMap:
                 self.remove_at(k)  # moves another entry into k: look at k again
             else:
                 k += 1
+
+
+def _colliding_keys_roundtrip(list keys, uint64_t forced_hash):
+    """Test hook: store every key under the same hash, then look each one up.
+
+    Returns [(key, payload found)] after inserting all keys with payload = index
+    and removing every third one: proves lookups verify the full key, so a
+    64-bit hash collision can never return another key's entry.
+    """
+    cdef ByteMap m = ByteMap()
+    cdef Py_ssize_t i, n, idx
+    cdef const char* p
+    encoded = [k.encode("utf-8") for k in keys]
+    for i in range(len(encoded)):
+        p = encoded[i]
+        n = len(encoded[i])
+        m.entries[m.insert(7, p, n, NULL, 0, forced_hash)].a = <int32_t>i
+    for i in range(0, len(encoded), 3):
+        p = encoded[i]
+        n = len(encoded[i])
+        m.remove_at(m.find(7, p, n, forced_hash))
+    out = []
+    for i in range(len(encoded)):
+        p = encoded[i]
+        n = len(encoded[i])
+        idx = m.find(7, p, n, forced_hash)
+        out.append((keys[i], m.entries[idx].a if idx >= 0 else None))
+    return out

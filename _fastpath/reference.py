@@ -128,7 +128,7 @@ class ReferenceEngine:
         self._seed = int(seed) & ((1 << 64) - 1)
         self._shops: dict[str, _Shop] = {}
         self._conversations: dict[tuple[str, str], _Conversation] = {}
-        self._affinity: dict[tuple[str, str], tuple[str, int]] = {}
+        self._affinity: dict[tuple[str, str], tuple[str, int]] = {}  # -> (agent, contact time)
         self._exclusive: dict[tuple[str, str], str] = {}
         self._outbox: list[tuple[str, str, str, str, int, int]] = []
 
@@ -178,9 +178,23 @@ class ReferenceEngine:
                 shop.rng = shop_seed(self._seed, config.shop_id, config.tie_seed)
             if config.timezone != shop.config.timezone:
                 shop.day = (0, 0, 0)
+            if config.affinity_window_ms != shop.config.affinity_window_ms:
+                self._forget_expired(shop)
             shop.config = config
         shop.round_robin.clear()
         self._settle(shop, None)
+
+    def _forget_expired(self, shop: _Shop) -> None:
+        """Before the window changes: contacts already past the old window are forgotten.
+
+        A shorter window applies to every contact at once; a longer one extends
+        the contacts still alive but never revives forgotten ones (the compiled
+        engine reclaims their memory).
+        """
+        shop_id = shop.config.shop_id
+        window = shop.config.affinity_window_ms
+        for key in [k for k, (_, t) in self._affinity.items() if k[0] == shop_id and shop.clock - t >= window]:
+            del self._affinity[key]
 
     @staticmethod
     def _check_robot(agents: dict[str, _Agent], robot_id: str, field: str) -> None:
@@ -579,7 +593,7 @@ class ReferenceEngine:
 
         # Step 2: recent contact.
         contact = self._affinity.get(key)
-        if contact is not None and now >= contact[1]:
+        if contact is not None and now - contact[1] >= config.affinity_window_ms:
             del self._affinity[key]  # expired: forget it
             contact = None
         if contact is None:
@@ -855,7 +869,7 @@ class ReferenceEngine:
         """The agent spoke to the buyer (or received the conversation by transfer)."""
         if agent.role == Role.ROBOT:
             return  # talking to a robot does not bind the buyer to it
-        self._affinity[(shop.config.shop_id, buyer_id)] = (agent.agent_id, now + shop.config.affinity_window_ms)
+        self._affinity[(shop.config.shop_id, buyer_id)] = (agent.agent_id, now)
 
     def _settle(self, shop: _Shop, focus: _Agent | None) -> None:
         """Hand out waiting conversations after a change (section 6 staging, step 7 queue)."""
@@ -960,11 +974,11 @@ class ReferenceEngine:
         }
 
     def recent_contact(self, shop_id: str, buyer_id: str) -> tuple[str, int] | None:
-        """The buyer's live recent contact in the shop: (agent_id, expires_at_ms)."""
+        """The buyer's recent contact in the shop, if younger than the window: (agent_id, contact_at_ms)."""
         shop = self._shop(shop_id)
         check_id(buyer_id, "buyer_id")
         contact = self._affinity.get((shop_id, buyer_id))
-        if contact is None or shop.clock >= contact[1]:
+        if contact is None or shop.clock - contact[1] >= shop.config.affinity_window_ms:
             return None
         return contact
 
