@@ -168,6 +168,7 @@ cdef class Shop:
     cdef int32_t pick_today(self, Pool* p, int32_t exclude, int64_t now) except -2
     cdef int32_t pick_weighted(self, Pool* p, int32_t exclude) noexcept
     cdef int32_t pick_round_robin(self, Pool* p, int32_t exclude) except -2
+    cdef int rr_build(self, Pool* p) except -1
 
 
 @cython.final
@@ -199,6 +200,7 @@ cdef class CompiledEngine:
                         object source, int32_t ostate, int64_t now, list tr)
     cdef void sweep_affinity(self, int32_t budget) noexcept
     cdef void forget_expired(self, Shop shop) noexcept
+    cdef int32_t intern_source(self, object source) except -1
     cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1
     cdef int32_t route(self, Shop shop, object buyer_id, int32_t source, int32_t order_state,
                        int64_t now, list tr, int32_t* out_slot, int32_t* out_group) except -1

@@ -48,7 +48,8 @@ from _fastpath.model import (
     day_bounds,
     shop_seed,
 )
-from _fastpath.reference import DEFAULT_MAIN_CAPACITY
+from _fastpath.model import GroupConfig, ShopConfig
+from _fastpath.reference import DEFAULT_MAIN_CAPACITY, SNAPSHOT_FORMAT, _group_dict
 
 __all__ = ["CompiledEngine"]
 

@@ -319,15 +319,7 @@ cdef class CompiledEngine:
             self._check_robot(shop, shop.agent_slot, config.robot_agent_id, "robot_agent_id")
         if config.robot_enabled and not (config.robot_agent_id or shop.config.robot_agent_id):
             raise FailedPreconditionError("robot_enabled needs robot_agent_id on the group or the shop")
-        handles = []
-        for source in config.sources:
-            p = PyUnicode_AsUTF8AndSize(source, &n)
-            idx = self.source_map.find(0, p, n, hash_key(0, p, n))
-            if idx < 0:
-                idx = self.source_map.insert(0, p, n, NULL, 0, hash_key(0, p, n))
-                self.source_map.entries[idx].a = self.n_sources
-                self.n_sources += 1
-            handles.append(self.source_map.entries[idx].a)
+        handles = [self.intern_source(source) for source in config.sources]
         for i in range(len(shop.group_configs)):
             if shop.group_configs[i].group_id == config.group_id:
                 shop.group_configs[i] = config
@@ -993,6 +985,167 @@ cdef class CompiledEngine:
         p = PyUnicode_AsUTF8AndSize(buyer_id, &n)
         idx = self.exclusive.find(shop.handle, p, n, hash_key(shop.handle, p, n))
         return agent_id_of(shop, self.exclusive.entries[idx].a) if idx >= 0 else None
+
+    # ------------------------------------------------------------ snapshots
+
+    def export_state(self):
+        """The whole engine state as plain data (JSON-able), identical for both engines."""
+        cdef Shop shop
+        cdef int32_t s, pi
+        cdef Agent* a
+        cdef Pool* p
+        cdef Entry* e
+        cdef Py_ssize_t k
+        shops = []
+        for shop in sorted([x for x in self.shop_list if x is not None], key=lambda x: x.shop_id):
+            agents = []
+            for s in range(shop.n_agents):
+                a = &shop.agents[s]
+                agents.append([agent_id_of(shop, s), a.role, a.weight, a.max_capacity, a.created_at_ms,
+                               bool(a.chat_permission), bool(a.deleted), a.presence, a.client,
+                               a.offline_at_ms, a.active, a.unread, a.today, a.today_day])
+            round_robin = []
+            for pi in range(shop.n_pools):
+                p = &shop.pools[pi]
+                if p.rr_ready:
+                    round_robin.append({
+                        "pool": "" if pi == 0 else shop.group_configs[pi - 1].group_id,
+                        "order": [agent_id_of(shop, p.rr_order[k]) for k in range(p.n_members)],
+                        "credit": [p.rr_credit[k] for k in range(p.n_members)],
+                        "cursor": p.rr_cursor,
+                    })
+            round_robin.sort(key=lambda rr: rr["pool"])
+            shops.append({
+                "config": dataclasses.asdict(shop.config),
+                "rng": shop.rng,
+                "clock": shop.clock,
+                "live": shop.live,
+                "agents": agents,
+                "groups": [_group_dict(g) for g in shop.group_configs],
+                "round_robin": round_robin,
+                "waiting": {
+                    str(WAIT_QUEUE): [list(w) for w in shop.waiting_queue],
+                    str(WAIT_STAGING): [list(w) for w in shop.waiting_staging],
+                    str(WAIT_POOL): [list(w) for w in shop.waiting_pool],
+                },
+            })
+        conversations = []
+        for k in range(self.conversations.n):
+            e = &self.conversations.entries[k]
+            shop = self.shop_at(e.ns)
+            wait = e.b & CONV_WAIT_MASK
+            conversations.append([shop.shop_id, PyUnicode_DecodeUTF8(e.blob, e.klen, NULL),
+                                  PyUnicode_DecodeUTF8(e.blob + e.klen, e.vlen, NULL),
+                                  None if wait else agent_id_of(shop, e.a), wait,
+                                  bool(e.b & CONV_UNREAD), bool(e.b & CONV_FORWARDED)])
+        affinity = []
+        for k in range(self.affinity.n):
+            e = &self.affinity.entries[k]
+            shop = self.shop_at(e.ns)
+            if shop.clock - e.t < shop.window_ms:
+                affinity.append([shop.shop_id, PyUnicode_DecodeUTF8(e.blob, e.klen, NULL),
+                                 agent_id_of(shop, e.a), e.t])
+        exclusive = []
+        for k in range(self.exclusive.n):
+            e = &self.exclusive.entries[k]
+            shop = self.shop_at(e.ns)
+            exclusive.append([shop.shop_id, PyUnicode_DecodeUTF8(e.blob, e.klen, NULL), agent_id_of(shop, e.a)])
+        conversations.sort(key=lambda row: (row[0], row[1]))
+        affinity.sort()
+        exclusive.sort()
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "seed": self._seed,
+            "shops": shops,
+            "conversations": conversations,
+            "affinity": affinity,
+            "exclusive": exclusive,
+            "outbox": [list(item) for item in self.outbox],
+        }
+
+    def import_state(self, state):
+        """Load an ``export_state()`` (of either engine) into this empty engine."""
+        cdef Shop shop
+        cdef int32_t slot, pi, i
+        cdef Agent* a
+        cdef Pool* p
+        cdef Py_ssize_t n, vn, idx
+        cdef const char* kp
+        cdef const char* vp
+        if self.shop_map.n or self.conversations.n or self.affinity.n or self.exclusive.n:
+            raise FailedPreconditionError("import_state needs an empty engine")
+        if state.get("format") != SNAPSHOT_FORMAT:
+            raise InvalidArgumentError(f"unknown snapshot format {state.get('format')!r}")
+        self._seed = state["seed"]
+        handles = {}
+        for data in state["shops"]:
+            config = ShopConfig(**data["config"])
+            shop = Shop()
+            shop.shop_id = config.shop_id
+            shop.handle = self.n_handles
+            self.add_handle(shop)
+            kp = PyUnicode_AsUTF8AndSize(config.shop_id, &n)
+            self.shop_map.entries[self.shop_map.insert(0, kp, n, NULL, 0, hash_key(0, kp, n))].a = shop.handle
+            handles[config.shop_id] = shop
+            shop.rng = data["rng"]
+            shop.clock = data["clock"]
+            shop.live = data["live"]
+            for row in data["agents"]:
+                slot = shop.add_agent_slot(row[0])
+                a = &shop.agents[slot]
+                (a.role, a.weight, a.max_capacity, a.created_at_ms, a.chat_permission, a.deleted,
+                 a.presence, a.client, a.offline_at_ms, a.active, a.unread, a.today, a.today_day) = row[1:]
+            self.apply_shop_config(shop, config)
+            for group in data["groups"]:
+                config_g = GroupConfig(**{**group, "members": tuple(group["members"]),
+                                          "order_states": tuple(group["order_states"]),
+                                          "sources": tuple(group["sources"])})
+                shop.group_configs.append(config_g)
+                shop.group_sources.append([self.intern_source(src) for src in config_g.sources])
+            shop.rebuild()
+            for rr in data["round_robin"]:
+                pi = 0
+                if rr["pool"]:
+                    pi = 1 + [g.group_id for g in shop.group_configs].index(rr["pool"])
+                p = &shop.pools[pi]
+                shop.rr_build(p)
+                if [agent_id_of(shop, p.rr_order[i]) for i in range(p.n_members)] != rr["order"]:
+                    raise InvalidArgumentError(f"snapshot round robin of shop {shop.shop_id!r} does not match")
+                for i in range(p.n_members):
+                    p.rr_credit[i] = rr["credit"][i]
+                p.rr_cursor = rr["cursor"]
+            shop.waiting_queue.extend(tuple(w) for w in data["waiting"][str(WAIT_QUEUE)])
+            shop.waiting_staging.extend(tuple(w) for w in data["waiting"][str(WAIT_STAGING)])
+            shop.waiting_pool.extend(tuple(w) for w in data["waiting"][str(WAIT_POOL)])
+        for shop_id, conv_id, buyer_id, agent_id, wait, unread, forwarded in state["conversations"]:
+            shop = handles[shop_id]
+            kp = PyUnicode_AsUTF8AndSize(conv_id, &n)
+            vp = PyUnicode_AsUTF8AndSize(buyer_id, &vn)
+            idx = self.conversations.insert(shop.handle, kp, n, vp, vn, hash_key(shop.handle, kp, n))
+            self.conversations.entries[idx].a = shop.agent_slot[agent_id] if agent_id is not None else -1
+            self.conversations.entries[idx].b = wait | (CONV_UNREAD if unread else 0) | (CONV_FORWARDED if forwarded else 0)
+        for shop_id, buyer_id, agent_id, at in state["affinity"]:
+            shop = handles[shop_id]
+            kp = PyUnicode_AsUTF8AndSize(buyer_id, &n)
+            idx = self.affinity.insert(shop.handle, kp, n, NULL, 0, hash_key(shop.handle, kp, n))
+            self.affinity.entries[idx].a = shop.agent_slot[agent_id]
+            self.affinity.entries[idx].t = at
+        for shop_id, buyer_id, agent_id in state["exclusive"]:
+            shop = handles[shop_id]
+            kp = PyUnicode_AsUTF8AndSize(buyer_id, &n)
+            idx = self.exclusive.insert(shop.handle, kp, n, NULL, 0, hash_key(shop.handle, kp, n))
+            self.exclusive.entries[idx].a = shop.agent_slot[agent_id]
+        self.outbox = [tuple(item) for item in state["outbox"]]
+
+    cdef int32_t intern_source(self, object source) except -1:
+        cdef Py_ssize_t n, idx
+        cdef const char* p = PyUnicode_AsUTF8AndSize(source, &n)
+        idx = self.source_map.find(0, p, n, hash_key(0, p, n))
+        if idx < 0:
+            idx = self.source_map.insert(0, p, n, NULL, 0, hash_key(0, p, n))
+            self.source_map.entries[idx].a = self.n_sources
+            self.n_sources += 1
+        return self.source_map.entries[idx].a
 
     def table_sizes(self):
         """Entries held by the C tables (for benchmarks and leak checks)."""

@@ -43,10 +43,12 @@ from .model import (
     splitmix64,
 )
 
-__all__ = ["ReferenceEngine"]
+__all__ = ["DEFAULT_MAIN_CAPACITY", "SNAPSHOT_FORMAT", "ReferenceEngine"]
 
 DEFAULT_MAIN_CAPACITY = 100
 """Capacity of a main account that was never configured with put_agent."""
+
+SNAPSHOT_FORMAT = "dispatch-engine-state/1"
 
 _NO_TIME = -1
 
@@ -987,6 +989,117 @@ class ReferenceEngine:
         check_id(buyer_id, "buyer_id")
         return self._exclusive.get((shop_id, buyer_id))
 
+    # ------------------------------------------------------------ snapshots
+
+    def export_state(self) -> dict[str, Any]:
+        """The whole engine state as plain data (JSON-able), identical for both engines.
+
+        Derived structures (heaps, pools, the day cache) are left out; recent
+        contacts already past their window are left out (they are forgotten).
+        """
+        shops = []
+        for shop_id in sorted(self._shops):
+            shop = self._shops[shop_id]
+            round_robin = []
+            for key, rr in sorted(shop.round_robin.items()):
+                round_robin.append(
+                    {"pool": key, "order": list(rr.order), "credit": [rr.credit[a] for a in rr.order],
+                     "cursor": rr.cursor}
+                )
+            shops.append(
+                {
+                    "config": dataclasses.asdict(shop.config),
+                    "rng": shop.rng,
+                    "clock": shop.clock,
+                    "live": shop.live,
+                    "agents": [
+                        [a.agent_id, int(a.role), a.weight, a.max_capacity, a.created_at_ms, a.chat_permission,
+                         a.deleted, int(a.presence), int(a.client), a.offline_at_ms, a.active, a.unread,
+                         a.today, a.today_day]
+                        for a in shop.agents.values()
+                    ],
+                    "groups": [_group_dict(g.config) for g in shop.groups.values()],
+                    "round_robin": round_robin,
+                    "waiting": {
+                        str(int(kind)): [
+                            [w.conversation_id, w.buyer_id, w.source, int(w.order_state), w.since_ms]
+                            for w in shop.waiting[kind]
+                        ]
+                        for kind in (WaitKind.QUEUE, WaitKind.STAGING, WaitKind.POOL)
+                    },
+                }
+            )
+        conversations = [
+            [shop_id, conv_id, c.buyer_id, c.agent_id, int(c.wait), c.unread, c.forwarded]
+            for (shop_id, conv_id), c in sorted(self._conversations.items())
+        ]
+        affinity = []
+        for (shop_id, buyer_id), (agent_id, at) in sorted(self._affinity.items()):
+            shop = self._shops[shop_id]
+            if shop.clock - at < shop.config.affinity_window_ms:
+                affinity.append([shop_id, buyer_id, agent_id, at])
+        exclusive = [[s, b, a] for (s, b), a in sorted(self._exclusive.items())]
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "seed": self._seed,
+            "shops": shops,
+            "conversations": conversations,
+            "affinity": affinity,
+            "exclusive": exclusive,
+            "outbox": [list(item) for item in self._outbox],
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Load an ``export_state()`` (of either engine) into this empty engine."""
+        if self._shops or self._conversations or self._affinity or self._exclusive:
+            raise FailedPreconditionError("import_state needs an empty engine")
+        if state.get("format") != SNAPSHOT_FORMAT:
+            raise InvalidArgumentError(f"unknown snapshot format {state.get('format')!r}")
+        self._seed = state["seed"]
+        for data in state["shops"]:
+            config = ShopConfig(**data["config"])
+            shop = _Shop(config, self._seed)
+            shop.rng = data["rng"]
+            shop.clock = data["clock"]
+            shop.live = data["live"]
+            for ordinal, row in enumerate(data["agents"]):
+                (agent_id, role, weight, cap, created, perm, deleted, presence, client, offline_at,
+                 active, unread, today, today_day) = row
+                shop.agents[agent_id] = _Agent(
+                    agent_id=agent_id, ordinal=ordinal, role=role, weight=weight, max_capacity=cap,
+                    created_at_ms=created, chat_permission=perm, deleted=deleted, presence=presence,
+                    client=client, offline_at_ms=offline_at, active=active, unread=unread, today=today,
+                    today_day=today_day,
+                )
+            for group in data["groups"]:
+                config_g = GroupConfig(**{**group, "members": tuple(group["members"]),
+                                          "order_states": tuple(group["order_states"]),
+                                          "sources": tuple(group["sources"])})
+                shop.groups[config_g.group_id] = _Group(config_g)
+                for member in config_g.members:
+                    shop.agents[member].groups.append(config_g.group_id)
+            for rr in data["round_robin"]:
+                order = list(rr["order"])
+                divisor = 0
+                for aid in order:
+                    divisor = math.gcd(divisor, shop.agents[aid].max_capacity)
+                full = {aid: shop.agents[aid].max_capacity // divisor for aid in order}
+                shop.round_robin[rr["pool"]] = _RoundRobin(
+                    order=order, credit=dict(zip(order, rr["credit"])), full_credit=full, cursor=rr["cursor"]
+                )
+            for kind, items in data["waiting"].items():
+                shop.waiting[int(kind)].extend(_Waiting(*item) for item in items)
+            self._shops[config.shop_id] = shop
+        for shop_id, conv_id, buyer_id, agent_id, wait, unread, forwarded in state["conversations"]:
+            self._conversations[(shop_id, conv_id)] = _Conversation(
+                buyer_id=buyer_id, agent_id=agent_id, wait=wait, unread=unread, forwarded=forwarded
+            )
+        for shop_id, buyer_id, agent_id, at in state["affinity"]:
+            self._affinity[(shop_id, buyer_id)] = (agent_id, at)
+        for shop_id, buyer_id, agent_id in state["exclusive"]:
+            self._exclusive[(shop_id, buyer_id)] = agent_id
+        self._outbox = [tuple(item) for item in state["outbox"]]  # type: ignore[misc]
+
     # ------------------------------------------------------------ lookups
 
     def _shop(self, shop_id: str) -> _Shop:
@@ -1021,6 +1134,13 @@ class _Frac:
 
     def __le__(self, other: _Frac) -> bool:
         return not other < self
+
+
+def _group_dict(config: GroupConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    for key in ("members", "order_states", "sources"):
+        data[key] = list(data[key])
+    return data
 
 
 def _has_room(agent: _Agent) -> bool:

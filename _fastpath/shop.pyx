@@ -400,37 +400,43 @@ cdef class Shop:
                 nt += 1
         return ties[self.rand_below(nt)]
 
+    cdef int rr_build(self, Pool* p) except -1:
+        # A fresh cycle: members by capacity desc then slot, credits full.
+        cdef int32_t n = p.n_members
+        cdef int32_t i, s, divisor = 0
+        cdef int64_t* keys
+        free(p.rr_order)
+        free(p.rr_credit)
+        free(p.rr_full)
+        p.rr_order = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+        p.rr_credit = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+        p.rr_full = <int32_t*>malloc((n + 1) * sizeof(int32_t))
+        keys = <int64_t*>malloc((n + 1) * sizeof(int64_t))
+        if p.rr_order == NULL or p.rr_credit == NULL or p.rr_full == NULL or keys == NULL:
+            free(keys)
+            raise MemoryError()
+        for i in range(n):
+            s = p.members[i]
+            keys[i] = ((<int64_t>0x7fffffff - self.agents[s].max_capacity) << 32) | s
+            divisor = gcd32(divisor, self.agents[s].max_capacity)
+        qsort(keys, n, sizeof(int64_t), cmp_int64)
+        for i in range(n):
+            s = <int32_t>(keys[i] & 0xffffffff)
+            p.rr_order[i] = s
+            p.rr_full[i] = self.agents[s].max_capacity // divisor
+            p.rr_credit[i] = p.rr_full[i]
+        free(keys)
+        p.rr_cursor = 0
+        p.rr_ready = 1
+        return 0
+
     cdef int32_t pick_round_robin(self, Pool* p, int32_t exclude) except -2:
         # Cycle: each member gets capacity/gcd turns; a pass visits every
         # member with credit left in capacity order; full members sit out.
         cdef int32_t n = p.n_members
-        cdef int32_t i, s, phase, start, divisor
-        cdef int64_t* keys
+        cdef int32_t i, s, phase, start
         if not p.rr_ready:
-            free(p.rr_order)
-            free(p.rr_credit)
-            free(p.rr_full)
-            p.rr_order = <int32_t*>malloc((n + 1) * sizeof(int32_t))
-            p.rr_credit = <int32_t*>malloc((n + 1) * sizeof(int32_t))
-            p.rr_full = <int32_t*>malloc((n + 1) * sizeof(int32_t))
-            keys = <int64_t*>malloc((n + 1) * sizeof(int64_t))
-            if p.rr_order == NULL or p.rr_credit == NULL or p.rr_full == NULL or keys == NULL:
-                free(keys)
-                raise MemoryError()
-            divisor = 0
-            for i in range(n):
-                s = p.members[i]
-                keys[i] = ((<int64_t>0x7fffffff - self.agents[s].max_capacity) << 32) | s
-                divisor = gcd32(divisor, self.agents[s].max_capacity)
-            qsort(keys, n, sizeof(int64_t), cmp_int64)
-            for i in range(n):
-                s = <int32_t>(keys[i] & 0xffffffff)
-                p.rr_order[i] = s
-                p.rr_full[i] = self.agents[s].max_capacity // divisor
-                p.rr_credit[i] = p.rr_full[i]
-            free(keys)
-            p.rr_cursor = 0
-            p.rr_ready = 1
+            self.rr_build(p)
         for phase in range(3):
             if phase == 2:
                 memcpy(p.rr_credit, p.rr_full, n * sizeof(int32_t))

@@ -16,6 +16,7 @@ states (full shops, long queues, staging drips, many day changes).
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -221,13 +222,32 @@ class Runner:
 
 
 def run_both(ops: list[tuple], seed: int) -> None:
+    """Both engines step by step; halfway, each is replaced by a fresh engine of the
+    other kind restored from the other's snapshot (export_state, through JSON)."""
     ref = Runner(_fastpath.ReferenceEngine(seed=seed))
     fast = Runner(compiled_engine()(seed=seed))
     for i, op in enumerate(ops):
+        if i == len(ops) // 2:
+            ref, fast = swap_through_snapshots(ref, fast, seed)
         expected = ref.step(op)
         got = fast.step(op)
         assert got == expected, f"step {i} {op}: compiled {got} != reference {expected}"
         assert fast.observe() == ref.observe(), f"state differs after step {i} {op}"
+    assert fast.engine.export_state() == ref.engine.export_state()
+
+
+def swap_through_snapshots(ref: Runner, fast: Runner, seed: int) -> tuple[Runner, Runner]:
+    exported_ref = json.loads(json.dumps(ref.engine.export_state()))
+    exported_fast = json.loads(json.dumps(fast.engine.export_state()))
+    assert exported_fast == exported_ref
+    new_ref = Runner(_fastpath.ReferenceEngine(seed=0))
+    new_ref.engine.import_state(exported_fast)
+    new_fast = Runner(compiled_engine()(seed=0))
+    new_fast.engine.import_state(exported_ref)
+    new_ref.now = new_fast.now = ref.now
+    assert new_fast.observe() == ref.observe() == new_ref.observe()
+    assert new_fast.engine.export_state() == exported_ref
+    return new_ref, new_fast
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
