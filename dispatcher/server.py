@@ -30,6 +30,7 @@ import _fastpath
 from _fastpath import DispatchError, Reason
 
 from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from .auth import AuthPolicy
 from .convert import (
     agent_from_pb,
     assignment_to_pb,
@@ -41,9 +42,11 @@ from .convert import (
     timestamp,
     timestamp_ms,
 )
+from .security import SecurityInterceptor, item_scope
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_CONCURRENT_RPCS",
     "MAX_MESSAGE_BYTES",
     "WATCH_BACKLOG",
     "AdminServicer",
@@ -60,6 +63,10 @@ MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 """Largest message received or sent. A full batch of 4096 requests with 128-byte
 ids is about 3 MiB; anything beyond 8 MiB is refused by gRPC with RESOURCE_EXHAUSTED."""
 
+MAX_CONCURRENT_RPCS: Final = 1024
+"""Most RPCs in progress at once (open WatchAssignments/DispatchStream streams
+included); beyond it gRPC answers RESOURCE_EXHAUSTED at once."""
+
 WATCH_BACKLOG: Final = 65536
 """Assignments a WatchAssignments subscriber may fall behind before it is ended."""
 
@@ -72,6 +79,8 @@ _CODES: Final = {
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
     "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
@@ -176,6 +185,11 @@ class _Core:
 
     async def call(self, context: grpc.aio.ServicerContext, fn: Callable[[], _Resp]) -> _Resp:
         """Run ``fn``; map its errors to a status (aborting the call); flush the outbox."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # The caller has given up: an expired call must not change state.
+            self.counters.errors["DEADLINE_EXCEEDED"] += 1
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired before the call was run")
         try:
             return fn()
         except DispatchError as exc:
@@ -234,8 +248,11 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             )
         responses = []
         counters = self._core.counters
+        scope = item_scope()  # None unless the caller is limited to some shops
         for request in requests:
             try:
+                if scope is not None and request.shop_id not in scope.shops:  # type: ignore[operator]
+                    scope.check_shop(request.shop_id)
                 responses.append(self._dispatch(request))
             except DispatchError as exc:
                 code = _status_code(exc)
@@ -503,7 +520,19 @@ class DispatchServer:
         max_batch: int = MAX_BATCH,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         watch_backlog: int = WATCH_BACKLOG,
+        auth: AuthPolicy | None = None,
+        no_auth: bool = False,
+        credentials: grpc.ServerCredentials | None = None,
+        max_concurrent_rpcs: int | None = MAX_CONCURRENT_RPCS,
     ) -> None:
+        # Security options (see dispatcher/security.py): callers are
+        # authenticated by ``auth`` unless ``no_auth`` is asked for explicitly;
+        # ``credentials`` (TLS/mTLS) or plaintext when None.
+        if (auth is None) == (not no_auth):
+            raise ValueError("pass auth=<AuthPolicy> or no_auth=True (and not both)")
+        self.auth = auth
+        self.credentials = credentials
+        self._max_concurrent_rpcs = max_concurrent_rpcs
         self.engine = engine if engine is not None else _fastpath.Engine(seed)
         self.counters = Counters()
         self.hub = AssignmentHub(watch_backlog)
@@ -516,6 +545,8 @@ class DispatchServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.engine.drain_outbox()  # hand-outs made while bootstrapping have no watcher
         server = grpc.aio.server(
+            interceptors=[SecurityInterceptor(self.auth, self.counters.errors)],
+            maximum_concurrent_rpcs=self._max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes),
                 ("grpc.max_send_message_length", self._max_message_bytes),
@@ -526,7 +557,10 @@ class DispatchServer:
         dispatch_pb2_grpc.add_DispatchServicer_to_server(DispatchServicer(self._core, self._max_batch), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_insecure_port(address)
+        if self.credentials is not None:
+            bound = server.add_secure_port(address, self.credentials)
+        else:
+            bound = server.add_insecure_port(address)
         if bound == 0:
             raise OSError(f"cannot listen on {address}")
         await server.start()

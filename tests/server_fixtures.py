@@ -38,6 +38,8 @@ class ThreadedServer:
     """DispatchServer on 127.0.0.1:<free port> in a background thread."""
 
     def __init__(self, engine: Any | None = None, **options: Any) -> None:
+        if "auth" not in options:
+            options.setdefault("no_auth", True)  # authentication is off explicitly, never by default
         self.server = DispatchServer(engine if engine is not None else _fastpath.Engine(0), **options)
         self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="dispatch-server", daemon=True)
