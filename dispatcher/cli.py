@@ -12,16 +12,19 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 import uvloop
 
 import _fastpath
 
+from .auth import AuthPolicy, PolicyError, hash_token, new_token
 from .bootstrap import BootstrapError, apply_bootstrap, load_bootstrap
 from .config import ServeSettings, add_serve_arguments, settings_from_args
 from .convert import now_ms
 from .logging import configure_logging
+from .security import is_loopback, server_credentials
 from .server import MAX_BATCH, MAX_MESSAGE_BYTES, DispatchServer
 
 __all__ = ["build_parser", "main", "serve"]
@@ -34,11 +37,77 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser("serve", help="run the gRPC server", description=__doc__)
     add_serve_arguments(serve_parser)
+    hash_parser = commands.add_parser(
+        "hash-token",
+        help="print the sha256 of a bearer token for the auth policy",
+        description="Reads a token from stdin (one line) and prints its token_sha256 for the auth policy file. "
+        "With --generate, makes a new random token and prints it and its hash.",
+    )
+    hash_parser.add_argument("--generate", action="store_true", help="make a new random token")
     return parser
+
+
+def hash_token_command(generate: bool) -> int:
+    if generate:
+        token = new_token()
+        print(f"token        = {token}")
+        print(f"token_sha256 = {hash_token(token)}")
+        return 0
+    token = sys.stdin.readline().rstrip("\r\n")
+    if not token:
+        print("dispatcher hash-token: no token on stdin", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
+
+
+def _security(settings: ServeSettings) -> tuple[dict[str, Any], list[str]] | str:
+    """The DispatchServer security options and the start-up warnings, or an error message."""
+    warnings: list[str] = []
+    options: dict[str, Any] = {"max_concurrent_rpcs": settings.max_concurrent_rpcs}
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    if settings.client_ca is not None and settings.tls_cert is None:
+        return "--client-ca (mutual TLS) needs --tls-cert and --tls-key"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        if settings.insecure:
+            return "--insecure contradicts --tls-cert"
+        try:
+            options["credentials"] = server_credentials(settings.tls_cert, settings.tls_key, settings.client_ca)
+        except OSError as exc:
+            return f"cannot read TLS files: {exc}"
+        transport = "mtls" if settings.client_ca is not None else "tls"
+    elif settings.insecure or is_loopback(settings.host):
+        transport = "insecure"
+        warnings.append("plaintext transport: no TLS (use --tls-cert/--tls-key)")
+    else:
+        return f"{settings.host} is not a loopback address: give --tls-cert/--tls-key, or --insecure explicitly"
+    if settings.auth_policy is not None and settings.no_auth:
+        return "--auth-policy and --no-auth exclude each other"
+    if settings.auth_policy is not None:
+        try:
+            options["auth"] = AuthPolicy.load(settings.auth_policy)
+        except PolicyError as exc:
+            return f"auth policy: {exc}"
+        auth = "policy"
+    elif settings.no_auth:
+        options["no_auth"] = True
+        auth = "off"
+        warnings.append("authentication is off (--no-auth): every caller may do everything")
+    else:
+        return "give --auth-policy FILE, or --no-auth explicitly for local use"
+    options["_describe"] = {"transport": transport, "auth": auth}
+    return options, warnings
 
 
 async def serve(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
+    security = _security(settings)
+    if isinstance(security, str):
+        log.error("security.config_invalid", error=security)
+        return 2
+    security_options, security_warnings = security
+    describe = security_options.pop("_describe")
     engine = _fastpath.Engine(settings.seed)
     if settings.bootstrap is not None:
         try:
@@ -47,7 +116,7 @@ async def serve(settings: ServeSettings) -> int:
             log.error("bootstrap.failed", error=str(exc))
             return 2
         log.info("bootstrap.loaded", file=str(settings.bootstrap), shop_ids=engine.shop_ids(), **counts)
-    server = DispatchServer(engine)
+    server = DispatchServer(engine, **security_options)
     try:
         port = await server.start(settings.host, settings.port)
     except (OSError, RuntimeError) as exc:
@@ -64,8 +133,11 @@ async def serve(settings: ServeSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     stats = asyncio.create_task(server.run_stats(settings.stats_interval)) if settings.stats_interval > 0 else None
-    log.info(
+    # One start line; at warning level when it runs without TLS or without authentication.
+    (log.warning if security_warnings else log.info)(
         "server.started",
+        **describe,
+        **({"security_warnings": security_warnings} if security_warnings else {}),
         host=settings.host,
         port=port,
         engine=_fastpath.ENGINE_KIND,
@@ -87,6 +159,8 @@ async def serve(settings: ServeSettings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.command == "hash-token":
+        return hash_token_command(ns.generate)
     settings = settings_from_args(ns)
     try:
         configure_logging(settings.log_format, settings.log_level)

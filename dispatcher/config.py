@@ -29,6 +29,14 @@ ENV_VARS: Final = {
     "seed": "DISPATCH_SEED",
     "grace": "DISPATCH_SHUTDOWN_GRACE",
     "stats_interval": "DISPATCH_STATS_INTERVAL",
+    # Security (dispatcher/security.py, docs/SECURITY.md).
+    "tls_cert": "DISPATCH_TLS_CERT",
+    "tls_key": "DISPATCH_TLS_KEY",
+    "client_ca": "DISPATCH_CLIENT_CA",
+    "insecure": "DISPATCH_INSECURE",
+    "auth_policy": "DISPATCH_AUTH_POLICY",
+    "no_auth": "DISPATCH_NO_AUTH",
+    "max_concurrent_rpcs": "DISPATCH_MAX_CONCURRENT_RPCS",
 }
 
 
@@ -42,6 +50,13 @@ class ServeSettings:
     seed: int = 0
     grace: float = 10.0
     stats_interval: float = 60.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    insecure: bool = False
+    auth_policy: Path | None = None
+    no_auth: bool = False
+    max_concurrent_rpcs: int = 1024
 
 
 def _port(text: str) -> int:
@@ -63,6 +78,61 @@ def _non_negative(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
+
+
+def _flag(text: object) -> bool:
+    """A boolean environment variable: 1/true/yes/on or 0/false/no/off/empty."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (1/0, true/false)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("security (docs/SECURITY.md)")
+    group.add_argument("--tls-cert", type=Path, default=env.get(ENV_VARS["tls_cert"]), help="PEM server certificate (chain) [$DISPATCH_TLS_CERT]")
+    group.add_argument("--tls-key", type=Path, default=env.get(ENV_VARS["tls_key"]), help="PEM private key of --tls-cert [$DISPATCH_TLS_KEY]")
+    group.add_argument(
+        "--client-ca",
+        type=Path,
+        default=env.get(ENV_VARS["client_ca"]),
+        help="PEM CA bundle; clients must present a certificate it signed (mutual TLS) [$DISPATCH_CLIENT_CA]",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_flag(env.get(ENV_VARS["insecure"], "")),
+        help="plaintext on a non-loopback address (loopback is plaintext without TLS flags) [$DISPATCH_INSECURE]",
+    )
+    group.add_argument(
+        "--auth-policy",
+        type=Path,
+        default=env.get(ENV_VARS["auth_policy"]),
+        help="TOML/JSON file mapping token hashes and certificate identities to roles and shops [$DISPATCH_AUTH_POLICY]",
+    )
+    group.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_flag(env.get(ENV_VARS["no_auth"], "")),
+        help="accept every caller without credentials (local use only) [$DISPATCH_NO_AUTH]",
+    )
+    group.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive_int,
+        default=env.get(ENV_VARS["max_concurrent_rpcs"], 1024),
+        help="RPCs in progress at once, streams included; more answer RESOURCE_EXHAUSTED [$DISPATCH_MAX_CONCURRENT_RPCS, 1024]",
+    )
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
@@ -109,6 +179,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] 
         default=default("stats_interval", d.stats_interval),
         help="seconds between counter log lines; 0 logs them only at shutdown [$DISPATCH_STATS_INTERVAL, 60]",
     )
+    _add_security_arguments(parser, env)
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
@@ -121,4 +192,11 @@ def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
         seed=ns.seed,
         grace=ns.grace,
         stats_interval=ns.stats_interval,
+        tls_cert=Path(ns.tls_cert) if ns.tls_cert else None,
+        tls_key=Path(ns.tls_key) if ns.tls_key else None,
+        client_ca=Path(ns.client_ca) if ns.client_ca else None,
+        insecure=bool(ns.insecure),
+        auth_policy=Path(ns.auth_policy) if ns.auth_policy else None,
+        no_auth=bool(ns.no_auth),
+        max_concurrent_rpcs=int(ns.max_concurrent_rpcs),
     )

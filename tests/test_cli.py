@@ -28,6 +28,7 @@ class Proc:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         # The server's own settings come only from the test, never from the outer environment.
         full_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
+        full_env["DISPATCH_NO_AUTH"] = "1"  # these tests run without authentication, explicitly
         full_env.update(env or {})
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", *args],
