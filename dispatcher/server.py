@@ -30,6 +30,7 @@ import _fastpath
 from _fastpath import DispatchError, Reason
 
 from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from .observability import Ecosystem
 from .auth import AuthPolicy
 from .convert import (
     agent_from_pb,
@@ -520,6 +521,9 @@ class DispatchServer:
         max_batch: int = MAX_BATCH,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         watch_backlog: int = WATCH_BACKLOG,
+        reflection: bool = True,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         auth: AuthPolicy | None = None,
         no_auth: bool = False,
         credentials: grpc.ServerCredentials | None = None,
@@ -541,11 +545,13 @@ class DispatchServer:
         self._max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
+        # Health, reflection and metrics (dispatcher/observability.py); metrics_port None: no endpoint.
+        self.ecosystem = Ecosystem(self, reflection=reflection, metrics_port=metrics_port, metrics_host=metrics_host)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.engine.drain_outbox()  # hand-outs made while bootstrapping have no watcher
         server = grpc.aio.server(
-            interceptors=[SecurityInterceptor(self.auth, self.counters.errors)],
+            interceptors=[*self.ecosystem.interceptors, SecurityInterceptor(self.auth, self.counters.errors)],
             maximum_concurrent_rpcs=self._max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes),
@@ -556,6 +562,7 @@ class DispatchServer:
         )
         dispatch_pb2_grpc.add_DispatchServicer_to_server(DispatchServicer(self._core, self._max_batch), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), server)
+        await self.ecosystem.attach(server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.credentials is not None:
             bound = server.add_secure_port(address, self.credentials)
@@ -566,13 +573,16 @@ class DispatchServer:
         await server.start()
         self._server = server
         self.port = bound
+        await self.ecosystem.started()
         return bound
 
     async def stop(self, grace: float | None = 10.0) -> None:
+        await self.ecosystem.draining()
         self.hub.close()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        self.ecosystem.stopped()
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:

@@ -1,0 +1,573 @@
+"""What lets Dispatch slot into the gRPC ecosystem: health, reflection and Prometheus metrics.
+
+``Ecosystem`` is attached to one ``DispatchServer``; the server calls it at four
+points and nothing else of it is on the servicers' code path:
+
+- ``interceptors`` go into ``grpc.aio.server(...)``: one interceptor that times
+  every RPC (per-method latency histograms) and tells dispatch decisions apart
+  by reason and strategy.
+- ``await attach(server)`` (before ``server.start()``) adds ``grpc.health.v1.Health``
+  (every service NOT_SERVING) and, unless disabled, server reflection.
+- ``await started()`` marks ``""``, ``dispatch.v1.Dispatch`` and ``dispatch.v1.Admin``
+  SERVING (unless the server holds it back until its state is recovered: then
+  ``await set_serving()`` does it later) and starts the metrics HTTP server.
+- ``await draining()`` (first thing of a graceful stop) marks everything
+  NOT_SERVING for good and ends the health ``Watch`` streams;
+  ``stopped()`` closes the metrics HTTP server.
+
+Hot path: counting costs list-index increments on the event loop's thread (no
+locks, no label look-ups); latency is one ``perf_counter`` pair and a
+``bisect`` per call. Gauges (queue/staging/pool depth, online agents, shops,
+live conversations, watchers) are computed only when Prometheus scrapes,
+on the event loop (the engine is single-threaded), from ``engine.shop_state``.
+
+The journal's fsync latency has its histogram already (``dispatch_journal_fsync_seconds``):
+durability code calls ``Ecosystem.metrics.observe_journal_fsync(seconds)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from _fastpath import Presence, Reason, Role, Strategy
+
+from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
+
+__all__ = [
+    "DISPATCH_SERVICES",
+    "LATENCY_BUCKETS",
+    "Ecosystem",
+    "LatencyHistogram",
+    "Metrics",
+]
+
+DISPATCH_SERVICES: Final = (
+    dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+"""The services whose health is reported one by one (besides the whole server, ``""``)."""
+
+LATENCY_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the RPC latency buckets: 50 µs .. 10 s."""
+
+FSYNC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+SNAPSHOT_TIMEOUT: Final = 5.0
+"""Seconds a scrape waits for the event loop to compute the gauges."""
+
+log = structlog.get_logger("dispatcher.observability")
+
+_SERVING: Final = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
+_STRATEGIC: Final = frozenset((Reason.GROUP, Reason.FALLBACK))
+"""Reasons whose agent was picked by a strategy; the others count under strategy="none"."""
+_N_STRATEGIES: Final = max(Strategy) + 1
+_STRATEGY_LABELS: Final = ["none"] + [Strategy(i).name.lower() for i in range(1, _N_STRATEGIES)]
+_ADMIN_PREFIX: Final = f"/{DISPATCH_SERVICES[1]}/"
+_DISPATCH_PREFIX: Final = f"/{DISPATCH_SERVICES[0]}/"
+
+
+class LatencyHistogram:
+    """A Prometheus-style histogram without locks or labels, for the event loop's thread.
+
+    ``observe`` is one ``bisect`` and two additions; buckets are cumulated only
+    when scraped.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative ``(le, count)`` pairs, ``+Inf`` last."""
+        out, running = [], 0
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class _StrategyOf:
+    """Which strategy picked the agent of a (shop, group): the group's own, else the shop's.
+
+    Answers come from a cache that every Admin mutation empties; the group
+    strategies (not exposed by the engine one by one) are read once from the
+    engine at start and then followed through the PutGroup/DeleteGroup/DeleteShop calls.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._cache: dict[tuple[str, str], int] = {}
+        self._groups: dict[tuple[str, str], int] = {}
+        try:
+            for shop in engine.export_state()["shops"]:
+                for group in shop["groups"]:
+                    if group["strategy"]:
+                        self._groups[(group["shop_id"], group["group_id"])] = int(group["strategy"])
+        except Exception:  # an engine without snapshots: groups count under their shop's strategy
+            log.warning("metrics.group_strategies_unavailable", exc_info=True)
+
+    def __call__(self, shop_id: str, group_id: str) -> int:
+        key = (shop_id, group_id)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        strategy = self._groups.get(key) if group_id else None
+        if not strategy:
+            try:
+                strategy = int(self._engine.shop_config(shop_id).strategy)
+            except Exception:
+                strategy = 0
+        if not 0 <= strategy < _N_STRATEGIES:
+            strategy = 0
+        self._cache[key] = strategy
+        return strategy
+
+    def admin_call(self, method: str, request: Any) -> None:
+        """Follow a (successful or not) Admin call: forget cached answers, track group strategies."""
+        if method in ("PutGroup", "DeleteGroup", "DeleteShop", "PutShop"):
+            self._cache.clear()
+        if method == "PutGroup":
+            key = (request.group.shop_id, request.group.group_id)
+            if request.group.strategy:
+                self._groups[key] = int(request.group.strategy)
+            else:
+                self._groups.pop(key, None)
+        elif method == "DeleteGroup":
+            self._groups.pop((request.shop_id, request.group_id), None)
+        elif method == "DeleteShop":
+            for key in [k for k in self._groups if k[0] == request.shop_id]:
+                del self._groups[key]
+
+
+class Metrics:
+    """The counters and histograms updated on the hot path, and the hook for journal fsyncs."""
+
+    def __init__(self, engine: Any) -> None:
+        # decisions[reason][strategy]: strategy 0 is "none"
+        self.decisions = [[0] * _N_STRATEGIES for _ in range(max(Reason) + 1)]
+        self.rpc_latency: dict[str, LatencyHistogram] = {}
+        self.journal_fsync = LatencyHistogram(FSYNC_BUCKETS)
+        self.strategy_of = _StrategyOf(engine)
+
+    def observe_journal_fsync(self, seconds: float) -> None:
+        """The hook for the durability code: one fsync of the journal took ``seconds``."""
+        self.journal_fsync.observe(seconds)
+
+    def histogram(self, method: str) -> LatencyHistogram:
+        hist = self.rpc_latency.get(method)
+        if hist is None:
+            hist = self.rpc_latency[method] = LatencyHistogram()
+        return hist
+
+    def count(self, shop_id: str, response: dispatch_pb2.DispatchResponse) -> None:
+        reason = response.reason
+        if reason in _STRATEGIC:
+            self.decisions[reason][self.strategy_of(shop_id, response.group_id)] += 1
+        else:
+            self.decisions[reason][0] += 1
+
+    def count_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest], responses: Iterable[dispatch_pb2.DispatchResponse]) -> None:
+        decisions, strategy_of = self.decisions, self.strategy_of
+        for request, response in zip(requests, responses):
+            reason = response.reason
+            if reason in _STRATEGIC:
+                decisions[reason][strategy_of(request.shop_id, response.group_id)] += 1
+            elif reason:  # 0: the item failed (its error says why)
+                decisions[reason][0] += 1
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    """Times every RPC and counts the decisions of the three Dispatch methods.
+
+    It always calls ``continuation`` (so interceptors after it, e.g. auth, run
+    on every call) and caches only its wrapping of each handler object.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        cached = self._wrapped.get(id(handler))
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler_call_details.method, handler)
+        if len(self._wrapped) < 1024:  # handlers are per method; never grow without bound
+            self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        metrics = self._metrics
+        observe = metrics.histogram(method).observe
+        clock = time.perf_counter
+        name = method.rsplit("/", 1)[-1]
+
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+            if method == _DISPATCH_PREFIX + "Dispatch":
+                count = metrics.count
+
+                async def unary(request: Any, context: Any) -> Any:
+                    start = clock()
+                    try:
+                        response = await behavior(request, context)
+                        count(request.shop_id, response)
+                        return response
+                    finally:
+                        observe(clock() - start)
+
+            elif method == _DISPATCH_PREFIX + "DispatchBatch":
+                count_batch = metrics.count_batch
+
+                async def unary(request: Any, context: Any) -> Any:
+                    start = clock()
+                    try:
+                        response = await behavior(request, context)
+                        count_batch(request.requests, response.responses)
+                        return response
+                    finally:
+                        observe(clock() - start)
+
+            elif method.startswith(_ADMIN_PREFIX):
+                admin_call = metrics.strategy_of.admin_call
+
+                async def unary(request: Any, context: Any) -> Any:
+                    start = clock()
+                    try:
+                        return await behavior(request, context)
+                    finally:
+                        admin_call(name, request)
+                        observe(clock() - start)
+
+            else:
+
+                async def unary(request: Any, context: Any) -> Any:
+                    start = clock()
+                    try:
+                        return await behavior(request, context)
+                    finally:
+                        observe(clock() - start)
+
+            return handler._replace(unary_unary=unary)
+
+        if handler.unary_stream is not None:
+            # Server streams (WatchAssignments, health Watch) live as long as
+            # their subscriber: the histogram says how long they stayed open.
+            stream_behavior = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                start = clock()
+                try:
+                    async for item in stream_behavior(request, context):
+                        yield item
+                finally:
+                    observe(clock() - start)
+
+            return handler._replace(unary_stream=unary_stream)
+
+        if handler.stream_stream is not None:
+            bidi = handler.stream_stream
+            counting = method == _DISPATCH_PREFIX + "DispatchStream"
+            count_batch = metrics.count_batch
+
+            async def stream_stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+                start = clock()
+                pending: list[Any] = []
+
+                async def requests() -> AsyncIterator[Any]:
+                    async for batch in request_iterator:
+                        if counting:
+                            pending.append(batch)
+                        yield batch
+
+                try:
+                    async for response in bidi(requests(), context):
+                        # One answer batch per request batch, in order.
+                        if counting and pending:
+                            count_batch(pending.pop(0).requests, response.responses)
+                        yield response
+                finally:
+                    observe(clock() - start)
+
+            return handler._replace(stream_stream=stream_stream)
+
+        return handler  # client streaming: the contract has none
+
+
+class _Health(health_aio.HealthServicer):
+    """The stock asyncio health servicer, whose Watch streams end (OK) once draining has been sent."""
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        condition = self._server_watchers[request.service]
+        last = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                    if status != last:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                    last = status
+                    if self._gracefully_shutting_down:
+                        return
+                    await condition.wait()
+        finally:
+            self._server_watchers.pop(request.service, None)
+
+    async def drain(self) -> None:
+        await self.enter_graceful_shutdown()
+        # Wake the watchers of services that never had a status of their own.
+        for service, condition in list(self._server_watchers.items()):
+            async with condition:
+                condition.notify_all()
+
+
+class _Collector(Collector):
+    """Builds every metric family at scrape time, reading the server on its event loop."""
+
+    def __init__(self, ecosystem: Ecosystem) -> None:
+        self._eco = ecosystem
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())  # no duplicate checks against the registry; names are fixed below
+
+    def collect(self) -> Iterator[Any]:
+        eco = self._eco
+        loop = eco.loop
+        try:
+            if loop is None or loop.is_closed():
+                raise RuntimeError("the server's event loop is not running")
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:  # called on the loop itself (e.g. generate_latest in a test)
+                snap = eco.snapshot()
+            else:
+                future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+                def run() -> None:
+                    try:
+                        future.set_result(eco.snapshot())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the scraping thread
+                        future.set_exception(exc)
+
+                loop.call_soon_threadsafe(run)
+                snap = future.result(SNAPSHOT_TIMEOUT)
+        except Exception:
+            log.warning("metrics.snapshot_failed", exc_info=True)
+            up = GaugeMetricFamily("dispatch_up", "1 when the scrape could read the server's state")
+            up.add_metric([], 0)
+            yield up
+            return
+        yield from _families(snap)
+
+
+def _families(snap: dict[str, Any]) -> Iterator[Any]:
+    up = GaugeMetricFamily("dispatch_up", "1 when the scrape could read the server's state")
+    up.add_metric([], 1)
+    yield up
+
+    decisions = CounterMetricFamily(
+        "dispatch_decisions",
+        "Dispatch decisions (Dispatch, DispatchBatch, DispatchStream items) by reason and by the strategy that picked the agent",
+        labels=["reason", "strategy"],
+    )
+    for reason, row in enumerate(snap["decisions"]):
+        for strategy, n in enumerate(row):
+            if n:
+                decisions.add_metric([Reason(reason).name.lower(), _STRATEGY_LABELS[strategy]], n)
+    yield decisions
+
+    handed = CounterMetricFamily(
+        "dispatch_handed_out", "Assignments made after their Dispatch (queue drains, staging pushes, pool claims)"
+    )
+    handed.add_metric([], snap["handed_out"])
+    yield handed
+
+    events = CounterMetricFamily("dispatch_events", "SetPresence, ReportConversation and ClaimFromPool calls")
+    events.add_metric([], snap["events"])
+    yield events
+
+    admin = CounterMetricFamily("dispatch_admin_calls", "Admin calls that change configuration")
+    admin.add_metric([], snap["admin_calls"])
+    yield admin
+
+    errors = CounterMetricFamily("dispatch_errors", "Refused calls and batch items, by gRPC status", labels=["code"])
+    for code, n in sorted(snap["errors"].items()):
+        errors.add_metric([code], n)
+    errors.add_metric(["INTERNAL"], snap["internal_errors"])
+    yield errors
+
+    latency = HistogramMetricFamily(
+        "dispatch_rpc_duration_seconds",
+        "Time from the start of an RPC's handler to its end (streams: how long they stayed open)",
+        labels=["service", "method"],
+    )
+    for path, (buckets, total) in sorted(snap["rpc_latency"].items()):
+        service, _, method = path.lstrip("/").partition("/")
+        latency.add_metric([service, method], buckets, total)
+    yield latency
+
+    fsync = HistogramMetricFamily(
+        "dispatch_journal_fsync_seconds", "Time one fsync of the journal took (empty until durability is on)"
+    )
+    fsync.add_metric([], *snap["journal_fsync"])
+    yield fsync
+
+    gauges = [
+        ("dispatch_shops", "Shops configured", snap["shops"]),
+        ("dispatch_agents_online", "Agents (not robots) whose presence is ONLINE", snap["agents_online"]),
+        ("dispatch_agents_suspended", "Agents whose presence is SUSPENDED", snap["agents_suspended"]),
+        ("dispatch_live_conversations", "Conversations assigned or waiting", snap["live_conversations"]),
+        ("dispatch_watchers", "Open WatchAssignments streams", snap["watchers"]),
+        ("dispatch_serving", "1 while health says SERVING, 0 before it is ready and while draining", snap["serving"]),
+    ]
+    for name, doc, value in gauges:
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], value)
+        yield gauge
+    waiting = GaugeMetricFamily(
+        "dispatch_waiting_conversations", "Conversations nobody has taken yet, by where they wait", labels=["wait"]
+    )
+    for kind in ("queue", "staging", "pool"):
+        waiting.add_metric([kind], snap[kind])
+    yield waiting
+
+
+class Ecosystem:
+    """Health, reflection and metrics of one ``DispatchServer`` (see the module doc)."""
+
+    def __init__(
+        self,
+        server: Any,
+        *,
+        reflection: bool = True,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        hold_serving: bool = False,
+    ) -> None:
+        self._server = server
+        self.reflection = reflection
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.hold_serving = hold_serving
+        self.metrics = Metrics(server.engine)
+        self.health = _Health()
+        self.interceptors: list[grpc.aio.ServerInterceptor] = [_Interceptor(self.metrics)]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.serving = False
+        self._http: Any = None
+        self._http_thread: Any = None
+
+    async def attach(self, server: grpc.aio.Server) -> None:
+        """Add the health (everything NOT_SERVING) and reflection services; before ``server.start()``."""
+        for service in ("", *DISPATCH_SERVICES):
+            await self.health.set(service, _NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.reflection:
+            names = (*DISPATCH_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, server)
+
+    async def started(self) -> None:
+        """After ``server.start()``: SERVING (unless held back) and the metrics endpoint."""
+        self.loop = asyncio.get_running_loop()
+        if self.metrics_port is not None:
+            self._http, self._http_thread = start_http_server(self.metrics_port, self.metrics_host, self.registry)
+            self.metrics_port = int(self._http.server_port)
+        if not self.hold_serving:
+            await self.set_serving()
+
+    async def set_serving(self) -> None:
+        """The engine (and the recovered state, when there is one) is ready: report SERVING."""
+        for service in ("", *DISPATCH_SERVICES):
+            await self.health.set(service, _SERVING)
+        self.serving = not self.health._gracefully_shutting_down
+
+    async def draining(self) -> None:
+        """A graceful stop begins: NOT_SERVING for good; open health Watch streams get it and end."""
+        self.serving = False
+        await self.health.drain()
+
+    def stopped(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the scrape exports; runs on the event loop's thread."""
+        server = self._server
+        engine = server.engine
+        counters = server.counters
+        metrics = self.metrics
+        snap: dict[str, Any] = {
+            "decisions": [list(row) for row in metrics.decisions],
+            "handed_out": counters.handed_out,
+            "events": counters.events,
+            "admin_calls": counters.admin_calls,
+            "errors": dict(counters.errors),
+            "internal_errors": counters.internal_errors,
+            "rpc_latency": {m: (h.buckets(), h.total) for m, h in metrics.rpc_latency.items()},
+            "journal_fsync": (metrics.journal_fsync.buckets(), metrics.journal_fsync.total),
+            "watchers": server.hub.subscribers,
+            "serving": int(self.serving),
+        }
+        shops = engine.shop_ids()
+        online = suspended = live = queue = staging = pool = 0
+        for shop_id in shops:
+            state = engine.shop_state(shop_id)
+            for agent in state["agents"]:
+                if agent["role"] == Role.ROBOT:
+                    continue
+                if agent["presence"] == Presence.ONLINE:
+                    online += 1
+                elif agent["presence"] == Presence.SUSPENDED:
+                    suspended += 1
+            live += state["live_conversations"]
+            queue += len(state["queue"])
+            staging += len(state["staging"])
+            pool += len(state["pool"])
+        snap.update(
+            shops=len(shops),
+            agents_online=online,
+            agents_suspended=suspended,
+            live_conversations=live,
+            queue=queue,
+            staging=staging,
+            pool=pool,
+        )
+        return snap
