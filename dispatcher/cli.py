@@ -21,7 +21,7 @@ import _fastpath
 
 from .auth import AuthPolicy, PolicyError, hash_token, new_token
 from .bootstrap import BootstrapError, apply_bootstrap, load_bootstrap
-from .config import ServeSettings, add_serve_arguments, settings_from_args
+from .config import ServeSettings, add_serve_arguments, apply_config_file, settings_from_args
 from .convert import now_ms
 from .logging import configure_logging
 from .security import is_loopback, server_credentials
@@ -32,11 +32,16 @@ __all__ = ["build_parser", "main", "serve"]
 log = structlog.get_logger("dispatcher")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; ``argv`` is only searched for ``--config`` (the TOML file of serve settings)."""
     parser = argparse.ArgumentParser(prog="dispatcher", description="Dispatch: routes buyer conversations to agents.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser("serve", help="run the gRPC server", description=__doc__)
     add_serve_arguments(serve_parser)
+    try:
+        apply_config_file(serve_parser, argv)
+    except ValueError as exc:
+        serve_parser.error(str(exc))
     hash_parser = commands.add_parser(
         "hash-token",
         help="print the sha256 of a bearer token for the auth policy",
@@ -116,7 +121,13 @@ async def serve(settings: ServeSettings) -> int:
             log.error("bootstrap.failed", error=str(exc))
             return 2
         log.info("bootstrap.loaded", file=str(settings.bootstrap), shop_ids=engine.shop_ids(), **counts)
-    server = DispatchServer(engine, **security_options)
+    server = DispatchServer(
+        engine,
+        **security_options,
+        reflection=settings.reflection,
+        metrics_port=settings.metrics_port or None,
+        metrics_host=settings.metrics_host or settings.host,
+    )
     try:
         port = await server.start(settings.host, settings.port)
     except (OSError, RuntimeError) as exc:
@@ -140,6 +151,8 @@ async def serve(settings: ServeSettings) -> int:
         **({"security_warnings": security_warnings} if security_warnings else {}),
         host=settings.host,
         port=port,
+        metrics_port=server.ecosystem.metrics_port or 0,
+        reflection=settings.reflection,
         engine=_fastpath.ENGINE_KIND,
         seed=settings.seed,
         max_batch=MAX_BATCH,
@@ -157,7 +170,8 @@ async def serve(settings: ServeSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     ns = parser.parse_args(argv)
     if ns.command == "hash-token":
         return hash_token_command(ns.generate)

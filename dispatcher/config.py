@@ -1,7 +1,8 @@
-"""Server settings: command-line flags, each with a ``DISPATCH_*`` environment variable.
+"""Server settings: command-line flags, each with a ``DISPATCH_*`` environment variable
+and a key of the TOML file named by ``--config`` (``$DISPATCH_CONFIG``).
 
 A flag given on the command line wins over its environment variable, which
-wins over the default.
+wins over the config file, which wins over the default.
 """
 
 from __future__ import annotations
@@ -9,13 +10,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 from .logging import LOG_FORMATS
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENV_VARS", "ServeSettings", "add_serve_arguments", "settings_from_args"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ENV_VARS",
+    "ServeSettings",
+    "add_serve_arguments",
+    "apply_config_file",
+    "load_config_file",
+    "settings_from_args",
+]
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 50051
@@ -37,6 +48,11 @@ ENV_VARS: Final = {
     "auth_policy": "DISPATCH_AUTH_POLICY",
     "no_auth": "DISPATCH_NO_AUTH",
     "max_concurrent_rpcs": "DISPATCH_MAX_CONCURRENT_RPCS",
+    # Ecosystem (dispatcher/observability.py, docs/OPERATING.md).
+    "config": "DISPATCH_CONFIG",
+    "reflection": "DISPATCH_REFLECTION",
+    "metrics_port": "DISPATCH_METRICS_PORT",
+    "metrics_host": "DISPATCH_METRICS_HOST",
 }
 
 
@@ -57,6 +73,10 @@ class ServeSettings:
     auth_policy: Path | None = None
     no_auth: bool = False
     max_concurrent_rpcs: int = 1024
+    config: Path | None = None
+    reflection: bool = True
+    metrics_port: int = 0
+    metrics_host: str = ""
 
 
 def _port(text: str) -> int:
@@ -135,6 +155,88 @@ def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, s
     )
 
 
+def _add_ecosystem_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("config file, reflection and metrics (docs/OPERATING.md)")
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=env.get(ENV_VARS["config"]),
+        help="TOML file of settings: keys are the flag names (port = 50051, log_format = \"json\"); "
+        "flags and $DISPATCH_* variables win over it [$DISPATCH_CONFIG]",
+    )
+    group.add_argument(
+        "--reflection",
+        action=argparse.BooleanOptionalAction,
+        default=_flag(env.get(ENV_VARS["reflection"], "true")),
+        help="serve grpc.reflection (grpcurl and ghz need no .proto files) [$DISPATCH_REFLECTION, on]",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=env.get(ENV_VARS["metrics_port"], 0),
+        help="port of the Prometheus /metrics HTTP endpoint; 0 turns it off [$DISPATCH_METRICS_PORT, 0]",
+    )
+    group.add_argument(
+        "--metrics-host",
+        default=env.get(ENV_VARS["metrics_host"], ""),
+        help="address of the metrics endpoint; empty: the same as --host [$DISPATCH_METRICS_HOST, same as --host]",
+    )
+
+
+def load_config_file(path: Path) -> dict[str, object]:
+    """The settings of a TOML config file, keys as flag destinations (``log-format`` = ``log_format``)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in ENV_VARS or name == "config":
+            known = ", ".join(sorted(k for k in ENV_VARS if k != "config"))
+            raise ValueError(f"config file {path}: unknown setting {key!r} (known: {known})")
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"config file {path}: {key} must be a single value, not a table or an array")
+        out[name] = value
+    return out
+
+
+def apply_config_file(
+    parser: argparse.ArgumentParser, argv: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Path | None:
+    """Make the file named by ``--config`` in ``argv`` (else ``$DISPATCH_CONFIG``) the defaults of ``parser``.
+
+    Only settings whose environment variable is unset are taken from the file,
+    and flags on the command line still win: flags > env > file > defaults.
+    Raises ``ValueError`` naming the file for an unreadable file or unknown key.
+    """
+    env = os.environ if env is None else env
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=env.get(ENV_VARS["config"]))
+    path = pre.parse_known_args(list(argv))[0].config
+    if not path:
+        return None
+    values = load_config_file(Path(path))
+    actions = {a.dest: a for a in parser._actions}
+    defaults: dict[str, object] = {}
+    for name, value in values.items():
+        if ENV_VARS[name] in env or name not in actions:
+            continue
+        if isinstance(actions[name], (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            try:
+                defaults[name] = _flag(value)
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"config file {path}: {name}: {exc}") from None
+        else:
+            # A string default goes through the flag's type check like a command-line value.
+            defaults[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    parser.set_defaults(**defaults)
+    return Path(path)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     d = ServeSettings()
@@ -180,6 +282,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] 
         help="seconds between counter log lines; 0 logs them only at shutdown [$DISPATCH_STATS_INTERVAL, 60]",
     )
     _add_security_arguments(parser, env)
+    _add_ecosystem_arguments(parser, env)
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
@@ -199,4 +302,8 @@ def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
         auth_policy=Path(ns.auth_policy) if ns.auth_policy else None,
         no_auth=bool(ns.no_auth),
         max_concurrent_rpcs=int(ns.max_concurrent_rpcs),
+        config=Path(ns.config) if ns.config else None,
+        reflection=bool(ns.reflection),
+        metrics_port=int(ns.metrics_port),
+        metrics_host=ns.metrics_host or "",
     )

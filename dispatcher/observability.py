@@ -10,7 +10,7 @@ points and nothing else of it is on the servicers' code path:
   (every service NOT_SERVING) and, unless disabled, server reflection.
 - ``await started()`` marks ``""``, ``dispatch.v1.Dispatch`` and ``dispatch.v1.Admin``
   SERVING (unless the server holds it back until its state is recovered: then
-  ``await set_serving()`` does it later) and starts the metrics HTTP server.
+  ``await set_serving()`` does it later). The metrics HTTP server is opened by ``attach``.
 - ``await draining()`` (first thing of a graceful stop) marks everything
   NOT_SERVING for good and ends the health ``Watch`` streams;
   ``stopped()`` closes the metrics HTTP server.
@@ -494,7 +494,12 @@ class Ecosystem:
         self._http_thread: Any = None
 
     async def attach(self, server: grpc.aio.Server) -> None:
-        """Add the health (everything NOT_SERVING) and reflection services; before ``server.start()``."""
+        """Add the health (everything NOT_SERVING) and reflection services and open the metrics
+        endpoint (a taken port fails here, before the gRPC port is bound); before ``server.start()``."""
+        self.loop = asyncio.get_running_loop()
+        if self.metrics_port is not None and self._http is None:
+            self._http, self._http_thread = start_http_server(self.metrics_port, self.metrics_host, self.registry)
+            self.metrics_port = int(self._http.server_port)
         for service in ("", *DISPATCH_SERVICES):
             await self.health.set(service, _NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -503,11 +508,7 @@ class Ecosystem:
             reflection.enable_server_reflection(names, server)
 
     async def started(self) -> None:
-        """After ``server.start()``: SERVING (unless held back) and the metrics endpoint."""
-        self.loop = asyncio.get_running_loop()
-        if self.metrics_port is not None:
-            self._http, self._http_thread = start_http_server(self.metrics_port, self.metrics_host, self.registry)
-            self.metrics_port = int(self._http.server_port)
+        """After ``server.start()``: SERVING, unless held back until the state is ready."""
         if not self.hold_serving:
             await self.set_serving()
 
