@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import inspect
 import concurrent.futures
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -285,20 +286,42 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             # Server streams (WatchAssignments, health Watch) live as long as
             # their subscriber: the histogram says how long they stayed open.
+            # grpc.aio tells generator handlers from ``context.write`` ones
+            # (e.g. health Watch) by isasyncgenfunction: keep the kind.
             stream_behavior = handler.unary_stream
+            if inspect.isasyncgenfunction(stream_behavior):
 
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                start = clock()
-                try:
-                    async for item in stream_behavior(request, context):
-                        yield item
-                finally:
-                    observe(clock() - start)
+                async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                    start = clock()
+                    try:
+                        async for item in stream_behavior(request, context):
+                            yield item
+                    finally:
+                        observe(clock() - start)
+
+            else:
+
+                async def unary_stream(request: Any, context: Any) -> Any:  # type: ignore[misc]
+                    start = clock()
+                    try:
+                        return await stream_behavior(request, context)
+                    finally:
+                        observe(clock() - start)
 
             return handler._replace(unary_stream=unary_stream)
 
         if handler.stream_stream is not None:
             bidi = handler.stream_stream
+            if not inspect.isasyncgenfunction(bidi):  # a context.read/write handler (e.g. reflection)
+
+                async def rw_stream(request_iterator: Any, context: Any) -> Any:
+                    start = clock()
+                    try:
+                        return await bidi(request_iterator, context)
+                    finally:
+                        observe(clock() - start)
+
+                return handler._replace(stream_stream=rw_stream)
             counting = method == _DISPATCH_PREFIX + "DispatchStream"
             count_batch = metrics.count_batch
 

@@ -1,0 +1,298 @@
+"""Health, reflection and Prometheus metrics of a real server (dispatcher/observability.py)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_fixtures import T0, ThreadedServer
+
+from dispatch_client import DispatchClient, dispatch_request, pb
+from dispatcher.observability import LatencyHistogram
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICES = ("", "dispatch.v1.Dispatch", "dispatch.v1.Admin")
+
+
+@pytest.fixture
+def observed() -> Iterator[ThreadedServer]:
+    running = ThreadedServer(metrics_port=0).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def health_check(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def scrape(server: ThreadedServer) -> str:
+    port = server.server.ecosystem.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return response.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the exposition (labels in any order); 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if got == labels:
+            return float(m.group(3))
+    return 0.0
+
+
+def demo_shop(c: DispatchClient) -> None:
+    c.put_shop(shop_id="s", main_account="s")
+    for agent in ("s:a", "s:b", "s:c"):
+        c.put_agent(shop_id="s", agent_id=agent, max_capacity=1)
+    c.put_group(shop_id="s", group_id="pre", members=["s:a"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER])
+    c.put_group(
+        shop_id="s",
+        group_id="after",
+        members=["s:b"],
+        order_states=[pb.OrderState.ORDER_STATE_PAID_UNSHIPPED],
+        strategy=pb.Strategy.STRATEGY_FEWEST_UNREAD,
+    )
+    c.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE, at=T0)
+    c.set_presence("s", "s:b", pb.Presence.PRESENCE_ONLINE, at=T0)
+
+
+# ------------------------------------------------------------------ health
+
+
+def test_health_is_serving_per_service_and_unknown_services_are_not_found(observed: ThreadedServer) -> None:
+    for service in SERVICES:
+        assert health_check(observed.target, service) == SERVING, service
+    with pytest.raises(grpc.RpcError) as info:
+        health_check(observed.target, "no.such.Service")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_is_not_serving_until_the_state_is_ready() -> None:
+    running = ThreadedServer()
+    running.server.ecosystem.hold_serving = True  # e.g. while a journal is replayed
+    running.start()
+    try:
+        assert [health_check(running.target, s) for s in SERVICES] == [NOT_SERVING] * 3
+        running.run(running.server.ecosystem.set_serving())
+        assert [health_check(running.target, s) for s in SERVICES] == [SERVING] * 3
+    finally:
+        running.stop()
+
+
+def test_draining_reports_not_serving_to_watchers_and_ends_their_streams() -> None:
+    running = ThreadedServer().start()
+    seen: dict[str, list[int]] = {s: [] for s in SERVICES}
+    codes: dict[str, grpc.StatusCode] = {}
+    first = threading.Barrier(len(SERVICES) + 1, timeout=10)
+
+    def watch(service: str) -> None:
+        with grpc.insecure_channel(running.target) as channel:
+            call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service), timeout=20)
+            for i, answer in enumerate(call):
+                seen[service].append(answer.status)
+                if i == 0:
+                    first.wait()
+            codes[service] = call.code()
+
+    threads = [threading.Thread(target=watch, args=(s,)) for s in SERVICES]
+    for t in threads:
+        t.start()
+    first.wait()  # every watcher has its first answer
+    stopping = threading.Thread(target=running.stop, kwargs={"grace": 5.0})
+    stopping.start()
+    for t in threads:
+        t.join(15)
+    stopping.join(15)
+    assert not stopping.is_alive()
+    for service in SERVICES:
+        assert seen[service] == [SERVING, NOT_SERVING], service
+        assert codes[service] == grpc.StatusCode.OK, service
+
+
+def test_draining_check_answers_not_serving() -> None:
+    running = ThreadedServer().start()
+    try:
+        running.run(running.server.ecosystem.draining())
+        assert [health_check(running.target, s) for s in SERVICES] == [NOT_SERVING] * 3
+        running.run(running.server.ecosystem.set_serving())  # draining is final
+        assert health_check(running.target, "") == NOT_SERVING
+    finally:
+        running.stop()
+
+
+# ------------------------------------------------------------------ reflection
+
+
+def reflect(target: str, request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        return next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+
+
+def test_reflection_lists_the_services_and_serves_their_descriptors(observed: ThreadedServer) -> None:
+    answer = reflect(observed.target, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {s.name for s in answer.list_services_response.service}
+    assert names == {
+        "dispatch.v1.Dispatch",
+        "dispatch.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    # What grpcurl asks next: the file that defines a service, with its dependencies.
+    answer = reflect(observed.target, reflection_pb2.ServerReflectionRequest(file_containing_symbol="dispatch.v1.Dispatch"))
+    assert answer.file_descriptor_response.file_descriptor_proto
+    assert not answer.HasField("error_response")
+
+
+def test_reflection_can_be_switched_off() -> None:
+    running = ThreadedServer(reflection=False).start()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            reflect(running.target, reflection_pb2.ServerReflectionRequest(list_services=""))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert health_check(running.target, "dispatch.v1.Dispatch") == SERVING  # health stays
+    finally:
+        running.stop()
+
+
+# ------------------------------------------------------------------ metrics
+
+
+METRIC_NAMES = (
+    "dispatch_up",
+    "dispatch_decisions_total",
+    "dispatch_handed_out_total",
+    "dispatch_events_total",
+    "dispatch_admin_calls_total",
+    "dispatch_errors_total",
+    "dispatch_rpc_duration_seconds",
+    "dispatch_journal_fsync_seconds",
+    "dispatch_shops",
+    "dispatch_agents_online",
+    "dispatch_agents_suspended",
+    "dispatch_live_conversations",
+    "dispatch_watchers",
+    "dispatch_serving",
+    "dispatch_waiting_conversations",
+)
+
+
+def test_metrics_endpoint_names_and_counts(observed: ThreadedServer) -> None:
+    before = scrape(observed)
+    for name in METRIC_NAMES:
+        assert f"# TYPE {name} " in before, name
+    assert sample(before, "dispatch_up") == 1
+    assert sample(before, "dispatch_serving") == 1
+    assert sample(before, "dispatch_decisions_total", reason="group", strategy="least_saturation") == 0
+
+    with DispatchClient(observed.target, timeout=10) as c:
+        demo_shop(c)
+        # shop strategy (the "pre" group has none of its own)
+        assert c.dispatch("s", "b1", "c1", order_state=pb.OrderState.ORDER_STATE_NO_ORDER, at=T0).agent_id == "s:a"
+        # the "after" group's own strategy
+        assert c.dispatch("s", "b2", "c2", order_state=pb.OrderState.ORDER_STATE_PAID_UNSHIPPED, at=T0).agent_id == "s:b"
+        # everyone full: queued (no strategy), in a batch
+        batch = c.dispatch_batch([dispatch_request("s", "b3", "c3", at=T0), dispatch_request("nope", "b4", "c4", at=T0)])
+        assert batch[0].reason == pb.Reason.REASON_QUEUED and batch[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+        # a stream of two batches
+        answers = list(c.dispatch_stream([[dispatch_request("s", "b5", "c5", at=T0)], [dispatch_request("s", "b6", "c6", at=T0)]]))
+        assert [a[0].reason for a in answers] == [pb.Reason.REASON_QUEUED] * 2
+        with pytest.raises(grpc.RpcError):
+            c.get_shop_state("ghost")
+
+    text = scrape(observed)
+    assert sample(text, "dispatch_decisions_total", reason="group", strategy="least_saturation") == 1
+    assert sample(text, "dispatch_decisions_total", reason="group", strategy="fewest_unread") == 1
+    assert sample(text, "dispatch_decisions_total", reason="queued", strategy="none") == 3
+    assert sample(text, "dispatch_errors_total", code="NOT_FOUND") == 2
+    assert sample(text, "dispatch_admin_calls_total") == 6
+    assert sample(text, "dispatch_events_total") == 2
+    # gauges, computed at scrape time from the engine
+    assert sample(text, "dispatch_shops") == 1
+    assert sample(text, "dispatch_agents_online") == 2
+    assert sample(text, "dispatch_live_conversations") == 5
+    assert sample(text, "dispatch_waiting_conversations", wait="queue") == 3
+    assert sample(text, "dispatch_waiting_conversations", wait="staging") == 0
+    # latency histograms per method (shop-agnostic labels only)
+    dispatch = {"service": "dispatch.v1.Dispatch", "method": "Dispatch"}
+    assert sample(text, "dispatch_rpc_duration_seconds_count", **dispatch) == 2
+    assert sample(text, "dispatch_rpc_duration_seconds_bucket", le="+Inf", **dispatch) == 2
+    assert sample(text, "dispatch_rpc_duration_seconds_sum", **dispatch) > 0
+    assert sample(text, "dispatch_rpc_duration_seconds_count", service="dispatch.v1.Dispatch", method="DispatchStream") == 1
+    assert sample(text, "dispatch_rpc_duration_seconds_count", service="dispatch.v1.Admin", method="GetShopState") == 1
+    assert '"s"' not in text and "s:a" not in text  # no shop or agent ids in labels
+
+
+def test_group_strategy_changes_are_followed(observed: ThreadedServer) -> None:
+    with DispatchClient(observed.target, timeout=10) as c:
+        demo_shop(c)
+        c.put_group(shop_id="s", group_id="pre", members=["s:a"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER],
+                    strategy=pb.Strategy.STRATEGY_FEWEST_TODAY)  # fmt: skip
+        c.dispatch("s", "b1", "c1", order_state=pb.OrderState.ORDER_STATE_NO_ORDER, at=T0)
+        c.put_shop(shop_id="s", main_account="s", strategy=pb.Strategy.STRATEGY_WEIGHTED_BUSYNESS)
+        c.put_group(shop_id="s", group_id="pre", members=["s:c"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER])
+        c.set_presence("s", "s:c", pb.Presence.PRESENCE_ONLINE, at=T0)
+        c.dispatch("s", "b2", "c2", order_state=pb.OrderState.ORDER_STATE_NO_ORDER, at=T0)
+    text = scrape(observed)
+    assert sample(text, "dispatch_decisions_total", reason="group", strategy="fewest_today") == 1
+    assert sample(text, "dispatch_decisions_total", reason="group", strategy="weighted_busyness") == 1
+
+
+def test_group_strategies_of_a_preloaded_engine_are_known() -> None:
+    import _fastpath
+
+    engine = _fastpath.Engine(0)
+    engine.put_shop(_fastpath.ShopConfig(shop_id="p", main_account="p"))
+    engine.put_agent(_fastpath.AgentConfig(shop_id="p", agent_id="p:a", max_capacity=5))
+    engine.put_group(_fastpath.GroupConfig(shop_id="p", group_id="g", members=("p:a",), order_states=(1,), strategy=3))
+    engine.set_presence("p", "p:a", 1, 0, T0)
+    running = ThreadedServer(engine, metrics_port=0).start()
+    try:
+        with DispatchClient(running.target, timeout=10) as c:
+            assert c.dispatch("p", "b", "c", order_state=1, at=T0).group_id == "g"
+        text = scrape(running)
+        assert sample(text, "dispatch_decisions_total", reason="group", strategy="capacity_round_robin") == 1
+    finally:
+        running.stop()
+
+
+def test_metrics_endpoint_is_off_by_default() -> None:
+    plain = ThreadedServer().start()
+    try:
+        assert plain.server.ecosystem.metrics_port is None
+    finally:
+        plain.stop()
+
+
+def test_journal_fsync_hook_feeds_its_histogram(observed: ThreadedServer) -> None:
+    hook = observed.server.ecosystem.metrics.observe_journal_fsync
+    observed.loop.call_soon_threadsafe(hook, 0.003)
+    text = scrape(observed)
+    assert sample(text, "dispatch_journal_fsync_seconds_count") == 1
+    assert sample(text, "dispatch_journal_fsync_seconds_bucket", le="0.0025") == 0
+    assert sample(text, "dispatch_journal_fsync_seconds_bucket", le="0.005") == 1
+
+
+def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    hist = LatencyHistogram((0.001, 0.01))
+    for value in (0.0005, 0.001, 0.002, 5.0):
+        hist.observe(value)
+    assert hist.buckets() == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
+    assert hist.total == pytest.approx(5.0035)
