@@ -10,7 +10,7 @@ PORT   ?= 50051
 
 FASTPATH_SRC := $(wildcard _fastpath/*.pyx _fastpath/*.pxd)
 
-.PHONY: all install serve test test-fast bench bench-quick protos clean
+.PHONY: all install serve test test-fast bench bench-quick bench-tools protos clean
 
 all: install
 
@@ -35,8 +35,26 @@ serve: $(STAMP)
 test: $(STAMP)
 	DISPATCH_EXPECT_COMPILED=1 $(PY) -m pytest -q
 
+# A long fuzz run (>= 1,000,000 inputs against a live server; about half an
+# hour): see docs/SECURITY.md. FUZZ_INPUTS=... to change the budget.
+FUZZ_INPUTS ?= 1000000
+fuzz: $(STAMP)
+	DISPATCH_FUZZ_INPUTS=$(FUZZ_INPUTS) DISPATCH_FUZZ_PER_EXAMPLE=200 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+# Benchmarks (not part of `make test`). h2load comes from Debian's nghttp2-client.
+BENCH_ARGS ?=
+
+bench-tools:
+	@command -v h2load >/dev/null 2>&1 || (apt-get update && apt-get install -y nghttp2-client)
+
+bench: $(STAMP) bench-tools
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: $(STAMP) bench-tools
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html

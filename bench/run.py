@@ -1,0 +1,349 @@
+"""Run every benchmark and write bench/RESULTS.md (``make bench``; ``make bench-quick`` = ``--quick``).
+
+    .venv/bin/python -m bench.run [--quick] [--affinity N] [--out bench/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import engine_bench as eb
+from bench import grpc_bench as gb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def machine() -> dict[str, str]:
+    import Cython
+    import grpc
+    import google.protobuf
+
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
+            "python": platform.python_version(), "grpcio": grpc.__version__, "protobuf": google.protobuf.__version__,
+            "cython": Cython.__version__, "h2load": h2, "engine": eb.compiled_engine_cls().__module__,
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def pf(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def engine_single(cfg: dict[str, Any], runs: int, overhead: int) -> list[dict[str, Any]]:
+    rows = []
+    for st in eb.STRATEGIES:
+        comp, ref, ratios = [], [], []
+        for r in range(runs):
+            c = eb.bench_single_shop("compiled", st, n_agents=cfg["agents"], n_decisions=cfg["decisions"],
+                                     churn=cfg["churn"], seed=r + 1, overhead=overhead)
+            x = eb.bench_single_shop("reference", st, n_agents=cfg["agents"], n_decisions=cfg["ref_decisions"],
+                                     churn=cfg["churn"], seed=r + 1, overhead=overhead)
+            # Same stream prefix (same seed): compare the first n_ref decisions of both engines.
+            prefix = eb.summarize(c["_lat"][: x["n"]])
+            comp.append(c)
+            ref.append(x)
+            ratios.append(x["p50_ns"] / max(1.0, prefix["p50_ns"]))
+        rows.append({
+            "strategy": eb.Strategy(st).name,
+            "compiled_p50": med([c["p50_ns"] for c in comp]), "compiled_p99": med([c["p99_ns"] for c in comp]),
+            "compiled_dps": med([c["decisions_per_s"] for c in comp]),
+            "ref_p50": med([x["p50_ns"] for x in ref]), "ref_p99": med([x["p99_ns"] for x in ref]),
+            "ref_dps": med([x["decisions_per_s"] for x in ref]),
+            "speedup": med(ratios), "errors": sum(c["errors"] + 0 for c in comp),
+            "reasons": comp[0]["reasons"],
+        })
+        log(f"(a) {rows[-1]['strategy']}: compiled p50 {rows[-1]['compiled_p50']:.0f} ns, x{rows[-1]['speedup']:.0f}")
+    return rows
+
+
+def engine_many(cfg: dict[str, Any], runs: int, overhead: int) -> dict[str, Any]:
+    engine = eb.compiled_engine_cls()(7)
+    log(f"(b) building {cfg['shops']} shops x {cfg['agents_per_shop']} agents, {cfg['affinity']} contacts")
+    built = eb.build_many(engine, cfg["shops"], cfg["agents_per_shop"], cfg["affinity"], progress=False)
+    log(f"(b) built in {built['build_shops_s']:.0f}s + {built['build_affinity_s']:.0f}s; rss {eb.rss_bytes() >> 20} MiB")
+    results = []
+    at = built["at"] + 1
+    for r in range(runs):
+        events = eb.make_stream(built["shops"], cfg["agents_per_shop"], cfg["decisions"], churn=cfg["churn"],
+                                buyers_per_shop=max(2, 2 * built["per_shop"]), max_live=max(100, cfg["shops"]),
+                                seed=100 + r, start_ms=at, tag=f"m{r}c")
+        events = [(e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:])
+                  if e[0] == eb.DISPATCH else e for e in events]
+        at = max(e[-2] if e[0] == eb.DISPATCH else e[-1] for e in events) + 1
+        res = eb.run_stream(engine, events, overhead)
+        s = eb.summarize(res["lat"])
+        s["errors"] = res["errors"]
+        s["reasons"] = {eb._fastpath.Reason(k).name: v for k, v in sorted(res["reasons"].items())}
+        results.append(s)
+        log(f"(b) run {r}: p50 {s['p50_ns']:.0f} ns p99 {s['p99_ns']:.0f} ns")
+    rss = eb.rss_bytes()
+    del engine
+    # Reference vs compiled on identical streams at a size the reference can build in seconds.
+    small = {"shops": cfg["ref_shops"], "agents": cfg["agents_per_shop"], "affinity": cfg["ref_affinity"]}
+    ref_p50, comp_p50, ref_dps = [], [], []
+    for r in range(runs):
+        x = eb.bench_many_shops("reference", n_shops=small["shops"], agents_per_shop=small["agents"],
+                                affinity=small["affinity"], n_decisions=cfg["ref_decisions"], churn=cfg["churn"],
+                                seed=7 + r, overhead=overhead)
+        c = eb.bench_many_shops("compiled", n_shops=small["shops"], agents_per_shop=small["agents"],
+                                affinity=small["affinity"], n_decisions=cfg["ref_decisions"], churn=cfg["churn"],
+                                seed=7 + r, overhead=overhead)
+        ref_p50.append(x["p50_ns"])
+        comp_p50.append(c["p50_ns"])
+        ref_dps.append(x["decisions_per_s"])
+    return {
+        "cfg": cfg, "build_shops_s": built["build_shops_s"], "build_affinity_s": built["build_affinity_s"],
+        "affinity": built["affinity"], "rss_mib": rss >> 20,
+        "p50": med([s["p50_ns"] for s in results]), "p99": med([s["p99_ns"] for s in results]),
+        "dps": med([s["decisions_per_s"] for s in results]), "errors": sum(s["errors"] for s in results),
+        "reasons": results[0]["reasons"], "runs": [{k: v for k, v in s.items()} for s in results],
+        "small": small, "small_ref_p50": med(ref_p50), "small_comp_p50": med(comp_p50), "small_ref_dps": med(ref_dps),
+        "small_speedup": med([a / max(1.0, b) for a, b in zip(ref_p50, comp_p50)]),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--affinity", type=int, default=None, help="live affinity entries at (b)")
+    p.add_argument("--shops", type=int, default=None, help="shops at (b)")
+    p.add_argument("--churn", type=float, default=0.5, help="churn events per decision")
+    p.add_argument("--skip-grpc", action="store_true")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    quick = a.quick
+    t_start = time.time()
+    runs = 3
+    if quick:
+        single = {"agents": 1000, "decisions": 5000, "ref_decisions": 60, "churn": a.churn}
+        many = {"shops": 5000, "agents_per_shop": 20, "affinity": 200_000, "decisions": 20_000,
+                "ref_shops": 500, "ref_affinity": 10_000, "ref_decisions": 2000, "churn": a.churn}
+        mem = {"affinity_sizes": (100_000, 300_000), "agent_sizes": (20_000, 60_000)}
+        grpc_cfg = {"runs": 1, "duration": 2.0,
+                    "stream_decisions": {1: 5000, 16: 20_000, 128: 50_000, 1024: 100_000}}
+    else:
+        single = {"agents": 5000, "decisions": 20_000, "ref_decisions": 150, "churn": a.churn}
+        many = {"shops": 100_000, "agents_per_shop": 20, "affinity": 10_000_000, "decisions": 200_000,
+                "ref_shops": 2000, "ref_affinity": 100_000, "ref_decisions": 5000, "churn": a.churn}
+        mem = {"affinity_sizes": (1_000_000, 3_000_000), "agent_sizes": (50_000, 250_000)}
+        grpc_cfg = {"runs": 3, "duration": 5.0,
+                    "stream_decisions": {1: 30_000, 16: 150_000, 128: 400_000, 1024: 600_000}}
+    if a.affinity is not None:
+        many["affinity"] = a.affinity
+    if a.shops is not None:
+        many["shops"] = a.shops
+    out_path = Path(a.out) if a.out else ROOT / "bench" / ("RESULTS-quick.md" if quick else "RESULTS.md")
+
+    info = machine()
+    log(f"machine {info}")
+    overhead = eb.timer_overhead_ns()
+    log("engine (a)")
+    rows_a = engine_single(single, runs, overhead)
+    log("engine (b)")
+    res_b = engine_many(many, runs, overhead)
+    log("memory")
+    memory = eb.bench_memory("compiled", mem["affinity_sizes"], mem["agent_sizes"])
+    log(f"memory {memory}")
+    allocs = [eb.bench_alloc(100_000) for _ in range(runs)]
+    log(f"alloc {allocs}")
+    grpc_res = None
+    if not a.skip_grpc:
+        log("grpc")
+        grpc_res = gb.run_grpc(Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")), runs=grpc_cfg["runs"],
+                               duration=grpc_cfg["duration"], stream_decisions=grpc_cfg["stream_decisions"])
+    elapsed = time.time() - t_start
+    raw = {"machine": info, "single": rows_a, "many": res_b, "memory": memory, "alloc": allocs, "grpc": grpc_res,
+           "elapsed_s": elapsed, "timer_overhead_ns": overhead, "argv": sys.argv}
+    (out_path.with_suffix(".json")).write_text(json.dumps(raw, indent=1, default=str))
+    out_path.write_text(render(raw, quick, single, many, mem, grpc_cfg))
+    log(f"wrote {out_path} in {elapsed:.0f}s")
+
+
+def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict, grpc_cfg: dict) -> str:
+    m = raw["machine"]
+    L: list[str] = []
+    w = L.append
+    w(f"# Dispatch benchmark results{' (QUICK subset — not the reference numbers)' if quick else ''}\n")
+    w(f"Written by `{'make bench-quick' if quick else 'make bench'}` on {m['date']} in {raw['elapsed_s']:.0f} s "
+      f"(`{shlex.join(['python'] + raw['argv'][1:] if raw['argv'] else [])}` via `-m bench.run`). "
+      "Every figure is the **median of "
+      f"{3 if not quick else '3 (engine) / 1 (gRPC)'} runs**; ratios compare numbers measured in this same run.\n")
+    w("## Machine\n")
+    w("| | |\n|---|---|")
+    for k in ("nproc", "cpu", "kernel", "python", "grpcio", "protobuf", "cython", "h2load", "engine"):
+        w(f"| {k} | {m[k]} |")
+    w("\nThe machine is shared and noisy (a 2-core VM); absolute numbers move between runs, the ratios "
+      "against same-run baselines much less.\n")
+
+    # ------------------------------------------------------------- targets
+    b = raw["many"]
+    rows = raw["single"]
+    memory = raw["memory"]
+    alloc_pd = med([x["blocks_per_decision"] for x in raw["alloc"]])
+    min_speed_a = min(r["speedup"] for r in rows)
+    g = raw["grpc"]
+    targets: list[tuple[str, str, str, bool]] = []
+    targets.append(("median per decision at (b)", "≤ 1 µs", f"{b['p50'] / 1000:.2f} µs", b["p50"] <= 1000))
+    targets.append(("compiled vs reference, (a) worst strategy", "≥ 30×", f"{min_speed_a:.0f}×", min_speed_a >= 30))
+    targets.append(("compiled vs reference, (b) small", "≥ 30×", f"{b['small_speedup']:.0f}×",
+                    b["small_speedup"] >= 30))
+    targets.append(("RSS per affinity entry", "≤ 64 B", f"{memory['bytes_per_affinity_entry']:.1f} B",
+                    memory["bytes_per_affinity_entry"] <= 64))
+    targets.append(("RSS per agent", "≤ 256 B", f"{memory['bytes_per_agent']:.1f} B", memory["bytes_per_agent"] <= 256))
+    targets.append(("allocations per decision (compiled)", "~0 (< 0.01)", f"{alloc_pd:.5f}", abs(alloc_pd) < 0.01))
+    if g:
+        bu = med([u["req_per_s"] for u in g["baseline"]["unary"]])
+        du = med([u["req_per_s"] for u in g["dispatcher"]["unary"]])
+        ratio = du / bu
+        targets.append(("unary Dispatch / empty unary handler", "≥ 0.95", f"{ratio:.2f} ({du:,.0f} / {bu:,.0f} req/s)",
+                        ratio >= 0.95))
+        best = max(max(med([x["decisions_per_s"] for x in g["dispatcher"][k][s]]) for s in g["dispatcher"][k])
+                   for k in ("stream", "batch"))
+        targets.append(("DispatchBatch/Stream decisions/s, one core, best size", "≥ 300,000", f"{best:,.0f}",
+                        best >= 300_000))
+        half = g["dispatcher"]["unary_half_load"]
+        hp99 = med([h.get("p99_us", float("nan")) for h in half])
+        targets.append(("unary p99 at 50 % of max load", "≤ 2 ms", f"{hp99 / 1000:.2f} ms", hp99 <= 2000))
+    w("## Targets\n")
+    w("| target | goal | measured | |\n|---|---|---|---|")
+    for name, goal, got, ok in targets:
+        w(f"| {name} | {goal} | {got} | {pf(ok)} |")
+    w("")
+
+    # ------------------------------------------------------------- engine
+    w("## Engine, in-process\n")
+    w(f"ns/decision is one `engine.dispatch(...)` call from Python, timed alone with `perf_counter_ns` minus the "
+      f"empty-timer cost ({raw['timer_overhead_ns']} ns); decisions/s = 1e9 / mean. Streams interleave "
+      f"{single['churn']} churn events per decision (presence flips, agent replies that create recent contacts, "
+      "closes), untimed. Compiled and reference run the **same** stream (same seed); the speed-up compares "
+      "p50 over the identical prefix the reference ran.\n")
+    w(f"### (a) one shop, {single['agents']:,} agents (two groups), {single['decisions']:,} decisions "
+      f"(reference: first {single['ref_decisions']})\n")
+    w("| strategy | compiled p50 ns | p99 ns | decisions/s | reference p50 ns | p99 ns | decisions/s | speed-up |")
+    w("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        w(f"| {r['strategy']} | {r['compiled_p50']:,.0f} | {r['compiled_p99']:,.0f} | {r['compiled_dps']:,.0f} | "
+          f"{r['ref_p50']:,.0f} | {r['ref_p99']:,.0f} | {r['ref_dps']:,.0f} | {r['speedup']:,.0f}× |")
+    w("")
+    cfg = b["cfg"]
+    w(f"### (b) {cfg['shops']:,} shops × {cfg['agents_per_shop']} agents, {b['affinity']:,} live affinity entries\n")
+    if b["affinity"] < 10_000_000 or cfg["shops"] < 100_000:
+        w(f"**Reduced size**: the issue asks for 100,000 shops and 10 M entries; this run used "
+          f"{cfg['shops']:,} shops and {b['affinity']:,} entries (`--shops`/`--affinity` flags).\n")
+    w(f"Built in {b['build_shops_s']:.0f} s (shops, agents, groups, presence) + {b['build_affinity_s']:.0f} s "
+      f"(each entry made the production way: dispatch, agent reply, close); process RSS {b['rss_mib']:,} MiB. "
+      f"{cfg['decisions']:,} decisions per run over random shops, half of the buyers holding a recent contact, "
+      f"churn {cfg['churn']}/decision. Strategies round the five across shops.\n")
+    w("| engine | p50 ns | p99 ns | decisions/s | reasons (run 1) | churn errors |\n|---|---|---|---|---|---|")
+    w(f"| compiled | {b['p50']:,.0f} | {b['p99']:,.0f} | {b['dps']:,.0f} | {b['reasons']} | {b['errors']} |")
+    w("")
+    w(f"Reference vs compiled on identical streams at {b['small']['shops']:,} shops × {b['small']['agents']} agents, "
+      f"{b['small']['affinity']:,} entries, {cfg['ref_decisions']:,} decisions (the reference needs minutes and GBs "
+      f"at full size): reference p50 {b['small_ref_p50']:,.0f} ns ({b['small_ref_dps']:,.0f} decisions/s), "
+      f"compiled p50 {b['small_comp_p50']:,.0f} ns, speed-up **{b['small_speedup']:.0f}×**.\n")
+    w("### Memory and allocations\n")
+    w(f"Each size built in a fresh process; RSS growth at two sizes, difference divided by the difference in "
+      f"count. Affinity entries: {memory['affinity_sizes'][0]:,} vs {memory['affinity_sizes'][1]:,} on 1,000 shops "
+      f"(buyer ids `h<n>`, ~3-7 bytes) → RSS {memory['affinity_rss'][0] >> 20} / {memory['affinity_rss'][1] >> 20} MiB "
+      f"→ **{memory['bytes_per_affinity_entry']:.1f} B/entry**. Agents: {memory['agent_sizes'][0]:,} vs "
+      f"{memory['agent_sizes'][1]:,} over 1,000 shops (two groups, online) → RSS {memory['agent_rss'][0] >> 20} / "
+      f"{memory['agent_rss'][1] >> 20} MiB → **{memory['bytes_per_agent']:.1f} B/agent**. Hash tables grow by "
+      "doubling, so the per-entry figure depends on where the two sizes fall relative to a resize.\n")
+    w(f"`sys.getallocatedblocks()` delta over 100,000 compiled decisions after 20,000 warm-up (each followed by a "
+      f"reply and a close so live state is steady): {[x['blocks_delta'] for x in raw['alloc']]} blocks → "
+      f"**{alloc_pd:.5f} per decision**.\n")
+
+    # ------------------------------------------------------------- grpc
+    if g:
+        w("## gRPC\n")
+        w(f"Server on core 0 (`taskset -c 0`), load generator on core 1 (`taskset -c 1`); both servers are grpc.aio "
+          f"on uvloop with the same options. Dispatcher bootstrap: {g['n_shops']} shops × 20 agents, the five "
+          f"strategies, two groups each (one with its own strategy), every 10th shop offline (offline rule "
+          f"MAIN_ACCOUNT), 1 in 7 agents offline, one exclusive pair per shop; then {g['affinity_preconditioned']:,} "
+          "recent contacts made over gRPC (dispatch, reply, close) so that 1 in 4 requests of the load is an "
+          "affinity hit.\n")
+        w(f"grpc-status checked separately with `nghttp -v` on the same body files: baseline unary "
+          f"{g['baseline_grpc_status']}, dispatcher unary {g['dispatcher_grpc_status_unary']}, dispatcher stream "
+          f"{g['dispatcher_grpc_status_stream']}; a 4×128 DispatchStream check: {g['stream_check']['item_errors']} "
+          f"item errors, reasons {g['stream_check']['reasons']}.\n")
+        bu = g["baseline"]["unary"]
+        du = g["dispatcher"]["unary"]
+        w(f"### Unary `Dispatch` (h2load, {g['clients']} connections × {g['streams_per_client']} streams, "
+          f"{g['duration_s']:g} s after 1 s warm-up)\n")
+        w("The unary body is a point-to-point (SHOP_TO_SHOP) Dispatch: h2load repeats one body, and a routed "
+          "Dispatch's second copy is ALREADY_EXISTS by contract. It runs the whole servicer path with a trivial "
+          "engine decision; routed decisions over the wire are the stream/batch rows below (batch size 1 ≈ the "
+          "unary routed cost).\n")
+        w("| server | req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|")
+        for name, xs in (("empty grpc.aio handler", bu), ("dispatcher", du)):
+            w(f"| {name} | {med([x['req_per_s'] for x in xs]):,.0f} | {med([x.get('p50_us', 0) for x in xs]) / 1000:.2f} | "
+              f"{med([x.get('p99_us', 0) for x in xs]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in xs)} |")
+        half = g["dispatcher"]["unary_half_load"]
+        w(f"| dispatcher at 50 % of max ({med([x['req_per_s'] for x in half]):,.0f} req/s, --rps, 1 stream/conn) | "
+          f"{med([x['req_per_s'] for x in half]):,.0f} | {med([x.get('p50_us', 0) for x in half]) / 1000:.2f} | "
+          f"{med([x.get('p99_us', 0) for x in half]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in half)} |")
+        w("")
+        w("### Batches: decisions/s on one server core\n")
+        w("DispatchStream: h2load sends one stream whose body is N unique gRPC-framed DispatchBatchRequests "
+          "(`-n 1 -c 1`); decisions/s = decisions / h2load's elapsed time. DispatchBatch: `bench/batch_client.py` "
+          "(pre-serialized unique batches, 4 calls in flight, raw bytes through grpc.aio, on core 1) because h2load "
+          "can only repeat one body. Baselines are the empty handlers fed the same bytes.\n")
+        w("| batch size | stream decisions/s | empty stream | ratio | batch decisions/s | empty batch | ratio |")
+        w("|---|---|---|---|---|---|---|")
+        for s in g["dispatcher"]["stream"]:
+            ds = med([x["decisions_per_s"] for x in g["dispatcher"]["stream"][s]])
+            bs = med([x["decisions_per_s"] for x in g["baseline"]["stream"][s]])
+            db = med([x["decisions_per_s"] for x in g["dispatcher"]["batch"][s]])
+            bb = med([x["decisions_per_s"] for x in g["baseline"]["batch"][s]])
+            errs = sum(x["item_errors"] for x in g["dispatcher"]["batch"][s])
+            w(f"| {s} | {ds:,.0f} | {bs:,.0f} | {ds / bs:.2f} | {db:,.0f} | {bb:,.0f} | {db / bb:.2f} |"
+              + (f" ({errs} item errors)" if errs else ""))
+        w("")
+        w("### Exact commands\n")
+        w("```sh")
+        seen = set()
+        for c in g["commands"]:
+            key = c.replace("/tmp/dispatch-bench/", "$W/")
+            # one line per distinct shape
+            shape = " ".join(x for x in key.split() if not x.endswith(".bin") and not x.isdigit())
+            if shape in seen:
+                continue
+            seen.add(shape)
+            w(key)
+        w("```\n")
+    w(ANALYSIS_MARKER)
+    analysis = ROOT / "bench" / "ANALYSIS.md"
+    if analysis.exists():
+        w(analysis.read_text())
+    return "\n".join(L) + "\n"
+
+
+ANALYSIS_MARKER = "## Where the time goes\n"
+
+if __name__ == "__main__":
+    main()
