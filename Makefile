@@ -10,7 +10,7 @@ PORT   ?= 50051
 
 FASTPATH_SRC := $(wildcard _fastpath/*.pyx _fastpath/*.pxd)
 
-.PHONY: all install serve test test-fast bench bench-quick bench-tools protos clean
+.PHONY: all install serve test test-fast bench bench-quick bench-tools protos clean fuzz
 
 all: install
 
