@@ -23,6 +23,7 @@ from .auth import AuthPolicy, PolicyError, hash_token, new_token
 from .bootstrap import BootstrapError, apply_bootstrap, load_bootstrap
 from .config import ServeSettings, add_serve_arguments, apply_config_file, settings_from_args
 from .convert import now_ms
+from .durability import DurabilityOptions, DurableStore, RecoveryError
 from .logging import configure_logging
 from .security import is_loopback, server_credentials
 from .server import MAX_BATCH, MAX_MESSAGE_BYTES, DispatchServer
@@ -114,15 +115,32 @@ async def serve(settings: ServeSettings) -> int:
     security_options, security_warnings = security
     describe = security_options.pop("_describe")
     engine = _fastpath.Engine(settings.seed)
-    if settings.bootstrap is not None:
+    store: DurableStore | None = None
+    if settings.data_dir is not None:  # recover before serving; the bootstrap only seeds an empty data dir
+        try:
+            store = DurableStore.open(_durability_options(settings), lambda: _fastpath.Engine(settings.seed))
+        except RecoveryError as exc:
+            log.error("durability.recovery_failed", data_dir=str(settings.data_dir), error=str(exc))
+            return 3
+        engine = store.raw_engine
+    if settings.bootstrap is not None and (store is None or store.fresh):
         try:
             counts = apply_bootstrap(engine, load_bootstrap(settings.bootstrap), now_ms(), str(settings.bootstrap))
         except BootstrapError as exc:
             log.error("bootstrap.failed", error=str(exc))
+            if store is not None:
+                await store.close(snapshot=False)
             return 2
         log.info("bootstrap.loaded", file=str(settings.bootstrap), shop_ids=engine.shop_ids(), **counts)
+    elif settings.bootstrap is not None:
+        log.info("bootstrap.skipped", file=str(settings.bootstrap), reason="the data dir holds state; it wins")
+    if store is not None:
+        engine = store.begin()
+        store.start()
+        log.info("durability.recovered", **store.describe(), shop_ids=engine.shop_ids())
     server = DispatchServer(
         engine,
+        journal=store.journal if store is not None else None,
         **security_options,
         reflection=settings.reflection,
         metrics_port=settings.metrics_port or None,
@@ -132,6 +150,8 @@ async def serve(settings: ServeSettings) -> int:
         port = await server.start(settings.host, settings.port)
     except (OSError, RuntimeError) as exc:
         log.error("server.bind_failed", host=settings.host, port=settings.port, error=str(exc))
+        if store is not None:
+            await store.close()
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,6 +163,9 @@ async def serve(settings: ServeSettings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if store is not None and store.journal is not None:
+        store.journal.on_fsync = server.ecosystem.metrics.observe_journal_fsync
+        store.journal.on_failure = lambda exc: (received.append("JOURNAL_FAILURE"), stop.set())
     stats = asyncio.create_task(server.run_stats(settings.stats_interval)) if settings.stats_interval > 0 else None
     # One start line; at warning level when it runs without TLS or without authentication.
     (log.warning if security_warnings else log.info)(
@@ -163,10 +186,23 @@ async def serve(settings: ServeSettings) -> int:
     if stats is not None:
         stats.cancel()
     await server.stop(settings.grace)
+    if store is not None:
+        await store.close()  # the final snapshot
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     log.info("server.stopped", **server.counters.snapshot())
-    return 0
+    return 1 if received[0] == "JOURNAL_FAILURE" else 0
+
+
+def _durability_options(settings: ServeSettings) -> DurabilityOptions:
+    assert settings.data_dir is not None
+    return DurabilityOptions(
+        data_dir=settings.data_dir,
+        fsync=settings.fsync,
+        fsync_interval_ms=settings.fsync_interval_ms,
+        snapshot_every=settings.snapshot_every,
+        snapshot_interval=settings.snapshot_interval,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

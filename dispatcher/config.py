@@ -53,6 +53,13 @@ ENV_VARS: Final = {
     "reflection": "DISPATCH_REFLECTION",
     "metrics_port": "DISPATCH_METRICS_PORT",
     "metrics_host": "DISPATCH_METRICS_HOST",
+    # Durability (dispatcher/durability/, docs/DURABILITY.md).
+    "data_dir": "DISPATCH_DATA_DIR",
+    "no_durability": "DISPATCH_NO_DURABILITY",
+    "fsync": "DISPATCH_FSYNC",
+    "fsync_interval_ms": "DISPATCH_FSYNC_INTERVAL_MS",
+    "snapshot_every": "DISPATCH_SNAPSHOT_EVERY",
+    "snapshot_interval": "DISPATCH_SNAPSHOT_INTERVAL",
 }
 
 
@@ -77,6 +84,11 @@ class ServeSettings:
     reflection: bool = True
     metrics_port: int = 0
     metrics_host: str = ""
+    data_dir: Path | None = None
+    fsync: str = "always"
+    fsync_interval_ms: int = 100
+    snapshot_every: int = 100_000
+    snapshot_interval: float = 300.0
 
 
 def _port(text: str) -> int:
@@ -183,6 +195,54 @@ def _add_ecosystem_arguments(parser: argparse.ArgumentParser, env: Mapping[str, 
     )
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _add_durability_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("durability (docs/DURABILITY.md)")
+    group.add_argument(
+        "--data-dir",
+        default=env.get(ENV_VARS["data_dir"], ""),
+        help="directory of the journal and snapshots; state survives restarts and crashes. "
+        "Empty: in memory only (make serve passes var/dispatch) [$DISPATCH_DATA_DIR]",
+    )
+    group.add_argument(
+        "--no-durability",
+        action="store_true",
+        default=_flag(env.get(ENV_VARS["no_durability"], "")),
+        help="keep the state in memory only, even if --data-dir is set [$DISPATCH_NO_DURABILITY]",
+    )
+    group.add_argument(
+        "--fsync",
+        choices=("always", "batch", "none"),
+        default=env.get(ENV_VARS["fsync"], "always"),
+        help="always: answer after fsync (group commit); batch: answer after write, fsync every "
+        "--fsync-interval-ms; none: tests/benchmarks only [$DISPATCH_FSYNC, always]",
+    )
+    group.add_argument(
+        "--fsync-interval-ms",
+        type=_positive_int,
+        default=env.get(ENV_VARS["fsync_interval_ms"], 100),
+        help="fsync period of --fsync batch: the most an OS crash can lose [$DISPATCH_FSYNC_INTERVAL_MS, 100]",
+    )
+    group.add_argument(
+        "--snapshot-every",
+        type=_non_negative_int,
+        default=env.get(ENV_VARS["snapshot_every"], 100_000),
+        help="snapshot after this many journal records; 0: not by count [$DISPATCH_SNAPSHOT_EVERY, 100000]",
+    )
+    group.add_argument(
+        "--snapshot-interval",
+        type=_non_negative,
+        default=env.get(ENV_VARS["snapshot_interval"], 300),
+        help="seconds between snapshots when something changed; 0: not by time [$DISPATCH_SNAPSHOT_INTERVAL, 300]",
+    )
+
+
 def load_config_file(path: Path) -> dict[str, object]:
     """The settings of a TOML config file, keys as flag destinations (``log-format`` = ``log_format``)."""
     try:
@@ -283,6 +343,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] 
     )
     _add_security_arguments(parser, env)
     _add_ecosystem_arguments(parser, env)
+    _add_durability_arguments(parser, env)
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
@@ -306,4 +367,9 @@ def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
         reflection=bool(ns.reflection),
         metrics_port=int(ns.metrics_port),
         metrics_host=ns.metrics_host or "",
+        data_dir=Path(ns.data_dir) if ns.data_dir and not ns.no_durability else None,
+        fsync=ns.fsync,
+        fsync_interval_ms=int(ns.fsync_interval_ms),
+        snapshot_every=int(ns.snapshot_every),
+        snapshot_interval=float(ns.snapshot_interval),
     )

@@ -169,10 +169,12 @@ class AssignmentHub:
 class _Core:
     """The engine plus what every servicer needs around it."""
 
-    def __init__(self, engine: Any, hub: AssignmentHub, counters: Counters) -> None:
+    def __init__(self, engine: Any, hub: AssignmentHub, counters: Counters, journal: Any | None = None) -> None:
         self.engine = engine
         self.hub = hub
         self.counters = counters
+        self.journal = journal
+        """dispatcher.durability.Journal or None: answers wait for its group commit."""
 
     def flush(self) -> list[dispatch_pb2.Assignment]:
         """Drain the engine's outbox and publish it; return what it held."""
@@ -181,7 +183,10 @@ class _Core:
             return []
         items = [assignment_to_pb(item) for item in out]
         self.counters.handed_out += len(items)
-        self.hub.publish(items)
+        if self.journal is not None:  # watchers see a hand-out only once it is durable
+            self.journal.after_durable(lambda: self.hub.publish(items))
+        else:
+            self.hub.publish(items)
         return items
 
     async def call(self, context: grpc.aio.ServicerContext, fn: Callable[[], _Resp]) -> _Resp:
@@ -192,7 +197,7 @@ class _Core:
             self.counters.errors["DEADLINE_EXCEEDED"] += 1
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired before the call was run")
         try:
-            return fn()
+            result = fn()
         except DispatchError as exc:
             code = _status_code(exc)
             self.counters.errors[code.name] += 1
@@ -201,8 +206,15 @@ class _Core:
             self.counters.internal_errors += 1
             log.exception("internal_error")
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        finally:
+        else:
             self.flush()
+            if self.journal is not None and (durable := self.journal.barrier()) is not None:
+                try:  # group commit: answer once every record so far is durable
+                    await durable
+                except Exception as exc:  # noqa: BLE001 - JournalError: nothing can be acknowledged
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return result
+        self.flush()
         await context.abort(code, message)
         raise AssertionError("unreachable")  # abort raises
 
@@ -528,6 +540,7 @@ class DispatchServer:
         no_auth: bool = False,
         credentials: grpc.ServerCredentials | None = None,
         max_concurrent_rpcs: int | None = MAX_CONCURRENT_RPCS,
+        journal: Any | None = None,
     ) -> None:
         # Security options (see dispatcher/security.py): callers are
         # authenticated by ``auth`` unless ``no_auth`` is asked for explicitly;
@@ -540,7 +553,7 @@ class DispatchServer:
         self.engine = engine if engine is not None else _fastpath.Engine(seed)
         self.counters = Counters()
         self.hub = AssignmentHub(watch_backlog)
-        self._core = _Core(self.engine, self.hub, self.counters)
+        self._core = _Core(self.engine, self.hub, self.counters, journal)
         self._max_batch = max_batch
         self._max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None

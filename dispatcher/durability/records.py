@@ -1,0 +1,189 @@
+"""Journal records: one per successful mutating engine call, and their replay.
+
+A record is the JSON array ``[op, *arguments]`` of the exact engine call,
+with the ``at_ms`` the server resolved (never "now"), so replaying the records
+in order on the state of a snapshot rebuilds exactly the state that was built
+live (the engine is deterministic).
+
+``JournaledEngine`` wraps an engine: its mutating methods call the engine and,
+when the call succeeded, append the record *synchronously*, in the same
+event-loop step, so the journal order is the order in which the engine applied
+the calls. Failed calls (``DispatchError``) change nothing and write nothing;
+non buyer-to-shop dispatches (``DIRECT``) change nothing and write nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from _fastpath import AgentConfig, GroupConfig, ShopConfig
+
+__all__ = ["READ_ONLY", "JournaledEngine", "RecordError", "apply_record", "encode"]
+
+
+class RecordError(ValueError):
+    """A record that passed its CRC but cannot be applied: the journal does not match the engine."""
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+
+_BUYER_TO_SHOP: Final = (0, 1)  # UNSPECIFIED is treated as BUYER_TO_SHOP
+
+READ_ONLY: Final = frozenset(
+    {
+        "kind", "seed", "has_shop", "shop_ids", "shop_config", "shop_state", "conversation",
+        "recent_contact", "exclusive_agent", "table_sizes", "export_state", "drain_outbox",
+    }
+)  # fmt: skip
+"""Engine attributes the wrapper passes through. Anything else fails loudly, so a
+new mutating engine method cannot be called without being journaled."""
+
+
+def encode(record: list[Any]) -> bytes:
+    return _dumps(record).encode()
+
+
+class JournaledEngine:
+    """An engine whose successful mutating calls are appended to a journal."""
+
+    __slots__ = ("engine", "_append")
+
+    def __init__(self, engine: Any, append: Callable[[bytes], int]) -> None:
+        self.engine = engine
+        self._append = append
+
+    def __getattr__(self, name: str) -> Any:
+        if name in READ_ONLY:
+            return getattr(self.engine, name)
+        raise AttributeError(
+            f"JournaledEngine has no {name!r}: a mutating engine call must be journaled "
+            "(add it to dispatcher/durability/records.py)"
+        )
+
+    # ---------------------------------------------------------------- configuration
+
+    def put_shop(self, config: ShopConfig) -> None:
+        self.engine.put_shop(config)
+        self._append(encode(["put_shop", dataclasses.asdict(config)]))
+
+    def delete_shop(self, shop_id: str) -> None:
+        self.engine.delete_shop(shop_id)
+        self._append(encode(["delete_shop", shop_id]))
+
+    def put_agent(self, config: AgentConfig) -> None:
+        self.engine.put_agent(config)
+        self._append(encode(["put_agent", dataclasses.asdict(config)]))
+
+    def delete_agent(self, shop_id: str, agent_id: str) -> None:
+        self.engine.delete_agent(shop_id, agent_id)
+        self._append(encode(["delete_agent", shop_id, agent_id]))
+
+    def put_group(self, config: GroupConfig) -> None:
+        self.engine.put_group(config)
+        self._append(encode(["put_group", dataclasses.asdict(config)]))
+
+    def delete_group(self, shop_id: str, group_id: str) -> None:
+        self.engine.delete_group(shop_id, group_id)
+        self._append(encode(["delete_group", shop_id, group_id]))
+
+    def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
+        self.engine.set_exclusive_agent(shop_id, buyer_id, agent_id)
+        self._append(encode(["set_exclusive_agent", shop_id, buyer_id, agent_id]))
+
+    def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
+        self.engine.delete_exclusive_agent(shop_id, buyer_id)
+        self._append(encode(["delete_exclusive_agent", shop_id, buyer_id]))
+
+    # ---------------------------------------------------------------- events
+
+    def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int, at_ms: int) -> None:
+        self.engine.set_presence(shop_id, agent_id, presence, client, at_ms)
+        self._append(_dumps(["p", shop_id, agent_id, int(presence), int(client), at_ms]).encode())
+
+    def conversation_event(
+        self,
+        shop_id: str,
+        conversation_id: str,
+        event: int,
+        at_ms: int,
+        buyer_id: str = "",
+        agent_id: str = "",
+        to_agent_id: str = "",
+        to_group_id: str = "",
+    ) -> str | None:
+        result = self.engine.conversation_event(
+            shop_id, conversation_id, event, at_ms, buyer_id, agent_id, to_agent_id, to_group_id
+        )
+        self._append(
+            _dumps(["e", shop_id, conversation_id, int(event), at_ms, buyer_id, agent_id, to_agent_id, to_group_id]).encode()
+        )
+        return result
+
+    def claim_from_pool(self, shop_id: str, agent_id: str, at_ms: int, conversation_id: str = "") -> tuple[str, str]:
+        result = self.engine.claim_from_pool(shop_id, agent_id, at_ms, conversation_id)
+        self._append(_dumps(["c", shop_id, agent_id, at_ms, conversation_id]).encode())
+        return result
+
+    def dispatch(
+        self,
+        shop_id: str,
+        buyer_id: str,
+        conversation_id: str,
+        at_ms: int,
+        conv_type: int = 1,
+        source: str = "",
+        order_state: int = 0,
+        to_account: str = "",
+        trace: bool = False,
+    ) -> tuple[int, str | None, str | None, list[str] | None]:
+        result = self.engine.dispatch(
+            shop_id, buyer_id, conversation_id, at_ms, conv_type, source, order_state, to_account, trace
+        )
+        if conv_type in _BUYER_TO_SHOP:
+            self._append(
+                _dumps(
+                    ["d", shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account]
+                ).encode()
+            )
+        return result
+
+
+def _group(data: dict[str, Any]) -> GroupConfig:
+    return GroupConfig(
+        **{**data, "members": tuple(data["members"]), "order_states": tuple(data["order_states"]),
+           "sources": tuple(data["sources"])}
+    )  # fmt: skip
+
+
+_APPLY: Final[dict[str, Callable[[Any, list[Any]], Any]]] = {
+    "d": lambda e, a: e.dispatch(*a),
+    "p": lambda e, a: e.set_presence(*a),
+    "e": lambda e, a: e.conversation_event(*a),
+    "c": lambda e, a: e.claim_from_pool(*a),
+    "put_shop": lambda e, a: e.put_shop(ShopConfig(**a[0])),
+    "delete_shop": lambda e, a: e.delete_shop(*a),
+    "put_agent": lambda e, a: e.put_agent(AgentConfig(**a[0])),
+    "delete_agent": lambda e, a: e.delete_agent(*a),
+    "put_group": lambda e, a: e.put_group(_group(a[0])),
+    "delete_group": lambda e, a: e.delete_group(*a),
+    "set_exclusive_agent": lambda e, a: e.set_exclusive_agent(*a),
+    "delete_exclusive_agent": lambda e, a: e.delete_exclusive_agent(*a),
+}
+
+_loads = json.JSONDecoder().decode
+
+
+def apply_record(engine: Any, payload: bytes | memoryview) -> None:
+    """Re-issue the engine call of one record. Raises RecordError if it does not apply."""
+    try:
+        record = _loads(bytes(payload).decode())
+        fn = _APPLY[record[0]]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise RecordError(f"undecodable record: {exc}") from exc
+    try:
+        fn(engine, record[1:])
+    except Exception as exc:  # DispatchError or a malformed argument list
+        raise RecordError(f"record {record[0]!r} does not apply: {type(exc).__name__}: {exc}") from exc
