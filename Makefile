@@ -58,3 +58,26 @@ bench-quick: $(STAMP) bench-tools
 
 clean:
 	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html
+
+# The gRPC ecosystem (docs/OPERATING.md). The buf CLI is pinned in tools/buf
+# and comes from the npm registry (@bufbuild/buf), installed here on first use.
+.PHONY: buf-lint buf-breaking node-client
+BUF_DIR     := tools/buf
+BUF         := $(BUF_DIR)/node_modules/.bin/buf
+BUF_AGAINST ?= .git\#branch=main,subdir=protos
+
+$(BUF): $(BUF_DIR)/package.json $(BUF_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is required for buf (apt-get install npm)"; exit 1; }
+	npm ci --no-audit --no-fund --prefix $(BUF_DIR)
+	touch $(BUF)
+
+buf-lint: $(BUF)
+	$(BUF) lint protos
+
+# Compares protos/ with the main branch (override: make buf-breaking BUF_AGAINST=...).
+buf-breaking: $(BUF)
+	$(BUF) breaking protos --against '$(BUF_AGAINST)'
+
+# The Node.js client's tests against a real server (needs .venv for the server).
+node-client: $(STAMP)
+	cd clients/node && npm ci --no-audit --no-fund && DISPATCH_PYTHON=$(CURDIR)/$(PY) node --test test/
