@@ -28,7 +28,8 @@ install: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/dispatcher serve --host $(HOST) --port $(PORT) \
-	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth
+	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth \
+	    --data-dir var/dispatch
 
 # The whole suite; DISPATCH_EXPECT_COMPILED makes a silent fallback to the
 # pure-Python engine a test failure.
