@@ -1,0 +1,324 @@
+"""Unit tests of dispatcher/durability: framing, group commit, snapshots, recovery, refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import _fastpath
+from _fastpath import AgentConfig, ConversationEvent, DispatchError, Presence, ShopConfig
+from dispatcher.durability import DurabilityOptions, DurableStore, JournaledEngine, RecoveryError, recover
+from dispatcher.durability.journal import HEADER, Journal, Segment, frame, list_segments, scan_segment
+from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot
+
+T0 = 1_700_000_000_000
+
+
+def engine() -> Any:
+    return _fastpath.Engine(7)
+
+
+def state(e: Any) -> dict[str, Any]:
+    e = getattr(e, "engine", e)
+    s = e.export_state()
+    s["outbox"] = []
+    return s
+
+
+def setup_shop(e: Any, shop: str = "s") -> None:
+    e.put_shop(ShopConfig(shop, f"{shop}:main", offline_rule=4))  # STAGING when nobody is online
+    for i in range(3):
+        e.put_agent(AgentConfig(shop, f"{shop}:a{i}", max_capacity=2))
+    e.set_presence(shop, f"{shop}:a0", Presence.ONLINE, 1, T0)
+    e.set_presence(shop, f"{shop}:a1", Presence.ONLINE, 1, T0)
+
+
+def traffic(e: Any, n: int, shop: str = "s", start: int = 0) -> None:
+    """Dispatches, replies and closes; every call succeeds."""
+    for i in range(start, start + n):
+        at = T0 + 1000 * (i + 1)
+        e.dispatch(shop, f"b{i % 5}", f"c{i}", at)
+        if i % 2:
+            conv = e.conversation(shop, f"c{i}")
+            if conv["agent_id"] and conv["wait"] == 0:
+                e.conversation_event(shop, f"c{i}", ConversationEvent.AGENT_REPLY, at + 1)
+        if i % 3 == 2:
+            e.conversation_event(shop, f"c{i - 2}", ConversationEvent.CLOSED, at + 2)
+
+
+def options(tmp_path: Path, **kw: Any) -> DurabilityOptions:
+    return DurabilityOptions(data_dir=tmp_path / "data", **{"snapshot_interval": 0, "snapshot_every": 0, **kw})
+
+
+async def open_store(tmp_path: Path, **kw: Any) -> DurableStore:
+    store = DurableStore.open(options(tmp_path, **kw), engine)
+    store.begin()
+    store.start()
+    return store
+
+
+# ------------------------------------------------------------------ framing
+
+
+def test_frame_roundtrip_and_every_kind_of_damage_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "journal-00000000000000000005.log"
+    payloads = [b'["d","s"]', b"", b"x" * 1000]
+    data = b"".join(frame(5 + i, p) for i, p in enumerate(payloads))
+    path.write_bytes(data)
+    scan = scan_segment(Segment(5, path))
+    assert scan.error is None and scan.good_end == len(data)
+    assert [(seq, bytes(p)) for seq, p in scan.records] == [(5, payloads[0]), (6, b""), (7, payloads[2])]
+    second = HEADER.size + len(payloads[0])
+    # A flipped payload bit: bad CRC, everything from that record on is out.
+    damaged = bytearray(data)
+    third = second + HEADER.size
+    damaged[third + HEADER.size + 3] ^= 0x01  # inside the third record's payload
+    path.write_bytes(bytes(damaged))
+    scan = scan_segment(Segment(5, path))
+    assert scan.error == "bad CRC" and [s for s, _ in scan.records] == [5, 6]
+    # A flipped seq: also caught by the CRC (it covers the seq).
+    damaged = bytearray(data)
+    damaged[8] ^= 0x02
+    path.write_bytes(bytes(damaged))
+    assert scan_segment(Segment(5, path)).error == "bad CRC"
+    # Torn writes: a partial header, a partial payload.
+    for cut, reason in ((second + 3, "partial record header"), (len(data) - 1, "partial record")):
+        path.write_bytes(data[:cut])
+        scan = scan_segment(Segment(5, path))
+        assert scan.error is not None and scan.error.startswith(reason)
+        assert scan.good_end <= cut and scan.records
+    # A valid record with the wrong seq for its place (a segment under the wrong name).
+    path.write_bytes(data)
+    assert "seq 5 where 4" in (scan_segment(Segment(4, path)).error or "")
+
+
+# ------------------------------------------------------------------ journal and recovery
+
+
+async def test_recovery_rebuilds_exactly_the_acknowledged_state(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    assert store.fresh
+    e = store.engine
+    setup_shop(e)
+    traffic(e, 40)
+    await store.journal.wait_durable()
+    expected = state(e)
+    assert store.journal.seq > 40 and store.journal.durable_seq == store.journal.seq
+    await store.close(snapshot=False)  # as after a crash: only snapshot 0 and the journal
+    rec = recover(tmp_path / "data", engine)
+    assert not rec.fresh and rec.snapshot_seq == 0 and rec.replayed == store.journal.seq
+    assert state(rec.engine) == expected
+
+
+async def test_failed_and_direct_calls_are_not_journaled(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    e = store.engine
+    setup_shop(e)
+    await store.journal.wait_durable()
+    before = store.journal.seq
+    with pytest.raises(DispatchError):
+        e.dispatch("nope", "b", "c", T0)
+    with pytest.raises(DispatchError):
+        e.set_presence("s", "s:ghost", Presence.ONLINE, 1, T0)
+    assert e.dispatch("s", "b", "d1", T0, 2, "", 0, "someone")[0] == _fastpath.Reason.DIRECT
+    assert store.journal.seq == before
+    assert store.journal.barrier() is None  # nothing pending: reads and failures never wait
+    with pytest.raises(AttributeError, match="must be journaled"):
+        e.some_new_mutation  # noqa: B018 - an unknown engine method is refused, not silently passed
+    await store.close()
+
+
+async def test_group_commit_one_fsync_covers_many_concurrent_records(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    e = store.engine
+    setup_shop(e)
+    await store.journal.wait_durable()
+    fsyncs = store.journal.fsyncs
+    acked: list[int] = []
+
+    async def caller(i: int) -> None:
+        e.dispatch("s", f"b{i}", f"g{i}", T0 + 10_000 + i)
+        seq = store.journal.seq
+        durable = store.journal.barrier()
+        assert durable is not None  # nobody is answered before its record is durable
+        await durable
+        assert store.journal.durable_seq >= seq and store.journal.synced_seq >= seq
+        acked.append(i)
+
+    await asyncio.gather(*(caller(i) for i in range(500)))
+    assert len(acked) == 500
+    used = store.journal.fsyncs - fsyncs
+    assert 1 <= used < 50, used  # group commit: far fewer fsyncs than records
+    await store.close()
+
+
+async def test_batch_mode_answers_after_write_and_fsyncs_within_the_interval(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, fsync="batch", fsync_interval_ms=20)
+    e = store.engine
+    setup_shop(e)
+    durable = store.journal.barrier()
+    assert durable is not None
+    await durable
+    seg = list_segments(tmp_path / "data")[-1]
+    assert len(scan_segment(seg).records) == store.journal.seq  # written before the answer
+    for _ in range(200):
+        if store.journal.synced_seq == store.journal.seq:
+            break
+        await asyncio.sleep(0.01)
+    assert store.journal.synced_seq == store.journal.seq
+    await store.close()
+
+
+async def test_none_mode_never_waits_but_close_writes_everything(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, fsync="none")
+    setup_shop(store.engine)
+    traffic(store.engine, 10)
+    assert store.journal.barrier() is None
+    expected = state(store.engine)
+    await store.close(snapshot=False)
+    assert state(recover(tmp_path / "data", engine).engine) == expected
+
+
+async def test_torn_tail_is_truncated_at_the_last_good_record(tmp_path: Path, capsys: Any) -> None:
+    store = await open_store(tmp_path)
+    e = store.engine
+    setup_shop(e)
+    traffic(e, 20)
+    await store.journal.wait_durable()
+    good = state(e)
+    good_seq = store.journal.seq
+    e.dispatch("s", "late", "late-conv", T0 + 999_999)
+    await store.close(snapshot=False)
+    seg = list_segments(tmp_path / "data")[-1]
+    scan = scan_segment(seg)
+    last_start = scan.good_end - HEADER.size - len(scan.records[-1][1])
+    with open(seg.path, "r+b") as fh:  # the last record half written
+        fh.truncate(last_start + HEADER.size + 3)
+    rec = recover(tmp_path / "data", engine)
+    assert state(rec.engine) == good and rec.last_seq == good_seq
+    assert rec.truncated and rec.truncated[0]["offset"] == last_start
+    assert seg.path.stat().st_size == last_start  # cut at the last good record
+    # Garbage after the good records (a torn write of zeros): same result, and the
+    # server goes on writing after the good records.
+    with open(seg.path, "ab") as fh:
+        fh.write(b"\x00" * 37)
+    rec = recover(tmp_path / "data", engine)
+    assert state(rec.engine) == good and rec.truncated[0]["dropped_bytes"] == 37
+    store = DurableStore.open(options(tmp_path), engine)
+    store.begin()
+    store.start()
+    assert store.journal.seq == good_seq
+    store.engine.dispatch("s", "again", "again-conv", T0 + 999_999)
+    expected = state(store.engine)
+    await store.close(snapshot=False)
+    assert state(recover(tmp_path / "data", engine).engine) == expected
+
+
+async def test_snapshots_bound_the_journal_and_a_corrupt_one_falls_back(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, snapshot_every=25)
+    e = store.engine
+    setup_shop(e)
+    for round_ in range(6):
+        traffic(e, 10, start=round_ * 10)
+        await store.journal.wait_durable()
+        for _ in range(100):  # let the snapshotter run
+            if store.journal.seq - store.snapshot_seq < 25:
+                break
+            await asyncio.sleep(0.01)
+    assert store.snapshots_written >= 2
+    expected = state(e)
+    await store.close(snapshot=False)
+    data = tmp_path / "data"
+    snaps = list_snapshots(data)
+    assert len(snaps) == 2  # the newest two are kept
+    segments = list_segments(data)
+    assert segments[0].first_seq <= snaps[0].seq + 1  # the journal since the previous snapshot is kept
+    assert all(s.first_seq > 1 for s in segments)  # older segments were deleted
+    assert state(recover(data, engine, repair=False).engine) == expected
+    # Damage the newest snapshot: the previous one + the journal give the same state.
+    raw = bytearray(snaps[-1].path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    snaps[-1].path.write_bytes(bytes(raw))
+    rec = recover(data, engine)
+    assert rec.snapshot_seq == snaps[0].seq and state(rec.engine) == expected
+    assert rec.discarded_snapshots == [snaps[-1].path.name]
+    assert snaps[-1].path.with_name(snaps[-1].path.name + ".corrupt").exists()
+
+
+def test_refuses_to_start_when_nothing_consistent_exists(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    e = engine()
+    setup_shop(e)
+    write_snapshot(data, 0, state(e))
+    assert read_snapshot(list_snapshots(data)[0])["seed"] == 7
+    # 1. The only snapshot is damaged.
+    snap = list_snapshots(data)[0].path
+    snap.write_bytes(snap.read_bytes()[:-10])
+    with pytest.raises(RecoveryError, match="no consistent state"):
+        recover(data, engine, repair=False)
+    # 2. A journal without any snapshot.
+    snap.unlink()
+    (data / "journal-00000000000000000001.log").write_bytes(frame(1, b'["delete_shop","s"]'))
+    with pytest.raises(RecoveryError, match="no snapshot"):
+        recover(data, engine)
+    # 3. Damage in the middle of the journal (a later segment holds records).
+    write_snapshot(data, 0, state(e))
+    (data / "journal-00000000000000000001.log").write_bytes(frame(1, b'["delete_shop","s"]')[:-1])
+    (data / "journal-00000000000000000002.log").write_bytes(frame(2, b'["delete_shop","s"]'))
+    with pytest.raises(RecoveryError, match="refusing to guess"):
+        recover(data, engine)
+    # 4. A gap in the journal.
+    (data / "journal-00000000000000000001.log").unlink()
+    with pytest.raises(RecoveryError, match="gap"):
+        recover(data, engine)
+    # 5. A record the engine refuses (the journal does not belong to this state).
+    (data / "journal-00000000000000000002.log").unlink()
+    (data / "journal-00000000000000000001.log").write_bytes(frame(1, b'["delete_shop","other"]'))
+    with pytest.raises(RecoveryError, match="does not apply"):
+        recover(data, engine)
+
+
+def test_a_data_dir_is_locked_by_its_server(tmp_path: Path) -> None:
+    store = DurableStore.open(options(tmp_path), engine)
+    try:
+        with pytest.raises(RecoveryError, match="in use"):
+            DurableStore.open(options(tmp_path), engine)
+    finally:
+        asyncio.run(store.close(snapshot=False))
+    DurableStore.open(options(tmp_path), engine)  # released
+
+
+def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
+    """Every mutating method, through the wrapper, replays to the same state."""
+    from dispatcher.durability import apply_record
+
+    records: list[bytes] = []
+    live = JournaledEngine(engine(), lambda p: records.append(p) or len(records))
+    setup_shop(live)
+    live.put_agent(AgentConfig("s", "s:bot", role=4, max_capacity=0))
+    live.put_group(_fastpath.GroupConfig("s", "g", members=("s:a0", "s:a1"), order_states=(1,), sources=("app",)))
+    live.set_exclusive_agent("s", "vip", "s:a2")
+    live.dispatch("s", "vip", "v1", T0 + 1, 1, "app", 1)
+    live.conversation_event("s", "x1", ConversationEvent.ASSIGNED, T0 + 2, buyer_id="bx", agent_id="s:a0")
+    live.conversation_event("s", "x1", ConversationEvent.TRANSFERRED, T0 + 3, to_agent_id="s:a1")
+    live.delete_exclusive_agent("s", "vip")
+    live.delete_group("s", "g")
+    live.delete_agent("s", "s:bot")
+    live.set_presence("s", "s:a0", Presence.OFFLINE, 1, T0 + 4)
+    live.set_presence("s", "s:a1", Presence.OFFLINE, 1, T0 + 4)
+    live.set_presence("s", "s:a2", Presence.OFFLINE, 1, T0 + 4)
+    live.put_shop(ShopConfig("s", "s:main", offline_rule=3))  # MESSAGE_POOL
+    live.dispatch("s", "p", "pool-1", T0 + 5)
+    live.claim_from_pool("s", "s:a0", T0 + 6)
+    live.put_shop(ShopConfig("t", "t:main"))
+    live.delete_shop("t")
+    replayed = engine()
+    for payload in records:
+        apply_record(replayed, payload)
+    assert state(replayed) == state(live)
+    assert len(records) == 23
