@@ -137,10 +137,17 @@ def _type_name(deserializer: Any) -> str:
 class SecurityInterceptor(grpc.aio.ServerInterceptor):
     """Safe decoding for every RPC; authentication and scopes when a policy is given."""
 
-    def __init__(self, policy: AuthPolicy | None, errors: collections.Counter[str] | None = None) -> None:
+    def __init__(
+        self,
+        policy: AuthPolicy | None,
+        errors: collections.Counter[str] | None = None,
+        max_concurrent_rpcs: int | None = None,
+    ) -> None:
         self._policy = policy
         self._errors: collections.Counter[str] = errors if errors is not None else collections.Counter()
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._limit = max_concurrent_rpcs
+        self.active = 0  # RPCs of this server in progress (streams included)
 
     async def intercept_service(
         self,
@@ -191,6 +198,21 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
             caller.check_shop(shop_id)
         return caller
 
+    async def _enter(self, context: grpc.aio.ServicerContext) -> None:
+        """Take a concurrency slot, or answer RESOURCE_EXHAUSTED at once. Every
+        call that enters must ``_leave``; the event loop is single-threaded, so
+        the counter needs no lock."""
+        if self._limit is not None and self.active >= self._limit:
+            self._errors["RESOURCE_EXHAUSTED"] += 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is at its limit of {self._limit} concurrent RPCs; retry with backoff",
+            )
+        self.active += 1
+
+    def _leave(self) -> None:
+        self.active -= 1
+
     async def _guard(self, rule: Rule | None, method: str, request: Any, context: grpc.aio.ServicerContext) -> Caller | None:
         """Abort the call when its request is malformed or its caller may not make it."""
         if type(request) is _Malformed:
@@ -218,13 +240,27 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
         serializer = handler.response_serializer
         guard = self._guard
         post = rule.post if rule is not None else None
+        if rule is None:  # public (health) methods answer even at the concurrency limit
+
+            async def enter(context: grpc.aio.ServicerContext) -> None:
+                return None
+
+            def leave() -> None:
+                return None
+
+        else:
+            enter, leave = self._enter, self._leave
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                caller = await guard(rule, method, request, context)
-                response = await inner_uu(request, context)
+                await enter(context)
+                try:
+                    caller = await guard(rule, method, request, context)
+                    response = await inner_uu(request, context)
+                finally:
+                    leave()
                 if post is not None and caller is not None:
                     response = post(caller, response)
                 return response
@@ -237,9 +273,13 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
                 return handler  # not a shape this server registers; left as is
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await guard(rule, method, request, context)
-                async for response in inner_us(request, context):
-                    yield response
+                await enter(context)
+                try:
+                    await guard(rule, method, request, context)
+                    async for response in inner_us(request, context):
+                        yield response
+                finally:
+                    leave()
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
 
@@ -256,9 +296,13 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
                 return handler
 
             async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await guard(rule, method, None, context)
-                async for response in inner_ss(checked(requests, context), context):
-                    yield response
+                await enter(context)
+                try:
+                    await guard(rule, method, None, context)
+                    async for response in inner_ss(checked(requests, context), context):
+                        yield response
+                finally:
+                    leave()
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
 
@@ -267,8 +311,12 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
             return handler
 
         async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            await guard(rule, method, None, context)
-            return await inner_su(checked(requests, context), context)
+            await enter(context)
+            try:
+                await guard(rule, method, None, context)
+                return await inner_su(checked(requests, context), context)
+            finally:
+                leave()
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
 
