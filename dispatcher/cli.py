@@ -102,7 +102,7 @@ def _security(settings: ServeSettings) -> tuple[dict[str, Any], list[str]] | str
         warnings.append("authentication is off (--no-auth): every caller may do everything")
     else:
         return "give --auth-policy FILE, or --no-auth explicitly for local use"
-    options["_describe"] = {"transport": transport, "auth": auth}
+    options["_describe"] = {"transport": transport, "auth": auth, "max_concurrent_rpcs": settings.max_concurrent_rpcs}
     return options, warnings
 
 
