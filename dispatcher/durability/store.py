@@ -90,6 +90,8 @@ def _replay(engine: Any, directory: Path, start_after: int, truncate: bool) -> t
     applied = 0
     truncations: list[dict[str, Any]] = []
     for idx, seg in enumerate(relevant):
+        if seg.path.stat().st_size == 0:
+            continue  # an empty segment (a start or a rotation with nothing after it) holds nothing
         if seg.first_seq > expected:
             raise RecoveryError(
                 f"journal gap: records {expected}..{seg.first_seq - 1} are missing before {seg.path.name}"
@@ -133,6 +135,15 @@ def _replay(engine: Any, directory: Path, start_after: int, truncate: bool) -> t
     return last, applied, truncations
 
 
+def _drop_stale_segments(directory: Path, next_seq: int) -> None:
+    """Empty segments named after records that no longer exist (a tail was cut below them) would
+    break the rule that a segment's name bounds the records of the one before: delete them."""
+    for seg in list_segments(directory):
+        if seg.first_seq > next_seq and seg.path.stat().st_size == 0:
+            log.warning("journal.stale_segment_deleted", segment=seg.path.name)
+            seg.path.unlink()
+
+
 def recover(directory: Path, engine_factory: Callable[[], Any], *, repair: bool = True) -> Recovery:
     """Load the newest consistent state of ``directory``. ``repair`` truncates torn tails and
     renames damaged snapshots (the server does; inspection tools may not)."""
@@ -168,6 +179,8 @@ def recover(directory: Path, engine_factory: Callable[[], Any], *, repair: bool 
             failures.append(f"{snap.path.name} + journal: {exc}")
             log.error("journal.unusable", snapshot=snap.path.name, error=str(exc))
             continue
+        if repair:
+            _drop_stale_segments(directory, max(last, snap.seq) + 1)
         return Recovery(
             engine,
             fresh=False,
