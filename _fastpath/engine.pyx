@@ -9,11 +9,31 @@ cdef enum:
     CONV_FORWARDED = 8
 
 
+cdef inline bint has_control_byte(const char* p, Py_ssize_t n) noexcept nogil:
+    # A byte < 0x20 or == 0x7f (the only control characters UTF-8 encodes in
+    # one byte; multi-byte sequences are all >= 0x80). Eight bytes at a time:
+    # (x - 0x20..) & ~x & 0x80.. flags a byte < 0x20; x ^ 0x7f.. makes 0x7f a zero byte.
+    cdef uint64_t x, y
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c
+    while i + 8 <= n:
+        memcpy(&x, p + i, 8)
+        y = x ^ <uint64_t>0x7f7f7f7f7f7f7f7f
+        if (((x - <uint64_t>0x2020202020202020) & ~x)
+                | ((y - <uint64_t>0x0101010101010101) & ~y)) & <uint64_t>0x8080808080808080:
+            return True
+        i += 8
+    while i < n:
+        c = <unsigned char>p[i]
+        if c < 0x20 or c == 0x7f:
+            return True
+        i += 1
+    return False
+
+
 cdef inline const char* utf8_id(object value, Py_ssize_t* size, str field, bint optional) except NULL:
     """Borrow the UTF-8 bytes of a valid id (no copy for ASCII str); raise like check_id."""
     cdef const char* p
-    cdef Py_ssize_t i
-    cdef unsigned char c
     if type(value) is not str:
         check_id(value, field, optional=optional)
     try:
@@ -27,10 +47,8 @@ cdef inline const char* utf8_id(object value, Py_ssize_t* size, str field, bint 
         check_id(value, field, optional=optional)
     if size[0] > MAX_ID:
         check_id(value, field, optional=optional)
-    for i in range(size[0]):
-        c = <unsigned char>p[i]
-        if c < 0x20 or c == 0x7f:
-            check_id(value, field, optional=optional)
+    if has_control_byte(p, size[0]):
+        check_id(value, field, optional=optional)
     return p
 
 
@@ -46,8 +64,13 @@ cdef inline int64_t time_ms(object at_ms) except? -1:
 
 
 cdef inline int32_t enum_value(object value, int32_t highest, object enum_type, str field) except -1:
-    if type(value) is int and 0 <= value <= highest:
-        return value
+    # Fast path in C for an in-range int; anything else gets check_enum's error.
+    cdef int overflow = 0
+    cdef long long v
+    if type(value) is int:
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if not overflow and 0 <= v <= highest:
+            return <int32_t>v
     return check_enum(value, enum_type, field)
 
 
