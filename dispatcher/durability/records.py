@@ -179,7 +179,7 @@ _loads = json.JSONDecoder().decode
 def apply_record(engine: Any, payload: bytes | memoryview) -> None:
     """Re-issue the engine call of one record. Raises RecordError if it does not apply."""
     try:
-        record = _loads(bytes(payload).decode())
+        record = _loads(str(payload, "utf-8"))
         fn = _APPLY[record[0]]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise RecordError(f"undecodable record: {exc}") from exc
