@@ -970,6 +970,45 @@ cdef class CompiledEngine:
             "live_conversations": shop.live,
         }
 
+    def totals(self):
+        """Engine-wide counts for gauges: shops, agents online/suspended, live and waiting conversations."""
+        cdef Shop shop
+        cdef int32_t s
+        cdef int64_t online = 0, suspended = 0, live = 0, n_shops = 0
+        cdef const Agent* a
+        queue = staging = pool = 0
+        for shop in self.shop_list:
+            if shop is None:
+                continue
+            n_shops += 1
+            live += shop.live
+            queue += len(shop.waiting_queue)
+            staging += len(shop.waiting_staging)
+            pool += len(shop.waiting_pool)
+            for s in range(shop.n_agents):
+                a = &shop.agents[s]
+                if a.deleted or a.role == ROLE_ROBOT:
+                    continue
+                if a.presence == PRESENCE_ONLINE:
+                    online += 1
+                elif a.presence == PRESENCE_SUSPENDED:
+                    suspended += 1
+        return {"shops": n_shops, "agents_online": online, "agents_suspended": suspended,
+                "live_conversations": live, "queue": queue, "staging": staging, "pool": pool}
+
+    def effective_strategy(self, shop_id, group_id=""):
+        """The strategy that picks within a group (its own, else the shop's), or the shop's."""
+        cdef Shop shop = self.shop_for(shop_id)
+        if group_id:
+            for g in shop.group_configs:
+                if g.group_id == group_id:
+                    if g.strategy:
+                        return int(g.strategy)
+                    break
+            else:
+                raise NotFoundError(f"group {group_id!r} not found in shop {shop_id!r}")
+        return shop.strategy
+
     def conversation(self, shop_id, conversation_id):
         cdef Shop shop = self.shop_for(shop_id)
         cdef Py_ssize_t idx

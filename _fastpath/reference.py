@@ -961,6 +961,37 @@ class ReferenceEngine:
             "live_conversations": shop.live,
         }
 
+    def totals(self) -> dict[str, int]:
+        """Engine-wide counts for gauges: shops, agents online/suspended, live and waiting conversations."""
+        out = dict.fromkeys(
+            ("shops", "agents_online", "agents_suspended", "live_conversations", "queue", "staging", "pool"), 0
+        )
+        for shop in self._shops.values():
+            out["shops"] += 1
+            out["live_conversations"] += shop.live
+            out["queue"] += len(shop.waiting[WaitKind.QUEUE])
+            out["staging"] += len(shop.waiting[WaitKind.STAGING])
+            out["pool"] += len(shop.waiting[WaitKind.POOL])
+            for a in shop.agents.values():
+                if a.deleted or a.role == Role.ROBOT:
+                    continue
+                if a.presence == Presence.ONLINE:
+                    out["agents_online"] += 1
+                elif a.presence == Presence.SUSPENDED:
+                    out["agents_suspended"] += 1
+        return out
+
+    def effective_strategy(self, shop_id: str, group_id: str = "") -> int:
+        """The strategy that picks within a group (its own, else the shop's), or the shop's."""
+        shop = self._shop(shop_id)
+        if group_id:
+            group = shop.groups.get(group_id)
+            if group is None:
+                raise NotFoundError(f"group {group_id!r} not found in shop {shop_id!r}")
+            if group.config.strategy:
+                return int(group.config.strategy)
+        return int(shop.config.strategy)
+
     def conversation(self, shop_id: str, conversation_id: str) -> dict[str, Any] | None:
         self._shop(shop_id)
         check_id(conversation_id, "conversation_id")

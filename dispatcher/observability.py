@@ -19,7 +19,7 @@ Hot path: counting costs list-index increments on the event loop's thread (no
 locks, no label look-ups); latency is one ``perf_counter`` pair and a
 ``bisect`` per call. Gauges (queue/staging/pool depth, online agents, shops,
 live conversations, watchers) are computed only when Prometheus scrapes,
-on the event loop (the engine is single-threaded), from ``engine.shop_state``.
+on the event loop (the engine is single-threaded), from ``engine.totals()`` (one C pass).
 
 The journal's fsync latency has its histogram already (``dispatch_journal_fsync_seconds``):
 durability code calls ``Ecosystem.metrics.observe_journal_fsync(seconds)``.
@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from _fastpath import Presence, Reason, Role, Strategy
+from _fastpath import DispatchError, Reason, Strategy
 
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 
@@ -114,22 +114,13 @@ class LatencyHistogram:
 class _StrategyOf:
     """Which strategy picked the agent of a (shop, group): the group's own, else the shop's.
 
-    Answers come from a cache that every Admin mutation empties; the group
-    strategies (not exposed by the engine one by one) are read once from the
-    engine at start and then followed through the PutGroup/DeleteGroup/DeleteShop calls.
+    Read from the engine (``effective_strategy``) once per (shop, group) and
+    cached; every Admin call empties the cache.
     """
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self._cache: dict[tuple[str, str], int] = {}
-        self._groups: dict[tuple[str, str], int] = {}
-        try:
-            for shop in engine.export_state()["shops"]:
-                for group in shop["groups"]:
-                    if group["strategy"]:
-                        self._groups[(group["shop_id"], group["group_id"])] = int(group["strategy"])
-        except Exception:  # an engine without snapshots: groups count under their shop's strategy
-            log.warning("metrics.group_strategies_unavailable", exc_info=True)
 
     def __call__(self, shop_id: str, group_id: str) -> int:
         key = (shop_id, group_id)
@@ -137,32 +128,18 @@ class _StrategyOf:
             return self._cache[key]
         except KeyError:
             pass
-        strategy = self._groups.get(key) if group_id else None
-        if not strategy:
-            try:
-                strategy = int(self._engine.shop_config(shop_id).strategy)
-            except Exception:
-                strategy = 0
+        try:
+            strategy = int(self._engine.effective_strategy(shop_id, group_id))
+        except DispatchError:  # the shop or group went away since the decision
+            strategy = 0
         if not 0 <= strategy < _N_STRATEGIES:
             strategy = 0
         self._cache[key] = strategy
         return strategy
 
     def admin_call(self, method: str, request: Any) -> None:
-        """Follow a (successful or not) Admin call: forget cached answers, track group strategies."""
-        if method in ("PutGroup", "DeleteGroup", "DeleteShop", "PutShop"):
-            self._cache.clear()
-        if method == "PutGroup":
-            key = (request.group.shop_id, request.group.group_id)
-            if request.group.strategy:
-                self._groups[key] = int(request.group.strategy)
-            else:
-                self._groups.pop(key, None)
-        elif method == "DeleteGroup":
-            self._groups.pop((request.shop_id, request.group_id), None)
-        elif method == "DeleteShop":
-            for key in [k for k in self._groups if k[0] == request.shop_id]:
-                del self._groups[key]
+        """Follow an Admin call: a configuration change may change strategies."""
+        self._cache.clear()
 
 
 class Metrics:
@@ -570,28 +547,14 @@ class Ecosystem:
             "watchers": server.hub.subscribers,
             "serving": int(self.serving),
         }
-        shops = engine.shop_ids()
-        online = suspended = live = queue = staging = pool = 0
-        for shop_id in shops:
-            state = engine.shop_state(shop_id)
-            for agent in state["agents"]:
-                if agent["role"] == Role.ROBOT:
-                    continue
-                if agent["presence"] == Presence.ONLINE:
-                    online += 1
-                elif agent["presence"] == Presence.SUSPENDED:
-                    suspended += 1
-            live += state["live_conversations"]
-            queue += len(state["queue"])
-            staging += len(state["staging"])
-            pool += len(state["pool"])
+        totals = engine.totals()
         snap.update(
-            shops=len(shops),
-            agents_online=online,
-            agents_suspended=suspended,
-            live_conversations=live,
-            queue=queue,
-            staging=staging,
-            pool=pool,
+            shops=totals["shops"],
+            agents_online=totals["agents_online"],
+            agents_suspended=totals["agents_suspended"],
+            live_conversations=totals["live_conversations"],
+            queue=totals["queue"],
+            staging=totals["staging"],
+            pool=totals["pool"],
         )
         return snap

@@ -209,12 +209,15 @@ class Runner:
 
     def observe(self) -> dict[str, Any]:
         e = self.engine
-        seen: dict[str, Any] = {"shops": e.shop_ids()}
+        seen: dict[str, Any] = {"shops": e.shop_ids(), "totals": e.totals()}
         for shop in SHOPS:
             if not e.has_shop(shop):
                 continue
             seen[shop] = e.shop_state(shop)
             seen[shop + ".config"] = e.shop_config(shop)
+            seen[shop + ".strategies"] = [e.effective_strategy(shop)] + [
+                e.effective_strategy(shop, g["group_id"]) for g in seen[shop]["groups"]
+            ]
             seen[shop + ".contacts"] = [e.recent_contact(shop, b) for b in BUYERS]
             seen[shop + ".exclusive"] = [e.exclusive_agent(shop, b) for b in BUYERS]
             seen[shop + ".conversations"] = [e.conversation(shop, c) for c in CONVERSATIONS]
