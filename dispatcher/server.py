@@ -564,11 +564,13 @@ class DispatchServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.engine.drain_outbox()  # hand-outs made while bootstrapping have no watcher
         server = grpc.aio.server(
-            # SecurityInterceptor also bounds concurrent RPCs: grpc.aio's own
-            # maximum_concurrent_rpcs miscounts rejected calls (grpcio 1.76).
+            # SecurityInterceptor comes first: malformed, unauthenticated,
+            # denied and over-limit calls end there. It also bounds concurrent
+            # RPCs (grpc.aio's maximum_concurrent_rpcs miscounts rejected calls
+            # in grpcio 1.76).
             interceptors=[
-                *self.ecosystem.interceptors,
                 SecurityInterceptor(self.auth, self.counters.errors, self._max_concurrent_rpcs),
+                *self.ecosystem.interceptors,
             ],
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes),
