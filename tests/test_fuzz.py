@@ -284,6 +284,8 @@ def test_fuzz_every_rpc_with_random_and_mutated_bytes() -> None:
                 p, s, c = METHODS[rng.randrange(len(METHODS))]
                 inputs.append((p, s, derive(rng, c)))
             target.send(inputs)
+            # Fail at the first internal error, so hypothesis shrinks to the input that caused it.
+            assert running.server.counters.internal_errors == 0, "an input caused an internal error (see the log)"
 
         run()
         elapsed = time.monotonic() - started
