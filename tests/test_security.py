@@ -495,3 +495,32 @@ def test_a_call_that_expires_while_the_server_is_busy_changes_nothing() -> None:
             assert d.Dispatch(_dreq(conversation_id="late"), timeout=5).reason != 0  # the id was never taken
     finally:
         running.stop()
+
+
+def test_undecodable_bytes_are_invalid_argument_on_every_rpc(hostile: Any) -> None:
+    running, ch, d, a = hostile
+    before = a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s"))
+    methods = [
+        (f"/dispatch.v1.{svc.name}/{m.name}", m.client_streaming, m.server_streaming, m.input_type.fields_by_number.get(1))
+        for svc in (dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"], admin_pb2.DESCRIPTOR.services_by_name["Admin"])
+        for m in svc.methods
+    ]
+    assert len(methods) == 19
+    for path, client_streaming, server_streaming, first in methods:
+        inputs = [b"\xff", b"\x0a\x7f"]  # an invalid wire type; a truncated field
+        if first is not None:  # field 1 exists (a string, or a message whose field 1 is a string): invalid UTF-8
+            inputs.append(b"\x0a\x02\xc3\x28" if first.message_type is None else b"\x0a\x04\x0a\x02\xc3\x28")
+        for garbage in inputs:
+            if client_streaming:
+                call = ch.stream_stream(path, request_serializer=None, response_deserializer=None)
+                fn = lambda: list(call(iter([garbage]), timeout=10))  # noqa: E731
+            elif server_streaming:
+                call = ch.unary_stream(path, request_serializer=None, response_deserializer=None)
+                fn = lambda: list(call(garbage, timeout=10))  # noqa: E731
+            else:
+                call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
+                fn = lambda: call(garbage, timeout=10)  # noqa: E731
+            with pytest.raises(grpc.RpcError) as info:
+                fn()
+            assert info.value.code() == IA, (path, garbage, info.value.code(), info.value.details())
+    assert a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s")) == before
