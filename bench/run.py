@@ -47,7 +47,13 @@ def machine() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "grpcio": grpc.__version__, "protobuf": google.protobuf.__version__,
             "cython": Cython.__version__, "h2load": h2, "engine": eb.compiled_engine_cls().__module__,
-            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "loadavg_start": loadavg()}
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def pf(ok: bool) -> str:
@@ -177,6 +183,7 @@ def main() -> None:
         grpc_res = gb.run_grpc(Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")), runs=grpc_cfg["runs"],
                                duration=grpc_cfg["duration"], stream_decisions=grpc_cfg["stream_decisions"])
     elapsed = time.time() - t_start
+    info["loadavg_end"] = loadavg()
     raw = {"machine": info, "single": rows_a, "many": res_b, "memory": memory, "alloc": allocs, "grpc": grpc_res,
            "elapsed_s": elapsed, "timer_overhead_ns": overhead, "argv": sys.argv}
     (out_path.with_suffix(".json")).write_text(json.dumps(raw, indent=1, default=str))
@@ -195,10 +202,12 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
       f"{3 if not quick else '3 (engine) / 1 (gRPC)'} runs**; ratios compare numbers measured in this same run.\n")
     w("## Machine\n")
     w("| | |\n|---|---|")
-    for k in ("nproc", "cpu", "kernel", "python", "grpcio", "protobuf", "cython", "h2load", "engine"):
-        w(f"| {k} | {m[k]} |")
+    for k in ("nproc", "cpu", "kernel", "python", "grpcio", "protobuf", "cython", "h2load", "engine",
+              "loadavg_start", "loadavg_end"):
+        w(f"| {k} | {m.get(k, '?')} |")
     w("\nThe machine is shared and noisy (a 2-core VM); absolute numbers move between runs, the ratios "
-      "against same-run baselines much less.\n")
+      "against same-run baselines much less. A load average above ~1 at start or end means other work "
+      "shared the two cores during this run: the server and h2load were pinned, but not alone.\n")
 
     # ------------------------------------------------------------- targets
     b = raw["many"]
