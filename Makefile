@@ -49,6 +49,7 @@ protos: $(STAMP)
 # (b) defaults to 3 M affinity entries so that `make bench` fits ~10 min; the full 10 M run is
 # `make bench BENCH_ARGS="--affinity 10000000"` (~7 min of building alone on this machine).
 BENCH_ARGS ?= --affinity 3000000
+BENCH_QUICK_ARGS ?=
 
 bench-tools:
 	@command -v h2load >/dev/null 2>&1 || (apt-get update && apt-get install -y nghttp2-client)
@@ -57,7 +58,7 @@ bench: $(STAMP) bench-tools
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: $(STAMP) bench-tools
-	$(PY) -m bench.run --quick $(BENCH_ARGS)
+	$(PY) -m bench.run --quick $(BENCH_QUICK_ARGS)
 
 clean:
 	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html
