@@ -201,6 +201,7 @@ cdef class CompiledEngine:
     cdef void sweep_affinity(self, int32_t budget) noexcept
     cdef void forget_expired(self, Shop shop) noexcept
     cdef int32_t intern_source(self, object source) except -1
+    cdef int32_t agent_slot_of(self, Shop shop, object agent_id) except -1
     cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1
     cdef int32_t route(self, Shop shop, object buyer_id, int32_t source, int32_t order_state,
                        int64_t now, list tr, int32_t* out_slot, int32_t* out_group) except -1

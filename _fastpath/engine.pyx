@@ -125,7 +125,11 @@ cdef class CompiledEngine:
         return self.shop_at(self.shop_map.entries[idx].a)
 
     def _agent(self, Shop shop, agent_id):
-        check_id(agent_id, "agent_id")
+        return self.agent_slot_of(shop, agent_id)
+
+    cdef int32_t agent_slot_of(self, Shop shop, object agent_id) except -1:
+        cdef Py_ssize_t n
+        utf8_id(agent_id, &n, "agent_id", False)
         slot = shop.agent_slot.get(agent_id)
         if slot is None or shop.agents[<int32_t>slot].deleted:
             raise NotFoundError(f"agent {agent_id!r} not found in shop {shop.shop_id!r}")
@@ -399,7 +403,7 @@ cdef class CompiledEngine:
 
     def set_presence(self, shop_id, agent_id, presence, client, at_ms):
         cdef Shop shop = self.shop_for(shop_id)
-        cdef int32_t slot = self._agent(shop, agent_id)
+        cdef int32_t slot = self.agent_slot_of(shop, agent_id)
         cdef Agent* a
         cdef int32_t pres, cli
         cdef int64_t now
@@ -431,22 +435,21 @@ cdef class CompiledEngine:
         cdef Entry* e
         cdef Agent* h
         cdef Pool* pool
-        check_id(conversation_id, "conversation_id")
+        p = utf8_id(conversation_id, &n, "conversation_id", False)
         ev = enum_value(event, 5, ConversationEvent, "event")
-        check_id(buyer_id, "buyer_id", optional=True)
-        check_id(agent_id, "agent_id", optional=True)
-        check_id(to_agent_id, "to_agent_id", optional=True)
-        check_id(to_group_id, "to_group_id", optional=True)
+        utf8_id(buyer_id, &bn, "buyer_id", True)
+        utf8_id(agent_id, &bn, "agent_id", True)
+        utf8_id(to_agent_id, &bn, "to_agent_id", True)
+        utf8_id(to_group_id, &bn, "to_group_id", True)
         time_ms(at_ms)
         if ev == 0:
             raise InvalidArgumentError("event is required")
-        p = PyUnicode_AsUTF8AndSize(conversation_id, &n)
         idx = self.conversations.find(shop.handle, p, n, hash_key(shop.handle, p, n))
         if ev == EVENT_ASSIGNED:
             if idx >= 0:
                 raise AlreadyExistsError(f"conversation {conversation_id!r} already exists in shop {shop_id!r}")
-            check_id(buyer_id, "buyer_id")
-            slot = self._agent(shop, agent_id)
+            utf8_id(buyer_id, &bn, "buyer_id", False)
+            slot = self.agent_slot_of(shop, agent_id)
             h = &shop.agents[slot]
             if h.role == ROLE_ROBOT and h.max_capacity and h.active >= h.max_capacity:
                 raise FailedPreconditionError(f"robot {agent_id!r} is at its capacity")
@@ -513,7 +516,7 @@ cdef class CompiledEngine:
         if bool(to_agent_id) == bool(to_group_id):
             raise InvalidArgumentError("a transfer names exactly one of to_agent_id and to_group_id")
         if to_agent_id:
-            target = self._agent(shop, to_agent_id)
+            target = self.agent_slot_of(shop, to_agent_id)
             if shop.agents[target].role == ROLE_ROBOT:
                 raise InvalidArgumentError(f"to_agent_id {to_agent_id!r} is a robot")
             if target == holder:
