@@ -377,19 +377,32 @@ def day_bounds(timezone: str, at_ms: int) -> tuple[int, int, int]:
     its shop, i.e. about once per shop per day.
     """
     tz = zoneinfo.ZoneInfo(timezone)
-    local = _dt.datetime.fromtimestamp(at_ms / 1000, tz)
-    day = local.date()
-    start = _dt.datetime(day.year, day.month, day.day, tzinfo=tz)
-    nxt = day + _dt.timedelta(days=1)
-    end = _dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
-    start_ms = int(start.timestamp()) * 1000
-    end_ms = int(end.timestamp()) * 1000
+    try:
+        local = _dt.datetime.fromtimestamp(at_ms / 1000, tz)
+        day = local.date()
+        start = _dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+        nxt = day + _dt.timedelta(days=1)
+        end = _dt.datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz)
+        ordinal, start_ms, end_ms = day.toordinal(), int(start.timestamp()) * 1000, int(end.timestamp()) * 1000
+    except OverflowError:
+        # The last local day datetime can represent (or the first one it cannot,
+        # east of UTC at 9999-12-31): whole days at the offset in force two days before.
+        probe = _dt.datetime.fromtimestamp((at_ms - 2 * DAY_MS) / 1000, tz)
+        offset_ms = int(probe.utcoffset().total_seconds() * 1000)  # type: ignore[union-attr]
+        index = (at_ms + offset_ms) // DAY_MS
+        ordinal = _EPOCH_ORDINAL + index
+        start_ms = index * DAY_MS - offset_ms
+        end_ms = start_ms + DAY_MS
     # fromtimestamp rounds; keep the invariant start <= at < end exact.
     if at_ms < start_ms:
         start_ms = at_ms
     if at_ms >= end_ms:
         end_ms = at_ms + 1
-    return day.toordinal(), start_ms, end_ms
+    return ordinal, start_ms, end_ms
+
+
+DAY_MS: Final = 24 * HOUR_MS
+_EPOCH_ORDINAL: Final = _dt.date(1970, 1, 1).toordinal()
 
 
 MASK64: Final = (1 << 64) - 1

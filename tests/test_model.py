@@ -35,6 +35,7 @@ from _fastpath import (
     ShopConfig,
     Strategy,
 )
+from _fastpath.model import MAX_TIME_MS, day_bounds
 
 SHOP = "tb1"
 MAIN = "tb1"
@@ -341,3 +342,25 @@ def test_rejected_dispatch_does_not_consume_a_random_draw(engine_cls):
         runs.append(got)
     assert runs[0] == runs[1]
     assert set(runs[0]) == {A, B}  # A and B are always tied: every answer was a draw
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Shanghai", "America/New_York", "Pacific/Kiritimati", "Etc/GMT+12"])
+@pytest.mark.parametrize("at", [0, 1, 1_767_225_600_000, MAX_TIME_MS - 2 * 86_400_000, MAX_TIME_MS])
+def test_day_bounds_hold_at_the_edges_of_time(zone, at):
+    """The daily reset works from 1970 to the last instant a Timestamp can carry,
+    in every zone (east of UTC the last local day is past year 9999)."""
+    day, start, end = day_bounds(zone, at)
+    assert start <= at < end
+    assert 0 < end - start <= 25 * 3_600_000
+    if at >= 2 * 86_400_000:
+        before, _, before_end = day_bounds(zone, start - 1)
+        assert before == day - 1 and before_end == start
+
+
+def test_engines_dispatch_at_the_last_instant(engine_cls):
+    engine = engine_cls()
+    engine.put_shop(ShopConfig("s", "m", timezone="Pacific/Kiritimati"))
+    engine.put_agent(AgentConfig("s", "a", max_capacity=3))
+    engine.set_presence("s", "a", Presence.ONLINE, Client.DESKTOP, MAX_TIME_MS - 5)
+    assert engine.dispatch("s", "b", "c", MAX_TIME_MS)[:2] == (Reason.GROUP, "a")
+    assert [a["today"] for a in engine.shop_state("s")["agents"] if a["agent_id"] == "a"] == [1]
