@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -106,6 +107,19 @@ def _security(settings: ServeSettings) -> tuple[dict[str, Any], list[str]] | str
     return options, warnings
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    What start-up built (configuration, recovered state) lives as long as the
+    process: ``gc.freeze`` moves it out of every collection. Requests allocate
+    few cyclic objects (decisions none), so young collections can run far
+    less often; reference counting still frees everything else at once.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 async def serve(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
     security = _security(settings)
@@ -138,6 +152,7 @@ async def serve(settings: ServeSettings) -> int:
         engine = store.begin()
         store.start()
         log.info("durability.recovered", **store.describe(), shop_ids=engine.shop_ids())
+    tune_gc()
     server = DispatchServer(
         engine,
         journal=store.journal if store is not None else None,
