@@ -164,9 +164,12 @@ def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen]:
             proc.wait()
 
 
-def dispatcher_cmd(port: int, bootstrap: Path) -> list[str]:
-    return ["taskset", "-c", "0", PY, "-m", "dispatcher", "serve", "--port", str(port), "--bootstrap",
-            str(bootstrap), "--log-level", "warning", "--stats-interval", "0", "--no-auth"]
+def dispatcher_cmd(port: int, bootstrap: Path, metrics_port: int | None = None) -> list[str]:
+    cmd = ["taskset", "-c", "0", PY, "-m", "dispatcher", "serve", "--port", str(port), "--bootstrap",
+           str(bootstrap), "--log-level", "warning", "--stats-interval", "0", "--no-auth"]
+    if metrics_port is not None:
+        cmd += ["--metrics-port", str(metrics_port)]
+    return cmd
 
 
 def baseline_cmd(port: int) -> list[str]:
@@ -328,6 +331,16 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
                 log(f"dispatcher batch size {size} run {r}")
                 disp["batch"][size].append(batch_client(port, size, stream_decisions[size], f"db{r}z{size}", n_shops))
     res["dispatcher"] = disp
+
+    # The same unary load with Prometheus metrics on (interceptor + endpoint); the runs above had them off.
+    port = free_port()
+    with server(dispatcher_cmd(port, bootstrap, metrics_port=free_port()), port):
+        res["dispatcher_metrics_unary"] = []
+        for r in range(runs):
+            log(f"dispatcher (metrics on) unary run {r}")
+            res["dispatcher_metrics_unary"].append(
+                h2load(unary_url.format(port), unary_body, clients=clients, streams=streams, duration=duration,
+                       warmup=1, log_file=workdir / "disp_metrics_unary.log"))
     res["commands"] = list(dict.fromkeys(COMMANDS))
     return res
 

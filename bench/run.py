@@ -133,6 +133,15 @@ def engine_many(cfg: dict[str, Any], runs: int, overhead: int) -> dict[str, Any]
     }
 
 
+def run_durability(quick: bool) -> str:
+    """bench/bench_durability.py in its own process: Dispatch calls/s per fsync mode, recovery per 1 M events."""
+    out = ROOT / "bench" / ("RESULTS_DURABILITY-quick.md" if quick else "RESULTS_DURABILITY.md")
+    cmd = [sys.executable, "-m", "bench.bench_durability", "--out", str(out)]
+    cmd += ["--quick"] if quick else ["--seconds", "4", "--events", "1000000"]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return out.read_text()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -140,6 +149,7 @@ def main() -> None:
     p.add_argument("--shops", type=int, default=None, help="shops at (b)")
     p.add_argument("--churn", type=float, default=0.5, help="churn events per decision")
     p.add_argument("--skip-grpc", action="store_true")
+    p.add_argument("--skip-durability", action="store_true")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     quick = a.quick
@@ -182,9 +192,14 @@ def main() -> None:
         log("grpc")
         grpc_res = gb.run_grpc(Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")), runs=grpc_cfg["runs"],
                                duration=grpc_cfg["duration"], stream_decisions=grpc_cfg["stream_decisions"])
+    durability = None
+    if not a.skip_durability:
+        log("durability")
+        durability = run_durability(quick)
     elapsed = time.time() - t_start
     info["loadavg_end"] = loadavg()
     raw = {"machine": info, "single": rows_a, "many": res_b, "memory": memory, "alloc": allocs, "grpc": grpc_res,
+           "durability_md": durability,
            "elapsed_s": elapsed, "timer_overhead_ns": overhead, "argv": sys.argv}
     (out_path.with_suffix(".json")).write_text(json.dumps(raw, indent=1, default=str))
     out_path.write_text(render(raw, quick, single, many, mem, grpc_cfg))
@@ -235,6 +250,10 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
                    for k in ("stream", "batch"))
         targets.append(("DispatchBatch/Stream decisions/s, one core, best size", "≥ 300,000", f"{best:,.0f}",
                         best >= 300_000))
+        if g.get("dispatcher_metrics_unary"):
+            mu = med([u["req_per_s"] for u in g["dispatcher_metrics_unary"]])
+            targets.append(("unary with metrics on / metrics off", "≈ 1 (no measurable cost)",
+                            f"{mu / du:.2f} ({mu:,.0f} / {du:,.0f} req/s)", mu / du >= 0.95))
         half = g["dispatcher"]["unary_half_load"]
         hp99 = med([h.get("p99_us", float("nan")) for h in half])
         targets.append(("unary p99 at 50 % of max load", "≤ 2 ms", f"{hp99 / 1000:.2f} ms", hp99 <= 2000))
@@ -345,6 +364,12 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
             seen.add(shape)
             w(key)
         w("```\n")
+    if raw.get("durability_md"):
+        # bench_durability's own report, one heading level down.
+        w("## Durability (`bench/bench_durability.py`)\n")
+        for line in raw["durability_md"].splitlines():
+            w(("#" + line) if line.startswith("#") else line)
+        w("")
     w(ANALYSIS_MARKER)
     analysis = ROOT / "bench" / "ANALYSIS.md"
     if analysis.exists():

@@ -485,7 +485,11 @@ class Ecosystem:
         self.hold_serving = hold_serving
         self.metrics = Metrics(server.engine)
         self.health = _Health()
-        self.interceptors: list[grpc.aio.ServerInterceptor] = [_Interceptor(self.metrics)]
+        # Without an endpoint nobody can read the per-RPC histograms and decision
+        # counters: metrics off means no interceptor at all (bench: on vs off).
+        self.interceptors: list[grpc.aio.ServerInterceptor] = (
+            [_Interceptor(self.metrics)] if metrics_port is not None else []
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.loop: asyncio.AbstractEventLoop | None = None
