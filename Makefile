@@ -63,10 +63,10 @@ bench-quick: $(STAMP) bench-tools
 clean:
 	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html
 
-# The gRPC ecosystem (docs/OPERATING.md). The buf CLI is pinned in tools/buf
+# The gRPC ecosystem (docs/OPERATING.md). The buf CLI is pinned in clients/buf
 # and comes from the npm registry (@bufbuild/buf), installed here on first use.
 .PHONY: buf-lint buf-breaking node-client
-BUF_DIR     := tools/buf
+BUF_DIR     := clients/buf
 BUF         := $(BUF_DIR)/node_modules/.bin/buf
 BUF_AGAINST ?= .git\#branch=main,subdir=protos
 

@@ -1,4 +1,4 @@
-"""`buf lint` and `buf breaking` on protos/, with the buf CLI pinned in tools/buf (from the npm registry).
+"""`buf lint` and `buf breaking` on protos/, with the buf CLI pinned in clients/buf (from the npm registry).
 
 npm is on every machine of this project, so a missing npm is a failure, not a skip.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "buf"
+TOOL = ROOT / "clients" / "buf"
 BUF = TOOL / "node_modules" / ".bin" / "buf"
 
 
