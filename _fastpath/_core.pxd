@@ -12,17 +12,27 @@ from cpython.object cimport PyObject
 
 
 # One entry of a ByteMap: a (namespace, key bytes) -> small payload record.
-# Invariants: `hash` is hash_key(ns, key); `blob` holds klen key bytes then
-# vlen value bytes (malloc'd, owned by the entry); keys are unique per map.
+# 40 bytes. Invariants: `hash` is the low 32 bits of hash_key(ns, key) (the
+# home slot, and a filter before the full key comparison); the klen key bytes
+# followed by the vlen value bytes live inline in `data.local` when they fit
+# (klen + vlen <= ENTRY_INLINE), else in a malloc'd block owned by the entry
+# (`data.ptr`); keys are unique per map.
+cdef enum:
+    ENTRY_INLINE = 16
+
+ctypedef union EntryData:
+    char local[16]
+    char* ptr
+
 ctypedef struct Entry:
-    uint64_t hash
-    int64_t t          # affinity: contact time ms; conversation: since ms
+    uint32_t hash
     int32_t ns         # namespace: the shop handle (0 in engine-wide maps)
+    int64_t t          # affinity: contact time ms; conversation: since ms
     int32_t a          # payload: agent slot / shop handle / source handle
-    int32_t b          # payload: conversation flags (see CONV_* in engine.pyx)
-    uint16_t klen
-    uint16_t vlen
-    char* blob
+    uint16_t b         # payload: conversation flags (see CONV_* in engine.pyx)
+    uint8_t klen
+    uint8_t vlen
+    EntryData data
 
 
 # An indexed binary min-heap of agent slots.
@@ -98,7 +108,8 @@ cdef class ByteMap:
     # Open addressing (linear probing) over a dense entry array.
     # index[i] == 0: empty slot; else entries[index[i] - 1]. Load <= 1/2.
     # Deletion shifts back the probe run (no tombstones) and moves the last
-    # entry into the hole, so entries[0:n] stays dense.
+    # entry into the hole, so entries[0:n] stays dense. The entry array grows
+    # by 1/4 at a time (memory per entry is the point); the index doubles.
     cdef Entry* entries
     cdef uint32_t* index
     cdef Py_ssize_t n

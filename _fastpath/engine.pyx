@@ -142,7 +142,7 @@ cdef class CompiledEngine:
 
     cdef object conversation_buyer(self, Py_ssize_t idx):
         cdef Entry* e = &self.conversations.entries[idx]
-        return PyUnicode_DecodeUTF8(e.blob + e.klen, e.vlen, NULL)
+        return PyUnicode_DecodeUTF8(entry_bytes(e) + e.klen, e.vlen, NULL)
 
     cdef int32_t source_handle(self, object source) except? -2:
         cdef Py_ssize_t n
@@ -466,7 +466,7 @@ cdef class CompiledEngine:
         e = &self.conversations.entries[idx]
         if buyer_id:
             bp = PyUnicode_AsUTF8AndSize(buyer_id, &bn)
-            if bn != e.vlen or memcmp(bp, e.blob + e.klen, bn) != 0:
+            if bn != e.vlen or memcmp(bp, entry_bytes(e) + e.klen, bn) != 0:
                 raise FailedPreconditionError(f"conversation {conversation_id!r} belongs to another buyer")
         flags = e.b
         if ev == EVENT_BUYER_MESSAGE:
@@ -834,7 +834,7 @@ cdef class CompiledEngine:
     cdef int remember(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1:
         """The agent spoke to the buyer (or received the conversation by transfer)."""
         cdef Entry* e = &self.conversations.entries[conv]
-        cdef const char* bp = e.blob + e.klen
+        cdef const char* bp = entry_bytes(e) + e.klen
         cdef Py_ssize_t bn = e.vlen
         cdef uint64_t h
         cdef Py_ssize_t idx
@@ -1099,8 +1099,8 @@ cdef class CompiledEngine:
             e = &self.conversations.entries[k]
             shop = self.shop_at(e.ns)
             wait = e.b & CONV_WAIT_MASK
-            conversations.append([shop.shop_id, PyUnicode_DecodeUTF8(e.blob, e.klen, NULL),
-                                  PyUnicode_DecodeUTF8(e.blob + e.klen, e.vlen, NULL),
+            conversations.append([shop.shop_id, PyUnicode_DecodeUTF8(entry_bytes(e), e.klen, NULL),
+                                  PyUnicode_DecodeUTF8(entry_bytes(e) + e.klen, e.vlen, NULL),
                                   None if wait else agent_id_of(shop, e.a), wait,
                                   bool(e.b & CONV_UNREAD), bool(e.b & CONV_FORWARDED)])
         affinity = []
@@ -1108,13 +1108,14 @@ cdef class CompiledEngine:
             e = &self.affinity.entries[k]
             shop = self.shop_at(e.ns)
             if shop.clock - e.t < shop.window_ms:
-                affinity.append([shop.shop_id, PyUnicode_DecodeUTF8(e.blob, e.klen, NULL),
+                affinity.append([shop.shop_id, PyUnicode_DecodeUTF8(entry_bytes(e), e.klen, NULL),
                                  agent_id_of(shop, e.a), e.t])
         exclusive = []
         for k in range(self.exclusive.n):
             e = &self.exclusive.entries[k]
             shop = self.shop_at(e.ns)
-            exclusive.append([shop.shop_id, PyUnicode_DecodeUTF8(e.blob, e.klen, NULL), agent_id_of(shop, e.a)])
+            exclusive.append([shop.shop_id, PyUnicode_DecodeUTF8(entry_bytes(e), e.klen, NULL),
+                              agent_id_of(shop, e.a)])
         conversations.sort(key=lambda row: (row[0], row[1]))
         affinity.sort()
         exclusive.sort()

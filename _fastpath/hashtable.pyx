@@ -26,6 +26,18 @@ cdef inline uint64_t hash_key(int32_t ns, const char* key, Py_ssize_t klen) noex
     return fmix64(h)
 
 
+cdef inline char* entry_bytes(Entry* e) noexcept nogil:
+    """The entry's key bytes, followed by its value bytes."""
+    if <Py_ssize_t>e.klen + e.vlen <= ENTRY_INLINE:
+        return e.data.local
+    return e.data.ptr
+
+
+cdef inline void entry_free(Entry* e) noexcept nogil:
+    if <Py_ssize_t>e.klen + e.vlen > ENTRY_INLINE:
+        free(e.data.ptr)
+
+
 cdef class ByteMap:
 
     def __cinit__(self):
@@ -42,7 +54,7 @@ cdef class ByteMap:
         cdef Py_ssize_t i
         if self.entries != NULL:
             for i in range(self.n):
-                free(self.entries[i].blob)
+                entry_free(&self.entries[i])
             free(self.entries)
         free(self.index)
 
@@ -58,7 +70,8 @@ cdef class ByteMap:
             if s == 0:
                 return -1
             e = &self.entries[s - 1]
-            if e.hash == h and e.ns == ns and e.klen == klen and memcmp(e.blob, key, klen) == 0:
+            if (e.hash == <uint32_t>h and e.ns == ns and e.klen == klen
+                    and memcmp(entry_bytes(e), key, klen) == 0):
                 return s - 1
             i = (i + 1) & self.mask
 
@@ -80,30 +93,34 @@ cdef class ByteMap:
 
     cdef Py_ssize_t insert(self, int32_t ns, const char* key, Py_ssize_t klen,
                            const char* val, Py_ssize_t vlen, uint64_t h) except -1:
-        # The caller has checked that the key is absent.
+        # The caller has checked that the key is absent; klen, vlen <= 255.
         cdef Entry* grown
         cdef Entry* e
-        cdef Py_ssize_t idx, i
+        cdef Py_ssize_t idx, i, cap
+        cdef char* data
         if (self.n + 1) * 2 > self.mask + 1:
             self.grow_index()
         if self.n == self.cap_entries:
-            grown = <Entry*>realloc(self.entries, self.cap_entries * 2 * sizeof(Entry))
+            cap = self.cap_entries + self.cap_entries // 4 + 4
+            grown = <Entry*>realloc(self.entries, cap * sizeof(Entry))
             if grown == NULL:
                 raise MemoryError()
             self.entries = grown
-            self.cap_entries *= 2
+            self.cap_entries = cap
         idx = self.n
         e = &self.entries[idx]
-        e.blob = <char*>malloc(klen + vlen + 1)
-        if e.blob == NULL:
-            raise MemoryError()
-        memcpy(e.blob, key, klen)
+        e.klen = <uint8_t>klen
+        e.vlen = <uint8_t>vlen
+        if klen + vlen > ENTRY_INLINE:
+            e.data.ptr = <char*>malloc(klen + vlen)
+            if e.data.ptr == NULL:
+                raise MemoryError()
+        data = entry_bytes(e)
+        memcpy(data, key, klen)
         if vlen:
-            memcpy(e.blob + klen, val, vlen)
-        e.hash = h
+            memcpy(data + klen, val, vlen)
+        e.hash = <uint32_t>h
         e.ns = ns
-        e.klen = <uint16_t>klen
-        e.vlen = <uint16_t>vlen
         e.t = 0
         e.a = -1
         e.b = 0
@@ -136,7 +153,7 @@ cdef class ByteMap:
             self.index[i] = self.index[j]
             i = j
         self.index[i] = 0
-        free(self.entries[idx].blob)
+        entry_free(&self.entries[idx])
         # Keep entries dense: move the last entry into the hole.
         last = self.n - 1
         if idx != last:
