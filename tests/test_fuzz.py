@@ -263,7 +263,7 @@ def test_fuzz_every_rpc_with_random_and_mutated_bytes() -> None:
         _setup(stub_d, stub_a, "fz")
         canary = stub_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="canary"))
         assert len(canary.queue) == 1 and len(canary.pool) == 1 and canary.live_conversations == 7
-        examples = max(1, INPUTS // (PER_EXAMPLE + 1))
+        examples = max(1, -(-INPUTS // (PER_EXAMPLE + 1)))  # rounded up: at least INPUTS inputs
         started = time.monotonic()
 
         @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -294,7 +294,7 @@ def test_fuzz_every_rpc_with_random_and_mutated_bytes() -> None:
         assert running.server.counters.internal_errors == 0
         check = dispatch_pb2.DispatchRequest(shop_id="canary", buyer_id="after", conversation_id="after-fuzz", type=2, to_account="x")
         assert stub_d.Dispatch(check, timeout=10).reason == 1  # REASON_DIRECT: answers and changes nothing
-        assert target.sent >= INPUTS * 0.9
+        assert target.sent >= INPUTS
         print(f"\nfuzz: {target.sent} inputs in {elapsed:.1f}s ({target.sent / elapsed:.0f}/s): {dict(sorted(target.codes.items()))}")
         assert target.codes["OK"] > 0 and target.codes["INVALID_ARGUMENT"] > 0  # both paths were exercised
     finally:
