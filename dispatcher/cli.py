@@ -108,16 +108,17 @@ def _security(settings: ServeSettings) -> tuple[dict[str, Any], list[str]] | str
 
 
 def tune_gc() -> None:
-    """Keep the cyclic garbage collector off the hot path.
+    """Keep the cyclic garbage collector's work small on the hot path.
 
     What start-up built (configuration, recovered state) lives as long as the
-    process: ``gc.freeze`` moves it out of every collection. Requests allocate
-    few cyclic objects (decisions none), so young collections can run far
-    less often; reference counting still frees everything else at once.
+    process: ``gc.freeze`` moves it out of every later collection, so a
+    collection only scans what requests allocated since. The thresholds stay
+    at their defaults: refused calls under overload make reference cycles
+    (exceptions and their tracebacks) that only the collector frees, and
+    rarer collections let them pile up (tests/test_overload.py watches RSS).
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 async def serve(settings: ServeSettings) -> int:
