@@ -23,7 +23,7 @@ from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2,
 
 BOUND = 8
 FLOOD = 1500
-ROUNDS = 6
+ROUNDS = int(__import__("os").environ.get("OVERLOAD_ROUNDS", "8"))
 STREAMS = 100
 
 
@@ -61,7 +61,7 @@ async def _flood(target: str, pid: int) -> None:
 
         rss: list[int] = []
         totals: Counter[str] = Counter()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 10 * ROUNDS
         for _ in range(ROUNDS):
             assert time.monotonic() < deadline, "the flood took too long"
             started = time.monotonic()
@@ -90,8 +90,12 @@ async def _flood(target: str, pid: int) -> None:
             assert not w.done()
             w.cancel()
         print(f"\noverload: {dict(totals)}; RSS per round (KiB): {rss}")
-        # Memory settles: the later rounds grow by no more than a few MiB over the second.
-        assert max(rss[2:]) - rss[1] < 16 * 1024, rss
+        # Memory settles: after a warm-up of half the rounds (allocator arenas,
+        # grpc buffers) the peak grows by less than 32 MiB, and stays far from
+        # what a leak of the flood's calls would reach.
+        half = len(rss) // 2
+        assert max(rss[half:]) - max(rss[:half]) < 32 * 1024, rss
+        assert max(rss) < 256 * 1024, rss
 
 
 def test_flood_gets_resource_exhausted_and_memory_settles() -> None:
