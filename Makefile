@@ -37,7 +37,7 @@ test: $(STAMP)
 	DISPATCH_EXPECT_COMPILED=1 $(PY) -m pytest -q
 
 # A long fuzz run (>= 1,000,000 inputs against a live server; about half an
-# hour): see docs/SECURITY.md. FUZZ_INPUTS=... to change the budget.
+# hour): see dispatcher/docs/SECURITY.md. FUZZ_INPUTS=... to change the budget.
 FUZZ_INPUTS ?= 1000000
 fuzz: $(STAMP)
 	DISPATCH_FUZZ_INPUTS=$(FUZZ_INPUTS) DISPATCH_FUZZ_PER_EXAMPLE=200 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
@@ -63,7 +63,7 @@ bench-quick: $(STAMP) bench-tools
 clean:
 	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html
 
-# The gRPC ecosystem (docs/OPERATING.md). The buf CLI is pinned in clients/buf
+# The gRPC ecosystem (dispatcher/docs/OPERATING.md). The buf CLI is pinned in clients/buf
 # and comes from the npm registry (@bufbuild/buf), installed here on first use.
 .PHONY: buf-lint buf-breaking node-client
 BUF_DIR     := clients/buf

@@ -40,7 +40,7 @@ ENV_VARS: Final = {
     "seed": "DISPATCH_SEED",
     "grace": "DISPATCH_SHUTDOWN_GRACE",
     "stats_interval": "DISPATCH_STATS_INTERVAL",
-    # Security (dispatcher/security.py, docs/SECURITY.md).
+    # Security (dispatcher/security.py, dispatcher/docs/SECURITY.md).
     "tls_cert": "DISPATCH_TLS_CERT",
     "tls_key": "DISPATCH_TLS_KEY",
     "client_ca": "DISPATCH_CLIENT_CA",
@@ -48,12 +48,12 @@ ENV_VARS: Final = {
     "auth_policy": "DISPATCH_AUTH_POLICY",
     "no_auth": "DISPATCH_NO_AUTH",
     "max_concurrent_rpcs": "DISPATCH_MAX_CONCURRENT_RPCS",
-    # Ecosystem (dispatcher/observability.py, docs/OPERATING.md).
+    # Ecosystem (dispatcher/observability.py, dispatcher/docs/OPERATING.md).
     "config": "DISPATCH_CONFIG",
     "reflection": "DISPATCH_REFLECTION",
     "metrics_port": "DISPATCH_METRICS_PORT",
     "metrics_host": "DISPATCH_METRICS_HOST",
-    # Durability (dispatcher/durability/, docs/DURABILITY.md).
+    # Durability (dispatcher/durability/, dispatcher/docs/DURABILITY.md).
     "data_dir": "DISPATCH_DATA_DIR",
     "no_durability": "DISPATCH_NO_DURABILITY",
     "fsync": "DISPATCH_FSYNC",
@@ -132,7 +132,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    group = parser.add_argument_group("security (docs/SECURITY.md)")
+    group = parser.add_argument_group("security (dispatcher/docs/SECURITY.md)")
     group.add_argument("--tls-cert", type=Path, default=env.get(ENV_VARS["tls_cert"]), help="PEM server certificate (chain) [$DISPATCH_TLS_CERT]")
     group.add_argument("--tls-key", type=Path, default=env.get(ENV_VARS["tls_key"]), help="PEM private key of --tls-cert [$DISPATCH_TLS_KEY]")
     group.add_argument(
@@ -168,7 +168,7 @@ def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, s
 
 
 def _add_ecosystem_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    group = parser.add_argument_group("config file, reflection and metrics (docs/OPERATING.md)")
+    group = parser.add_argument_group("config file, reflection and metrics (dispatcher/docs/OPERATING.md)")
     group.add_argument(
         "--config",
         type=Path,
@@ -203,7 +203,7 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_durability_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    group = parser.add_argument_group("durability (docs/DURABILITY.md)")
+    group = parser.add_argument_group("durability (dispatcher/docs/DURABILITY.md)")
     group.add_argument(
         "--data-dir",
         default=env.get(ENV_VARS["data_dir"], ""),

@@ -37,11 +37,10 @@ DEFAULT_STAGING_FIRST_CAP = 100
 DEFAULT_BUSY_THRESHOLD = 4
 DEFAULT_WEIGHT = 1
 _NANOS_PER_MS = 1_000_000
-LATEST_SECONDS = 253_402_300_799 - 2 * 86_400
-"""9999-12-29T23:59:59Z: the latest event time accepted. The engine's own limit
-is 9999-12-31, but a shop clock in the last day (in any time zone) overflows its
-daily reset and would make every later call on that shop fail; two days of
-margin keep it out of that range."""
+LATEST_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest event time accepted, the engine's own limit
+(the last instant a Timestamp holds; the daily reset works up to it in every
+time zone)."""
 
 
 def now_ms() -> int:
@@ -54,7 +53,7 @@ def timestamp_ms(ts: timestamp_pb2.Timestamp, field: str) -> int:
     if not 0 <= ts.nanos < 1_000_000_000:
         raise InvalidArgumentError(f"{field}.nanos={ts.nanos} is outside 0..999999999")
     if ts.seconds > LATEST_SECONDS:
-        raise InvalidArgumentError(f"{field}.seconds={ts.seconds} is after 9999-12-29T23:59:59Z, the latest time accepted")
+        raise InvalidArgumentError(f"{field}.seconds={ts.seconds} is after 9999-12-31T23:59:59Z, the latest time accepted")
     return ts.seconds * 1000 + ts.nanos // _NANOS_PER_MS
 
 

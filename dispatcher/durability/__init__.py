@@ -1,6 +1,6 @@
 """Durability: journal + snapshots in a data directory, so nothing acknowledged is lost.
 
-See ``docs/DURABILITY.md``. The server-facing pieces:
+See ``dispatcher/docs/DURABILITY.md``. The server-facing pieces:
 
 - ``DurableStore.open(options, engine_factory)``: lock the directory and recover;
 - ``store.begin()``: the ``JournaledEngine`` the servicers call;
