@@ -32,8 +32,21 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def cython_version() -> str:
+    """The Cython that built _fastpath: pinned in pyproject's build-system (the venv need not have it)."""
+    try:
+        import Cython
+
+        return str(Cython.__version__)
+    except ImportError:
+        import tomllib
+
+        requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+        pinned = [r.split("==", 1)[1] for r in requires if r.lower().startswith("cython==")]
+        return f"{pinned[0]} (build pin)" if pinned else "?"
+
+
 def machine() -> dict[str, str]:
-    import Cython
     import grpc
     import google.protobuf
 
@@ -46,7 +59,7 @@ def machine() -> dict[str, str]:
     h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "grpcio": grpc.__version__, "protobuf": google.protobuf.__version__,
-            "cython": Cython.__version__, "h2load": h2, "engine": eb.compiled_engine_cls().__module__,
+            "cython": cython_version(), "h2load": h2, "engine": eb.compiled_engine_cls().__module__,
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "loadavg_start": loadavg()}
 

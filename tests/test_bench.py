@@ -55,3 +55,11 @@ def test_grpc_bodies_are_framed() -> None:
 
     body = gb.frame(gb.direct_request())
     assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+
+
+def test_results_name_the_cython_that_built_the_engine() -> None:
+    """bench.run reports the Cython version even where the venv has none (it only lives in the
+    isolated build environment of a fresh clone): the pin in pyproject is what built _fastpath."""
+    from bench.run import cython_version
+
+    assert cython_version().startswith("3.1.8")
