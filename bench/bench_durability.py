@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections import deque
@@ -45,6 +44,7 @@ import uvloop  # noqa: E402
 
 import _fastpath  # noqa: E402
 from _fastpath import AgentConfig, ConversationEvent, Presence, ShopConfig  # noqa: E402
+from dispatcher.testing import ServerProcess  # noqa: E402
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc  # noqa: E402
 from dispatcher.durability import DurabilityOptions, DurableStore, recover  # noqa: E402
 from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot  # noqa: E402
@@ -72,33 +72,13 @@ def free_port() -> int:
 # ---------------------------------------------------------------- throughput
 
 
-class ServerProc:
+class ServerProc(ServerProcess):
+    """A server with its metrics endpoint on, for the fsync count."""
+
     def __init__(self, args: list[str]) -> None:
         self.metrics_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "serve", "--port", "0", "--no-auth", "--log-format", "json",
-             "--stats-interval", "0", "--metrics-port", str(self.metrics_port), *args],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.started = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.append(line)
-            if '"server.started"' in line:
-                self.started.set()
-        self.started.set()
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in (json.loads(x) for x in self.lines if x.startswith("{")) if e["event"] == name]
-
-    def target(self) -> str:
-        assert self.started.wait(60), "server did not start"
-        return f"127.0.0.1:{self.events('server.started')[0]['port']}"
+        super().__init__("serve", "--port", "0", "--no-auth", "--log-format", "json", "--stats-interval", "0",
+                         "--metrics-port", str(self.metrics_port), *args)
 
     def fsyncs(self) -> int:
         try:
@@ -169,7 +149,7 @@ def throughput(mode: str, seconds: float, concurrency: int, workdir: Path) -> di
     args = [] if mode == "memory" else ["--data-dir", str(workdir / mode), "--fsync", mode]
     server = ServerProc(args)
     try:
-        target = server.target()
+        target = server.target
         arun(setup(target))
         arun(drive(target, min(1.0, seconds / 4), concurrency))  # warm-up
         before = server.fsyncs()

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,55 +14,17 @@ import pytest
 from dispatch_client import DispatchClient, pb
 from dispatcher.cli import build_parser
 from dispatcher.config import ENV_VARS, settings_from_args
+from dispatcher.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "dispatcher" / "demo_bootstrap.json"
 
 
-class Proc:
-    """A server subprocess whose JSON log lines are read on a thread."""
+class Proc(ServerProcess):
+    """A server subprocess; these tests run without authentication, explicitly."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        # The server's own settings come only from the test, never from the outer environment.
-        full_env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
-        full_env["DISPATCH_NO_AUTH"] = "1"  # these tests run without authentication, explicitly
-        full_env.update(env or {})
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", *args],
-            cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._started = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.append(line)
-            if "server.started" in line:
-                self._started.set()
-        self._started.set()  # the process ended
-
-    def events(self) -> list[dict]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    def port(self) -> int:
-        assert self._started.wait(30), "the server did not start"
-        started = [e for e in self.events() if e["event"] == "server.started"]
-        assert started, "".join(self.lines)
-        return int(started[0]["port"])
-
-    def finish(self, sig: signal.Signals | None = None) -> int:
-        if sig is not None:
-            self.popen.send_signal(sig)
-        code = self.popen.wait(30)
-        self._reader.join(10)
-        return code
+        super().__init__(*args, env={"DISPATCH_NO_AUTH": "1", **(env or {})})
 
 
 @pytest.fixture

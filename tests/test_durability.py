@@ -12,13 +12,9 @@ when the process died (it may or may not have become durable; never half).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,60 +30,26 @@ from dispatcher.config import ENV_VARS
 from dispatcher.convert import agent_from_pb, shop_from_pb, shop_state_to_pb, timestamp, timestamp_ms
 from dispatcher.durability.journal import HEADER, list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots
+from dispatcher.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
 APP_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
 
 
-class Server:
-    """``dispatcher serve`` on a data dir, in a subprocess; JSON log lines read on a thread."""
+class Server(ServerProcess):
+    """``dispatcher serve`` on a data dir, in a subprocess."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher", "serve", "--port", "0", "--no-auth", "--log-format", "json",
-             "--stats-interval", "0", "--data-dir", str(data_dir), *extra],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._started = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.append(line)
-            if '"server.started"' in line:
-                self._started.set()
-        self._started.set()
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
-        return [e for e in out if name is None or e["event"] == name]
-
-    @property
-    def target(self) -> str:
-        assert self._started.wait(30), "the server did not start"
-        started = self.events("server.started")
-        assert started, "".join(self.lines)
-        return f"127.0.0.1:{started[0]['port']}"
+        super().__init__("serve", "--port", "0", "--no-auth", "--log-format", "json", "--stats-interval", "0",
+                         "--data-dir", str(data_dir), *extra)
 
     def kill9(self) -> None:
         self.popen.send_signal(signal.SIGKILL)
         self.popen.wait(30)
 
-    def finish(self, sig: signal.Signals | None = signal.SIGTERM) -> int:
-        if sig is not None:
-            self.popen.send_signal(sig)
-        code = self.popen.wait(30)
-        time.sleep(0.05)  # the reader thread drains the pipe
-        return code
-
-    def ensure_dead(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
+    def finish(self, sig: signal.Signals | None = signal.SIGTERM, timeout: float = 30) -> int:
+        return super().finish(sig, timeout)
 
 
 @pytest.fixture
