@@ -118,6 +118,7 @@ cdef class ByteMap:
     cdef Py_ssize_t sweep_at
 
     cdef Py_ssize_t find(self, int32_t ns, const char* key, Py_ssize_t klen, uint64_t h) noexcept
+    cdef Py_ssize_t find_str(self, int32_t ns, object key) except -2
     cdef Py_ssize_t insert(self, int32_t ns, const char* key, Py_ssize_t klen,
                            const char* val, Py_ssize_t vlen, uint64_t h) except -1
     cdef void remove_at(self, Py_ssize_t idx) noexcept

@@ -136,22 +136,17 @@ cdef class CompiledEngine:
         return <int32_t>slot
 
     cdef Py_ssize_t conversation_index(self, Shop shop, object conversation_id) except? -2:
-        cdef Py_ssize_t n
-        cdef const char* p = PyUnicode_AsUTF8AndSize(conversation_id, &n)
-        return self.conversations.find(shop.handle, p, n, hash_key(shop.handle, p, n))
+        return self.conversations.find_str(shop.handle, conversation_id)
 
     cdef object conversation_buyer(self, Py_ssize_t idx):
         cdef Entry* e = &self.conversations.entries[idx]
         return PyUnicode_DecodeUTF8(entry_bytes(e) + e.klen, e.vlen, NULL)
 
     cdef int32_t source_handle(self, object source) except? -2:
-        cdef Py_ssize_t n
-        cdef const char* p
         cdef Py_ssize_t idx
         if not source:
             return -1
-        p = PyUnicode_AsUTF8AndSize(source, &n)
-        idx = self.source_map.find(0, p, n, hash_key(0, p, n))
+        idx = self.source_map.find_str(0, source)
         return self.source_map.entries[idx].a if idx >= 0 else -1
 
     cdef int64_t advance(self, Shop shop, int64_t at_ms) noexcept:
@@ -250,14 +245,11 @@ cdef class CompiledEngine:
 
     def delete_shop(self, shop_id):
         cdef Shop shop = self.shop_for(shop_id)
-        cdef Py_ssize_t n
-        cdef const char* p
         if shop.live:
             raise FailedPreconditionError(
                 f"shop {shop_id!r} still has {shop.live} live or waiting conversations; close them first"
             )
-        p = PyUnicode_AsUTF8AndSize(shop_id, &n)
-        self.shop_map.remove_at(self.shop_map.find(0, p, n, hash_key(0, p, n)))
+        self.shop_map.remove_at(self.shop_map.find_str(0, shop_id))
         self.affinity.clear_namespace(shop.handle)
         self.exclusive.clear_namespace(shop.handle)
         self.shop_ptrs[shop.handle] = NULL
@@ -390,11 +382,9 @@ cdef class CompiledEngine:
 
     def delete_exclusive_agent(self, shop_id, buyer_id):
         cdef Shop shop = self.shop_for(shop_id)
-        cdef Py_ssize_t n, idx
-        cdef const char* p
+        cdef Py_ssize_t idx
         check_id(buyer_id, "buyer_id")
-        p = PyUnicode_AsUTF8AndSize(buyer_id, &n)
-        idx = self.exclusive.find(shop.handle, p, n, hash_key(shop.handle, p, n))
+        idx = self.exclusive.find_str(shop.handle, buyer_id)
         if idx < 0:
             raise NotFoundError(f"buyer {buyer_id!r} has no exclusive agent in shop {shop_id!r}")
         self.exclusive.remove_at(idx)
@@ -1033,22 +1023,18 @@ cdef class CompiledEngine:
     def recent_contact(self, shop_id, buyer_id):
         """The buyer's recent contact in the shop, if younger than the window: (agent_id, contact_at_ms)."""
         cdef Shop shop = self.shop_for(shop_id)
-        cdef Py_ssize_t n, idx
-        cdef const char* p
+        cdef Py_ssize_t idx
         check_id(buyer_id, "buyer_id")
-        p = PyUnicode_AsUTF8AndSize(buyer_id, &n)
-        idx = self.affinity.find(shop.handle, p, n, hash_key(shop.handle, p, n))
+        idx = self.affinity.find_str(shop.handle, buyer_id)
         if idx < 0 or shop.clock - self.affinity.entries[idx].t >= shop.window_ms:
             return None
         return agent_id_of(shop, self.affinity.entries[idx].a), self.affinity.entries[idx].t
 
     def exclusive_agent(self, shop_id, buyer_id):
         cdef Shop shop = self.shop_for(shop_id)
-        cdef Py_ssize_t n, idx
-        cdef const char* p
+        cdef Py_ssize_t idx
         check_id(buyer_id, "buyer_id")
-        p = PyUnicode_AsUTF8AndSize(buyer_id, &n)
-        idx = self.exclusive.find(shop.handle, p, n, hash_key(shop.handle, p, n))
+        idx = self.exclusive.find_str(shop.handle, buyer_id)
         return agent_id_of(shop, self.exclusive.entries[idx].a) if idx >= 0 else None
 
     # ------------------------------------------------------------ snapshots

@@ -75,6 +75,12 @@ cdef class ByteMap:
                 return s - 1
             i = (i + 1) & self.mask
 
+    cdef Py_ssize_t find_str(self, int32_t ns, object key) except -2:
+        """The entry of (ns, key) or -1; ``key`` is a str id (its UTF-8 bytes are borrowed)."""
+        cdef Py_ssize_t n
+        cdef const char* p = PyUnicode_AsUTF8AndSize(key, &n)
+        return self.find(ns, p, n, hash_key(ns, p, n))
+
     cdef int grow_index(self) except -1:
         cdef Py_ssize_t size = (self.mask + 1) * 2
         cdef uint32_t* index = <uint32_t*>calloc(size, sizeof(uint32_t))
