@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -41,6 +42,16 @@ def scrape(server: ThreadedServer) -> str:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         return response.read().decode()
+
+
+def scrape_until(server: ThreadedServer, ready: Callable[[str], bool], timeout: float = 5.0) -> str:
+    """Scrape until ``ready`` holds or ``timeout`` passes; return the last exposition either way."""
+    deadline = time.monotonic() + timeout
+    text = scrape(server)
+    while not ready(text) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        text = scrape(server)
+    return text
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -217,7 +228,11 @@ def test_metrics_endpoint_names_and_counts(observed: ThreadedServer) -> None:
         with pytest.raises(grpc.RpcError):
             c.get_shop_state("ghost")
 
-    text = scrape(observed)
+    # grpc.aio sends an aborted call's status from inside ``context.abort``, before the
+    # interceptor's ``finally`` records its latency: the failed GetShopState is the last
+    # call, so wait (bounded) until its observation is in before reading the rest.
+    text = scrape_until(observed, lambda t: sample(t, "dispatch_rpc_duration_seconds_count",
+                                                   service="dispatch.v1.Admin", method="GetShopState") >= 1)  # fmt: skip
     assert sample(text, "dispatch_decisions_total", reason="group", strategy="least_saturation") == 1
     assert sample(text, "dispatch_decisions_total", reason="group", strategy="fewest_unread") == 1
     assert sample(text, "dispatch_decisions_total", reason="queued", strategy="none") == 3
