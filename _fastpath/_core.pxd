@@ -35,6 +35,35 @@ ctypedef struct Entry:
     EntryData data
 
 
+# Shape of CompiledEngine.decisions: [reason][strategy] (Reason and Strategy
+# numbers; strategy 0 = no strategy chose the agent).
+cdef enum:
+    N_REASONS = 13
+    N_STRATEGIES = 6
+
+
+# One DispatchRequest of a serialized DispatchBatchRequest, as read by
+# wire.pyx: each string is (offset, length) into the request bytes, already
+# checked to be valid UTF-8; the scalars are proto3 values (0 when absent).
+ctypedef struct WireItem:
+    Py_ssize_t off[5]  # WIRE_SHOP, WIRE_BUYER, WIRE_CONVERSATION, WIRE_SOURCE, WIRE_TO_ACCOUNT
+    Py_ssize_t len[5]
+    int32_t type
+    int32_t order_state
+    int64_t seconds    # at.seconds / at.nanos, meaningful when has_at
+    int32_t nanos
+    uint8_t has_at
+    uint8_t trace
+
+
+# A growable byte buffer (dispatch_batch_wire's output). Invariant: n <= cap;
+# p is NULL only while cap == 0.
+ctypedef struct WireBuffer:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
 # An indexed binary min-heap of agent slots.
 # Invariants: items[0:size] is heap-ordered by the kind's key (HEAP_SAT:
 # active/max_capacity then slot; HEAP_UNREAD: unread, created_at, slot);
@@ -197,6 +226,11 @@ cdef class CompiledEngine:
     cdef int32_t cap_handles
     cdef int32_t n_sources
     cdef list outbox
+    cdef int32_t picked_strategy    # the strategy that chose the agent of the current decision (0: none)
+    cdef int64_t decisions[N_REASONS][N_STRATEGIES]  # counters, not state: decisions made by this object
+    cdef WireBuffer out             # dispatch_batch_wire's output, reused between calls
+    cdef WireItem* wire_items       # dispatch_batch_wire's parsed items, reused between calls
+    cdef Py_ssize_t cap_wire_items
 
     cdef Shop shop_for(self, object shop_id)
     cdef Shop shop_at(self, int32_t handle)
@@ -208,14 +242,22 @@ cdef class CompiledEngine:
     cdef int apply_shop_config(self, Shop shop, object config) except -1
     cdef int32_t holder(self, Shop shop, Py_ssize_t idx, object conversation_id, str verb) except -1
     cdef object waiting_of(self, Shop shop, int32_t kind)
-    cdef object offline(self, Shop shop, Py_ssize_t idx, object conversation_id, object buyer_id,
-                        object source, int32_t ostate, int64_t now, list tr)
+    cdef int32_t decide(self, Shop shop, const char* bp, Py_ssize_t bn, const char* cp, Py_ssize_t cn,
+                        uint64_t hc, const char* srcp, Py_ssize_t srcn, int32_t ostate, int64_t t,
+                        object conversation_id, object buyer_id, object source, list tr,
+                        int32_t* out_slot, int32_t* out_group) except -1
+    cdef tuple waiting_item(self, const char* cp, Py_ssize_t cn, const char* bp, Py_ssize_t bn,
+                            const char* srcp, Py_ssize_t srcn, int32_t ostate, int64_t now,
+                            object conversation_id, object buyer_id, object source)
+    cdef int32_t source_handle_bytes(self, const char* p, Py_ssize_t n) noexcept
+    cdef int wire_item(self, const char* data, WireItem* it, int64_t now_ms) except -1
+    cdef int wire_item_slow(self, const char* data, WireItem* it, int64_t now_ms) except -1
     cdef void sweep_affinity(self, int32_t budget) noexcept
     cdef void forget_expired(self, Shop shop) noexcept
     cdef int32_t intern_source(self, object source) except -1
     cdef int32_t agent_slot_of(self, Shop shop, object agent_id) except -1
     cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1
-    cdef int32_t route(self, Shop shop, object buyer_id, int32_t source, int32_t order_state,
+    cdef int32_t route(self, Shop shop, const char* bp, Py_ssize_t bn, int32_t source, int32_t order_state,
                        int64_t now, list tr, int32_t* out_slot, int32_t* out_group) except -1
     cdef int settle(self, Shop shop, int32_t focus) except -1
     cdef int remember(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1

@@ -8,6 +8,8 @@ One extension module, built from the .pyx files included below:
   contacts, exclusive agents, entry sources), keyed by (namespace, bytes);
 - heap.pyx: indexed min-heaps of agent slots (saturation, unread);
 - shop.pyx: Shop, one tenant's agents, groups and pools, and the strategies;
+- wire.pyx: the protobuf wire reader/writer of DispatchBatch (C functions;
+  CompiledEngine.dispatch_batch_wire is in engine.pyx);
 - engine.pyx: CompiledEngine, the public API.
 
 Its behaviour is defined by ``_fastpath.reference.ReferenceEngine``; the
@@ -24,6 +26,9 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
     long long PyLong_AsLongLongAndOverflow(object value, int* overflow) except? -1
+    object PyBytes_FromStringAndSize(const char* v, Py_ssize_t len)
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
 
 import dataclasses
 from collections import deque
@@ -50,6 +55,7 @@ from _fastpath.model import (
 )
 from _fastpath.model import GroupConfig, ShopConfig
 from _fastpath.reference import DEFAULT_MAIN_CAPACITY, SNAPSHOT_FORMAT, _group_dict
+from _fastpath.wire import WireItem as PyWireItem, check_batch_size, dispatch_item
 
 __all__ = ["CompiledEngine"]
 
@@ -125,4 +131,5 @@ cdef int64_t MAX_TIME = 253402300799999  # 9999-12-31T23:59:59.999Z
 include "hashtable.pyx"
 include "heap.pyx"
 include "shop.pyx"
+include "wire.pyx"
 include "engine.pyx"

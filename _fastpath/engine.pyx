@@ -101,6 +101,8 @@ cdef class CompiledEngine:
 
     def __dealloc__(self):
         free(self.shop_ptrs)
+        free(self.out.p)
+        free(self.wire_items)
 
     @property
     def seed(self):
@@ -592,8 +594,9 @@ cdef class CompiledEngine:
         cdef const char* sp
         cdef const char* bp
         cdef const char* cp
-        cdef int32_t ctype, ostate, reason, slot, group, src
-        cdef int64_t now, t
+        cdef const char* srcp
+        cdef int32_t ctype, ostate, reason, slot, group
+        cdef int64_t t
         cdef uint64_t hc
         cdef Shop shop
         cdef list tr = None
@@ -604,10 +607,11 @@ cdef class CompiledEngine:
         if ctype != TYPE_BUYER_TO_SHOP:
             # Section 3: point-to-point, no state change.
             utf8_id(to_account, &srcn, "to_account", False)
+            self.decisions[REASON_DIRECT][0] += 1
             return REASON_DIRECT, to_account, None, ([f"direct:{to_account}"] if trace else None)
         bp = utf8_id(buyer_id, &bn, "buyer_id", False)
         cp = utf8_id(conversation_id, &cn, "conversation_id", False)
-        utf8_id(source, &srcn, "source", True)
+        srcp = utf8_id(source, &srcn, "source", True)
         ostate = enum_value(order_state, 5, OrderState, "order_state")
         t = time_ms(at_ms)
         idx = self.shop_map.find(0, sp, sn, hash_key(0, sp, sn))
@@ -617,9 +621,29 @@ cdef class CompiledEngine:
         hc = hash_key(shop.handle, cp, cn)
         if self.conversations.find(shop.handle, cp, cn, hc) >= 0:
             raise AlreadyExistsError(f"conversation {conversation_id!r} already exists in shop {shop_id!r}")
-        now = self.advance(shop, t)
         if trace:
             tr = []
+        reason = self.decide(shop, bp, bn, cp, cn, hc, srcp, srcn, ostate, t,
+                             conversation_id, buyer_id, source, tr, &slot, &group)
+        return (reason, agent_id_of(shop, slot) if slot >= 0 else None,
+                <object>shop.groups[group].id if group >= 0 else None, tr)
+
+    cdef int32_t decide(self, Shop shop, const char* bp, Py_ssize_t bn, const char* cp, Py_ssize_t cn,
+                        uint64_t hc, const char* srcp, Py_ssize_t srcn, int32_t ostate, int64_t t,
+                        object conversation_id, object buyer_id, object source, list tr,
+                        int32_t* out_slot, int32_t* out_group) except -1:
+        """Sections 4 and 6 for a valid buyer-to-shop request whose conversation is new.
+
+        The reason; out_slot is the agent (-1 when the conversation waits),
+        out_group the group (-1 for none). conversation_id, buyer_id and source
+        may be None: they are made from the bytes only if the conversation has
+        to wait (the waiting lists hold Python tuples). Counts the decision."""
+        cdef Py_ssize_t idx
+        cdef int32_t reason, rule
+        cdef int64_t now = self.advance(shop, t)
+        out_slot[0] = -1
+        out_group[0] = -1
+        self.picked_strategy = 0
         idx = self.conversations.insert(shop.handle, cp, cn, bp, bn, hc)
         self.conversations.entries[idx].t = now
         shop.live += 1
@@ -627,52 +651,202 @@ cdef class CompiledEngine:
         # Step 1: is the shop online?
         if not (shop.pools[0].n_avail > 0
                 or (shop.mode == MODE_FALLBACK and shop.available(shop.main_slot))):
+            # Section 6.
+            rule = shop.offline_rule
             if tr is not None:
                 tr.append("online:no")
-            return self.offline(shop, idx, conversation_id, buyer_id, source, ostate, now, tr)
+                tr.append(f"offline:{OfflineRule(rule).name}")
+            if rule == OFFLINE_MAIN_ACCOUNT or rule == OFFLINE_PROXY_ACCOUNT:
+                out_slot[0] = shop.main_slot if rule == OFFLINE_MAIN_ACCOUNT else shop.proxy_slot
+                self.assign(shop, idx, out_slot[0], now)
+                reason = REASON_OFFLINE_MAIN_ACCOUNT if rule == OFFLINE_MAIN_ACCOUNT else REASON_OFFLINE_PROXY_ACCOUNT
+            elif rule == OFFLINE_MESSAGE_POOL:
+                self.conversations.entries[idx].b = WAIT_POOL
+                shop.waiting_pool.append(self.waiting_item(cp, cn, bp, bn, srcp, srcn, ostate, now,
+                                                           conversation_id, buyer_id, source))
+                reason = REASON_OFFLINE_MESSAGE_POOL
+            else:
+                self.conversations.entries[idx].b = WAIT_STAGING
+                shop.waiting_staging.append(self.waiting_item(cp, cn, bp, bn, srcp, srcn, ostate, now,
+                                                              conversation_id, buyer_id, source))
+                reason = REASON_OFFLINE_STAGING
+            self.decisions[reason][0] += 1
+            return reason
         if tr is not None:
             tr.append("online:yes")
 
-        src = self.source_handle(source) if srcn else -1
-        reason = self.route(shop, buyer_id, src, ostate, now, tr, &slot, &group)
+        reason = self.route(shop, bp, bn, self.source_handle_bytes(srcp, srcn), ostate, now, tr,
+                            out_slot, out_group)
         if reason:
-            self.assign(shop, idx, slot, now)
-            return (reason, agent_id_of(shop, slot),
-                    <object>shop.groups[group].id if group >= 0 else None, tr)
+            self.assign(shop, idx, out_slot[0], now)
+        else:
+            # Step 7: everyone is full.
+            reason = REASON_QUEUED
+            self.picked_strategy = 0
+            self.conversations.entries[idx].b = WAIT_QUEUE
+            shop.waiting_queue.append(self.waiting_item(cp, cn, bp, bn, srcp, srcn, ostate, now,
+                                                        conversation_id, buyer_id, source))
+            if tr is not None:
+                tr.append(f"queued:{len(shop.waiting_queue)}")
+        self.decisions[reason][self.picked_strategy] += 1
+        return reason
 
-        # Step 7: everyone is full.
-        self.conversations.entries[idx].b = WAIT_QUEUE
-        shop.waiting_queue.append((conversation_id, buyer_id, source, ostate, now))
-        if tr is not None:
-            tr.append(f"queued:{len(shop.waiting_queue)}")
-        return REASON_QUEUED, None, None, tr
+    def dispatch_batch_wire(self, data, int64_t now_ms, Py_ssize_t max_items):
+        """A serialized ``DispatchBatchRequest`` in, its ``DispatchBatchResponse`` out.
 
-    cdef object offline(self, Shop shop, Py_ssize_t idx, object conversation_id, object buyer_id,
-                        object source, int32_t ostate, int64_t now, list tr):
-        """Section 6."""
-        cdef int32_t rule = shop.offline_rule
-        if tr is not None:
-            tr.append(f"offline:{OfflineRule(rule).name}")
-        if rule == OFFLINE_MAIN_ACCOUNT:
-            self.assign(shop, idx, shop.main_slot, now)
-            return REASON_OFFLINE_MAIN_ACCOUNT, agent_id_of(shop, shop.main_slot), None, tr
-        if rule == OFFLINE_PROXY_ACCOUNT:
-            self.assign(shop, idx, shop.proxy_slot, now)
-            return REASON_OFFLINE_PROXY_ACCOUNT, agent_id_of(shop, shop.proxy_slot), None, tr
-        item = (conversation_id, buyer_id, source, ostate, now)
-        if rule == OFFLINE_MESSAGE_POOL:
-            self.conversations.entries[idx].b = WAIT_POOL
-            shop.waiting_pool.append(item)
-            return REASON_OFFLINE_MESSAGE_POOL, None, None, tr
-        self.conversations.entries[idx].b = WAIT_STAGING
-        shop.waiting_staging.append(item)
-        return REASON_OFFLINE_STAGING, None, None, tr
+        Returns (response bytes, number of items that failed), or ``None``,
+        with nothing changed, when the bytes are not a batch this codec reads
+        (see ``_fastpath.wire``). Items without ``at`` take ``now_ms``. More
+        than ``max_items`` items: InvalidArgumentError, nothing changed.
 
-    cdef int32_t route(self, Shop shop, object buyer_id, int32_t source, int32_t order_state,
+        The whole request is read first (into wire_items); then each item is
+        decided in order and its response appended to the reused ``out``
+        buffer. Ordinary items touch no Python object; the rest (another
+        conversation type, a trace, anything the engine rejects) go through
+        ``dispatch`` exactly as the reference does (wire_item_slow)."""
+        cdef const unsigned char* d
+        cdef Py_ssize_t end, pos = 0, n = 0, stop, i
+        cdef uint64_t key, v
+        cdef WireItem* grown
+        cdef int64_t failed = 0
+        if type(data) is not bytes:
+            data = bytes(data)
+        d = <const unsigned char*>PyBytes_AS_STRING(data)
+        end = PyBytes_GET_SIZE(data)
+        while pos < end:
+            pos = read_varint(d, pos, end, &key)
+            if pos < 0 or key != 0x0A:
+                return None
+            pos = read_varint(d, pos, end, &v)
+            if pos < 0 or v > <uint64_t>(end - pos):
+                return None
+            stop = pos + <Py_ssize_t>v
+            if n == self.cap_wire_items:
+                grown = <WireItem*>realloc(self.wire_items, (n * 2 + 64) * sizeof(WireItem))
+                if grown == NULL:
+                    raise MemoryError()
+                self.wire_items = grown
+                self.cap_wire_items = n * 2 + 64
+            if read_item(d, pos, stop, &self.wire_items[n]) != stop:
+                return None
+            n += 1
+            pos = stop
+        check_batch_size(n, max_items)
+        self.out.n = 0
+        for i in range(n):
+            failed += self.wire_item(<const char*>d, &self.wire_items[i], now_ms)
+        return PyBytes_FromStringAndSize(self.out.p, self.out.n), failed
+
+    cdef int wire_item(self, const char* data, WireItem* it, int64_t now_ms) except -1:
+        """Decide one item and append its DispatchResponse; 1 if it failed, else 0."""
+        cdef const char* sp = data + it.off[WIRE_SHOP]
+        cdef const char* bp = data + it.off[WIRE_BUYER]
+        cdef const char* cp = data + it.off[WIRE_CONVERSATION]
+        cdef const char* srcp = data + it.off[WIRE_SOURCE]
+        cdef Py_ssize_t sn = it.len[WIRE_SHOP], bn = it.len[WIRE_BUYER], cn = it.len[WIRE_CONVERSATION]
+        cdef Py_ssize_t srcn = it.len[WIRE_SOURCE], idx, an, gn, size
+        cdef int64_t t = now_ms
+        cdef uint64_t hc
+        cdef int32_t reason, slot, group
+        cdef const char* ap = NULL
+        cdef const char* gp = NULL
+        cdef Shop shop
+        # The ordinary case only; anything else is decided (and refused) by dispatch().
+        if (it.type > TYPE_BUYER_TO_SHOP or it.type < 0 or it.trace
+                or not 0 < sn <= MAX_ID or not 0 < bn <= MAX_ID or not 0 < cn <= MAX_ID or srcn > MAX_ID
+                or has_control_byte(sp, sn) or has_control_byte(bp, bn) or has_control_byte(cp, cn)
+                or has_control_byte(srcp, srcn) or not 0 <= it.order_state <= 5):
+            return self.wire_item_slow(data, it, now_ms)
+        if it.has_at:
+            if not (0 <= it.nanos < 1000000000 and 0 <= it.seconds <= LATEST_SECONDS):
+                return self.wire_item_slow(data, it, now_ms)
+            t = it.seconds * 1000 + it.nanos // 1000000
+        if not 0 <= t <= MAX_TIME:
+            return self.wire_item_slow(data, it, now_ms)
+        idx = self.shop_map.find(0, sp, sn, hash_key(0, sp, sn))
+        if idx < 0:
+            return self.wire_item_slow(data, it, now_ms)
+        shop = self.shop_at(self.shop_map.entries[idx].a)
+        hc = hash_key(shop.handle, cp, cn)
+        if self.conversations.find(shop.handle, cp, cn, hc) >= 0:
+            return self.wire_item_slow(data, it, now_ms)
+
+        reason = self.decide(shop, bp, bn, cp, cn, hc, srcp, srcn, it.order_state, t,
+                             None, None, None, None, &slot, &group)
+        an = gn = 0
+        if slot >= 0:
+            ap = PyUnicode_AsUTF8AndSize(<object>shop.agents[slot].id, &an)
+        if group >= 0:
+            gp = PyUnicode_AsUTF8AndSize(<object>shop.groups[group].id, &gn)
+        # DispatchResponse: agent_id = 1, reason = 2, group_id = 3, conversation_id = 6.
+        size = string_field_size(an) + 1 + varint_size(<uint64_t>reason) + string_field_size(gn) + string_field_size(cn)
+        wb_reserve(&self.out, 1 + varint_size(<uint64_t>size) + size)
+        self.out.p[self.out.n] = 0x0A
+        self.out.n += 1
+        wb_varint(&self.out, <uint64_t>size)
+        wb_string(&self.out, 0x0A, ap, an)
+        self.out.p[self.out.n] = 0x10
+        self.out.n += 1
+        wb_varint(&self.out, <uint64_t>reason)
+        wb_string(&self.out, 0x1A, gp, gn)
+        wb_string(&self.out, 0x32, cp, cn)
+        return 0
+
+    cdef int wire_item_slow(self, const char* data, WireItem* it, int64_t now_ms) except -1:
+        """An item the fast path does not take: the reference's own per-item code
+        (wire.dispatch_item: Python strings, dispatch(), its error as a Status)."""
+        cdef Py_ssize_t size
+        item = PyWireItem(
+            PyUnicode_DecodeUTF8(data + it.off[WIRE_SHOP], it.len[WIRE_SHOP], NULL),
+            PyUnicode_DecodeUTF8(data + it.off[WIRE_BUYER], it.len[WIRE_BUYER], NULL),
+            PyUnicode_DecodeUTF8(data + it.off[WIRE_CONVERSATION], it.len[WIRE_CONVERSATION], NULL),
+            it.type,
+            PyUnicode_DecodeUTF8(data + it.off[WIRE_SOURCE], it.len[WIRE_SOURCE], NULL),
+            it.order_state,
+            PyUnicode_DecodeUTF8(data + it.off[WIRE_TO_ACCOUNT], it.len[WIRE_TO_ACCOUNT], NULL),
+            (it.seconds, it.nanos) if it.has_at else None,
+            bool(it.trace),
+        )
+        raw, failed = dispatch_item(self, item, now_ms)
+        size = PyBytes_GET_SIZE(raw)
+        wb_reserve(&self.out, 1 + varint_size(<uint64_t>size) + size)
+        self.out.p[self.out.n] = 0x0A
+        self.out.n += 1
+        wb_varint(&self.out, <uint64_t>size)
+        memcpy(self.out.p + self.out.n, PyBytes_AS_STRING(raw), size)
+        self.out.n += size
+        return 1 if failed else 0
+
+    cdef tuple waiting_item(self, const char* cp, Py_ssize_t cn, const char* bp, Py_ssize_t bn,
+                            const char* srcp, Py_ssize_t srcn, int32_t ostate, int64_t now,
+                            object conversation_id, object buyer_id, object source):
+        """(conversation, buyer, source, order_state, since) of a waiting conversation."""
+        if conversation_id is None:
+            conversation_id = PyUnicode_DecodeUTF8(cp, cn, NULL)
+        if buyer_id is None:
+            buyer_id = PyUnicode_DecodeUTF8(bp, bn, NULL)
+        if source is None:
+            source = PyUnicode_DecodeUTF8(srcp, srcn, NULL)
+        return (conversation_id, buyer_id, source, ostate, now)
+
+    cdef int32_t source_handle_bytes(self, const char* p, Py_ssize_t n) noexcept:
+        cdef Py_ssize_t idx
+        if n == 0:
+            return -1
+        idx = self.source_map.find(0, p, n, hash_key(0, p, n))
+        return self.source_map.entries[idx].a if idx >= 0 else -1
+
+    def decision_counts(self):
+        """Decisions this object made, ``[reason][strategy]``: a copy. Replayed
+        journal records count too; these are counters, not state."""
+        cdef int32_t r, k
+        return [[self.decisions[r][k] for k in range(N_STRATEGIES)] for r in range(N_REASONS)]
+
+    cdef int32_t route(self, Shop shop, const char* bp, Py_ssize_t bn, int32_t source, int32_t order_state,
                        int64_t now, list tr, int32_t* out_slot, int32_t* out_group) except -1:
-        """Steps 2 to 6: a reason with out_slot/out_group set, or 0 when everyone is full."""
-        cdef Py_ssize_t bn, idx
-        cdef const char* bp = PyUnicode_AsUTF8AndSize(buyer_id, &bn)
+        """Steps 2 to 6: a reason with out_slot/out_group set, or 0 when everyone is full.
+        Sets picked_strategy when a strategy chose the agent."""
+        cdef Py_ssize_t idx
         cdef uint64_t h = hash_key(shop.handle, bp, bn)
         cdef int32_t s, state, gi, k, nb, nr, strategy
         cdef Agent* a
@@ -782,6 +956,7 @@ cdef class CompiledEngine:
                     return REASON_ROBOT
                 strategy = g.strategy or shop.strategy
                 s = shop.pick(g.pool, strategy, -1, now)
+                self.picked_strategy = strategy
                 if tr is not None:
                     tr.append(f"strategy:{Strategy(strategy).name}:{agent_id_of(shop, s)}")
                 out_slot[0] = s
@@ -792,6 +967,7 @@ cdef class CompiledEngine:
         # Step 6: fallback (or, without groups, the strategy over everyone).
         s = shop.pick(0, shop.strategy, -1, now)
         if s >= 0:
+            self.picked_strategy = shop.strategy
             if tr is not None:
                 tr.append(f"{'fallback' if groups_on else 'strategy'}:{Strategy(shop.strategy).name}:{agent_id_of(shop, s)}")
             out_slot[0] = s
@@ -877,6 +1053,8 @@ cdef class CompiledEngine:
         cdef int64_t now = shop.clock
         cdef int32_t reason, slot, group
         cdef Agent* a
+        cdef const char* bp
+        cdef Py_ssize_t bn
         staging = shop.waiting_staging
         if staging and focus >= 0 and shop.available(focus):
             a = &shop.agents[focus]
@@ -888,7 +1066,8 @@ cdef class CompiledEngine:
         queue = shop.waiting_queue
         while queue:
             item = queue[0]
-            reason = self.route(shop, item[1], self.source_handle(item[2]), item[3], now, None, &slot, &group)
+            bp = PyUnicode_AsUTF8AndSize(item[1], &bn)
+            reason = self.route(shop, bp, bn, self.source_handle(item[2]), item[3], now, None, &slot, &group)
             if not reason:
                 break
             queue.popleft()

@@ -45,6 +45,7 @@ __all__ = [
     "fnv1a64",
     "splitmix64",
     "shop_seed",
+    "timestamp_to_ms",
 ]
 
 MAX_ID_BYTES: Final = 128
@@ -60,6 +61,8 @@ MAX_CAPACITY: Final = 1_000_000
 MAX_TIME_MS: Final = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: the last instant a protobuf Timestamp can hold."""
 MIN_TIME_MS: Final = 0
+LATEST_SECONDS: Final = 253_402_300_799
+"""9999-12-31T23:59:59Z: the latest Timestamp.seconds accepted (the last whole second of MAX_TIME_MS)."""
 
 
 class Reason(enum.IntEnum):
@@ -213,6 +216,18 @@ def check_time(at_ms: object, field: str = "at") -> int:
     if not MIN_TIME_MS <= at_ms <= MAX_TIME_MS:
         raise InvalidArgumentError(f"{field}={at_ms} ms is outside 1970-01-01..9999-12-31")
     return at_ms
+
+
+def timestamp_to_ms(seconds: int, nanos: int, field: str) -> int:
+    """A protobuf Timestamp's (seconds, nanos) in whole milliseconds (finer nanos are truncated).
+
+    Checks what protobuf does not (nanos in range, no time after year 9999);
+    the engine's ``check_time`` rejects times before the epoch."""
+    if not 0 <= nanos < 1_000_000_000:
+        raise InvalidArgumentError(f"{field}.nanos={nanos} is outside 0..999999999")
+    if seconds > LATEST_SECONDS:
+        raise InvalidArgumentError(f"{field}.seconds={seconds} is after 9999-12-31T23:59:59Z, the latest time accepted")
+    return seconds * 1000 + nanos // 1_000_000
 
 
 def check_enum(value: object, enum_type: type[enum.IntEnum], field: str) -> int:

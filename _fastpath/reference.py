@@ -42,8 +42,13 @@ from .model import (
     shop_seed,
     splitmix64,
 )
+from .wire import reference_dispatch_batch_wire
 
-__all__ = ["DEFAULT_MAIN_CAPACITY", "SNAPSHOT_FORMAT", "ReferenceEngine"]
+__all__ = ["DEFAULT_MAIN_CAPACITY", "N_REASONS", "N_STRATEGIES", "SNAPSHOT_FORMAT", "ReferenceEngine"]
+
+N_REASONS = max(Reason) + 1
+N_STRATEGIES = max(Strategy) + 1
+"""Shape of ``decision_counts()``: [reason][strategy], strategy 0 = none picked."""
 
 DEFAULT_MAIN_CAPACITY = 100
 """Capacity of a main account that was never configured with put_agent."""
@@ -133,6 +138,10 @@ class ReferenceEngine:
         self._affinity: dict[tuple[str, str], tuple[str, int]] = {}  # -> (agent, contact time)
         self._exclusive: dict[tuple[str, str], str] = {}
         self._outbox: list[tuple[str, str, str, str, int, int]] = []
+        # Decisions made by this object (not state: never exported), [reason][strategy];
+        # strategy is the one whose pick chose the agent, 0 when none did.
+        self._decisions = [[0] * N_STRATEGIES for _ in range(N_REASONS)]
+        self._picked_strategy = 0
 
     # ------------------------------------------------------------ seed
 
@@ -522,6 +531,40 @@ class ReferenceEngine:
         trace: bool = False,
     ) -> tuple[int, str | None, str | None, list[str] | None]:
         """Decide who gets a new conversation: (reason, agent_id, group_id, trace)."""
+        self._picked_strategy = 0
+        result = self._dispatch(
+            shop_id, buyer_id, conversation_id, at_ms, conv_type, source, order_state, to_account, trace
+        )
+        self._decisions[result[0]][self._picked_strategy] += 1
+        return result
+
+    def dispatch_batch_wire(self, data: bytes, now_ms: int, max_items: int) -> tuple[bytes, int] | None:
+        """A serialized ``DispatchBatchRequest`` in, its ``DispatchBatchResponse`` out.
+
+        Returns (response bytes, number of items that failed), or ``None``,
+        with nothing changed, when the bytes are not a batch this codec reads
+        (see ``_fastpath.wire``). Items without ``at`` take ``now_ms``. More
+        than ``max_items`` items: InvalidArgumentError, nothing changed."""
+        return reference_dispatch_batch_wire(self, data, now_ms, max_items)
+
+    def decision_counts(self) -> list[list[int]]:
+        """Decisions this object made, ``[reason][strategy]``: a copy. Replayed
+        journal records count too; these are counters, not state."""
+        return [list(row) for row in self._decisions]
+
+    def _dispatch(
+        self,
+        shop_id: str,
+        buyer_id: str,
+        conversation_id: str,
+        at_ms: int,
+        conv_type: int = ConversationType.BUYER_TO_SHOP,
+        source: str = "",
+        order_state: int = OrderState.UNSPECIFIED,
+        to_account: str = "",
+        trace: bool = False,
+    ) -> tuple[int, str | None, str | None, list[str] | None]:
+        """Decide who gets a new conversation: (reason, agent_id, group_id, trace)."""
         conv_type = check_enum(conv_type, ConversationType, "type") or ConversationType.BUYER_TO_SHOP
         check_id(shop_id, "shop_id")
         if conv_type != ConversationType.BUYER_TO_SHOP:
@@ -662,6 +705,7 @@ class ReferenceEngine:
                     return int(Reason.ROBOT), robot, gid
                 strategy = group.config.strategy or config.strategy
                 agent = self._pick(shop, strategy, self._group_eligible(shop, group), gid, now)
+                self._picked_strategy = strategy
                 _note(tr, f"strategy:{Strategy(strategy).name}:{agent.agent_id}")
                 return int(Reason.GROUP), agent, gid
         else:
@@ -673,6 +717,7 @@ class ReferenceEngine:
         eligible = [a for a in self._pool(shop) if self._eligible(shop, a)]
         if eligible:
             agent = self._pick(shop, config.strategy, eligible, "", now)
+            self._picked_strategy = config.strategy
             _note(tr, f"{label}:{Strategy(config.strategy).name}:{agent.agent_id}")
             return int(reason), agent, None
         _note(tr, f"{label}:{Strategy(config.strategy).name}:none")

@@ -206,7 +206,7 @@ async def serve(settings: ServeSettings) -> int:
         await store.close()  # the final snapshot
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    log.info("server.stopped", **server.counters.snapshot())
+    log.info("server.stopped", **server.counters.snapshot(server.decisions()))
     return 1 if received[0] == "JOURNAL_FAILURE" else 0
 
 

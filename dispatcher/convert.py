@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from _fastpath import AgentConfig, GroupConfig, InvalidArgumentError, ShopConfig
-from _fastpath.model import AFFINITY_WINDOW_MS_DEFAULT
+from _fastpath.model import AFFINITY_WINDOW_MS_DEFAULT, timestamp_to_ms
 
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 
@@ -37,10 +37,6 @@ DEFAULT_STAGING_FIRST_CAP = 100
 DEFAULT_BUSY_THRESHOLD = 4
 DEFAULT_WEIGHT = 1
 _NANOS_PER_MS = 1_000_000
-LATEST_SECONDS = 253_402_300_799
-"""9999-12-31T23:59:59Z: the latest event time accepted, the engine's own limit
-(the last instant a Timestamp holds; the daily reset works up to it in every
-time zone)."""
 
 
 def now_ms() -> int:
@@ -50,11 +46,7 @@ def now_ms() -> int:
 
 def timestamp_ms(ts: timestamp_pb2.Timestamp, field: str) -> int:
     """A Timestamp in whole milliseconds (finer nanos are truncated)."""
-    if not 0 <= ts.nanos < 1_000_000_000:
-        raise InvalidArgumentError(f"{field}.nanos={ts.nanos} is outside 0..999999999")
-    if ts.seconds > LATEST_SECONDS:
-        raise InvalidArgumentError(f"{field}.seconds={ts.seconds} is after 9999-12-31T23:59:59Z, the latest time accepted")
-    return ts.seconds * 1000 + ts.nanos // _NANOS_PER_MS
+    return timestamp_to_ms(ts.seconds, ts.nanos, field)
 
 
 def duration_ms(d: duration_pb2.Duration, field: str) -> int:

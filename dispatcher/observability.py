@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from _fastpath import DispatchError, Reason, Strategy
+from _fastpath import Reason, Strategy
 
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 
@@ -76,12 +76,8 @@ log = structlog.get_logger("dispatcher.observability")
 
 _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
-_STRATEGIC: Final = frozenset((Reason.GROUP, Reason.FALLBACK))
-"""Reasons whose agent was picked by a strategy; the others count under strategy="none"."""
 _N_STRATEGIES: Final = max(Strategy) + 1
 _STRATEGY_LABELS: Final = ["none"] + [Strategy(i).name.lower() for i in range(1, _N_STRATEGIES)]
-_ADMIN_PREFIX: Final = f"/{DISPATCH_SERVICES[1]}/"
-_DISPATCH_PREFIX: Final = f"/{DISPATCH_SERVICES[0]}/"
 
 
 class LatencyHistogram:
@@ -111,46 +107,12 @@ class LatencyHistogram:
         return out
 
 
-class _StrategyOf:
-    """Which strategy picked the agent of a (shop, group): the group's own, else the shop's.
-
-    Read from the engine (``effective_strategy``) once per (shop, group) and
-    cached; every Admin call empties the cache.
-    """
-
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
-        self._cache: dict[tuple[str, str], int] = {}
-
-    def __call__(self, shop_id: str, group_id: str) -> int:
-        key = (shop_id, group_id)
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        try:
-            strategy = int(self._engine.effective_strategy(shop_id, group_id))
-        except DispatchError:  # the shop or group went away since the decision
-            strategy = 0
-        if not 0 <= strategy < _N_STRATEGIES:
-            strategy = 0
-        self._cache[key] = strategy
-        return strategy
-
-    def admin_call(self, method: str, request: Any) -> None:
-        """Follow an Admin call: a configuration change may change strategies."""
-        self._cache.clear()
-
-
 class Metrics:
     """The counters and histograms updated on the hot path, and the hook for journal fsyncs."""
 
-    def __init__(self, engine: Any) -> None:
-        # decisions[reason][strategy]: strategy 0 is "none"
-        self.decisions = [[0] * _N_STRATEGIES for _ in range(max(Reason) + 1)]
+    def __init__(self) -> None:
         self.rpc_latency: dict[str, LatencyHistogram] = {}
         self.journal_fsync = LatencyHistogram(FSYNC_BUCKETS)
-        self.strategy_of = _StrategyOf(engine)
 
     def observe_journal_fsync(self, seconds: float) -> None:
         """The hook for the durability code: one fsync of the journal took ``seconds``."""
@@ -162,25 +124,9 @@ class Metrics:
             hist = self.rpc_latency[method] = LatencyHistogram()
         return hist
 
-    def count(self, shop_id: str, response: dispatch_pb2.DispatchResponse) -> None:
-        reason = response.reason
-        if reason in _STRATEGIC:
-            self.decisions[reason][self.strategy_of(shop_id, response.group_id)] += 1
-        else:
-            self.decisions[reason][0] += 1
-
-    def count_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest], responses: Iterable[dispatch_pb2.DispatchResponse]) -> None:
-        decisions, strategy_of = self.decisions, self.strategy_of
-        for request, response in zip(requests, responses):
-            reason = response.reason
-            if reason in _STRATEGIC:
-                decisions[reason][strategy_of(request.shop_id, response.group_id)] += 1
-            elif reason:  # 0: the item failed (its error says why)
-                decisions[reason][0] += 1
-
 
 class _Interceptor(grpc.aio.ServerInterceptor):
-    """Times every RPC and counts the decisions of the three Dispatch methods.
+    """Times every RPC (the engine counts the decisions itself: ``decision_counts``).
 
     It always calls ``continuation`` (so interceptors after it, e.g. auth, run
     on every call) and caches only its wrapping of each handler object.
@@ -210,53 +156,15 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
         observe = metrics.histogram(method).observe
         clock = time.perf_counter
-        name = method.rsplit("/", 1)[-1]
 
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
-            if method == _DISPATCH_PREFIX + "Dispatch":
-                count = metrics.count
-
-                async def unary(request: Any, context: Any) -> Any:
-                    start = clock()
-                    try:
-                        response = await behavior(request, context)
-                        count(request.shop_id, response)
-                        return response
-                    finally:
-                        observe(clock() - start)
-
-            elif method == _DISPATCH_PREFIX + "DispatchBatch":
-                count_batch = metrics.count_batch
-
-                async def unary(request: Any, context: Any) -> Any:
-                    start = clock()
-                    try:
-                        response = await behavior(request, context)
-                        count_batch(request.requests, response.responses)
-                        return response
-                    finally:
-                        observe(clock() - start)
-
-            elif method.startswith(_ADMIN_PREFIX):
-                admin_call = metrics.strategy_of.admin_call
-
-                async def unary(request: Any, context: Any) -> Any:
-                    start = clock()
-                    try:
-                        return await behavior(request, context)
-                    finally:
-                        admin_call(name, request)
-                        observe(clock() - start)
-
-            else:
-
-                async def unary(request: Any, context: Any) -> Any:
-                    start = clock()
-                    try:
-                        return await behavior(request, context)
-                    finally:
-                        observe(clock() - start)
+            async def unary(request: Any, context: Any) -> Any:
+                start = clock()
+                try:
+                    return await behavior(request, context)
+                finally:
+                    observe(clock() - start)
 
             return handler._replace(unary_unary=unary)
 
@@ -299,24 +207,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                         observe(clock() - start)
 
                 return handler._replace(stream_stream=rw_stream)
-            counting = method == _DISPATCH_PREFIX + "DispatchStream"
-            count_batch = metrics.count_batch
 
             async def stream_stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
                 start = clock()
-                pending: list[Any] = []
-
-                async def requests() -> AsyncIterator[Any]:
-                    async for batch in request_iterator:
-                        if counting:
-                            pending.append(batch)
-                        yield batch
-
                 try:
-                    async for response in bidi(requests(), context):
-                        # One answer batch per request batch, in order.
-                        if counting and pending:
-                            count_batch(pending.pop(0).requests, response.responses)
+                    async for response in bidi(request_iterator, context):
                         yield response
                 finally:
                     observe(clock() - start)
@@ -483,7 +378,7 @@ class Ecosystem:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.hold_serving = hold_serving
-        self.metrics = Metrics(server.engine)
+        self.metrics = Metrics()
         self.health = _Health()
         # Without an endpoint nobody can read the per-RPC histograms and decision
         # counters: metrics off means no interceptor at all (bench: on vs off).
@@ -540,7 +435,7 @@ class Ecosystem:
         counters = server.counters
         metrics = self.metrics
         snap: dict[str, Any] = {
-            "decisions": [list(row) for row in metrics.decisions],
+            "decisions": server.decisions(),
             "handed_out": counters.handed_out,
             "events": counters.events,
             "admin_calls": counters.admin_calls,

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 import _fastpath
@@ -85,6 +86,9 @@ _CODES: Final = {
 }
 
 
+_CODE_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def _status_code(exc: DispatchError) -> grpc.StatusCode:
     return _CODES.get(exc.grpc_status, grpc.StatusCode.INTERNAL)
 
@@ -93,16 +97,16 @@ def _status_code(exc: DispatchError) -> grpc.StatusCode:
 class Counters:
     """What the server did, counted instead of logged."""
 
-    dispatched: list[int] = dataclasses.field(default_factory=lambda: [0] * (max(Reason) + 1))
     handed_out: int = 0
     events: int = 0
     admin_calls: int = 0
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     internal_errors: int = 0
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, decisions: list[list[int]]) -> dict[str, Any]:
+        """The counters, with ``decisions`` ([reason][strategy], see ``DispatchServer.decisions``) per reason."""
         return {
-            "dispatched": {Reason(i).name.lower(): n for i, n in enumerate(self.dispatched) if n},
+            "dispatched": {Reason(i).name.lower(): sum(row) for i, row in enumerate(decisions) if sum(row)},
             "handed_out": self.handed_out,
             "events": self.events,
             "admin_calls": self.admin_calls,
@@ -245,7 +249,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             request.to_account,
             request.trace,
         )
-        self._core.counters.dispatched[reason] += 1
         return dispatch_pb2.DispatchResponse(
             agent_id=agent_id or "",
             reason=reason,
@@ -254,13 +257,39 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             conversation_id=request.conversation_id,
         )
 
-    def _batch(self, requests: Any) -> dispatch_pb2.DispatchBatchResponse:
-        """Every item in order; an item's error goes in its own response.
+    def _batch(self, raw: bytes) -> bytes:
+        """A serialized DispatchBatchRequest in, its DispatchBatchResponse out; every
+        item in order, an item's error in its own response.
 
-        Hot loop: the clock is read once per batch (items without ``at`` share
-        it), responses are built in place (``responses.add``: no copies), and
-        attribute lookups are bound to locals.
-        """
+        The engine reads and writes the wire format itself
+        (``dispatch_batch_wire``: no protobuf objects per item); items without
+        ``at`` share one reading of the clock. Callers limited to some shops,
+        and bytes the engine's reader declines (``None``), take the object
+        path, which parses with the protobuf runtime."""
+        now = now_ms()
+        scope = item_scope()  # None unless the caller is limited to some shops
+        if scope is None:
+            answer = self._engine.dispatch_batch_wire(raw, now, self._max_batch)
+            if answer is not None:
+                out, failed = answer
+                if failed:  # rare: count the refused items by status
+                    self._count_item_errors(dispatch_pb2.DispatchBatchResponse.FromString(out))
+                self._core.flush()
+                return out
+        try:
+            request = dispatch_pb2.DispatchBatchRequest.FromString(raw)
+        except DecodeError:
+            raise _fastpath.InvalidArgumentError("the request is not a valid dispatch.v1.DispatchBatchRequest message") from None
+        return self._batch_objects(request.requests, now, scope).SerializeToString()
+
+    def _count_item_errors(self, response: dispatch_pb2.DispatchBatchResponse) -> None:
+        errors = self._core.counters.errors
+        for item in response.responses:
+            if item.HasField("error"):
+                errors[_CODE_BY_NUMBER.get(item.error.code, grpc.StatusCode.UNKNOWN).name] += 1
+
+    def _batch_objects(self, requests: Any, now: int, scope: Any) -> dispatch_pb2.DispatchBatchResponse:
+        """The object path of ``_batch``: protobuf messages in and out, scope checked per item."""
         if len(requests) > self._max_batch:
             raise _fastpath.InvalidArgumentError(
                 f"requests has {len(requests)} items; the limit is {self._max_batch} per batch"
@@ -269,9 +298,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         add = out.responses.add
         dispatch = self._engine.dispatch
         counters = self._core.counters
-        dispatched = counters.dispatched
-        now = now_ms()
-        scope = item_scope()  # None unless the caller is limited to some shops
         for request in requests:
             conversation_id = request.conversation_id
             try:
@@ -293,7 +319,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 counters.errors[code.name] += 1
                 add(conversation_id=conversation_id, error=status_pb2.Status(code=code.value[0], message=str(exc)))
                 continue
-            dispatched[reason] += 1
             response = add(agent_id=agent_id or "", reason=reason, group_id=group_id or "", conversation_id=conversation_id)
             if trace:
                 response.trace.extend(trace)
@@ -305,18 +330,17 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
     ) -> dispatch_pb2.DispatchResponse:
         return await self._core.call(context, lambda: self._dispatch(request))
 
-    async def DispatchBatch(
-        self, request: dispatch_pb2.DispatchBatchRequest, context: grpc.aio.ServicerContext
-    ) -> dispatch_pb2.DispatchBatchResponse:
-        return await self._core.call(context, lambda: self._batch(request.requests))
+    async def DispatchBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
+        # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
+        return await self._core.call(context, lambda: self._batch(request))
 
-    async def DispatchStream(
+    async def DispatchStream(  # type: ignore[override]
         self,
-        request_iterator: AsyncIterator[dispatch_pb2.DispatchBatchRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[dispatch_pb2.DispatchBatchResponse]:
+    ) -> AsyncIterator[bytes]:
         async for batch in request_iterator:
-            yield await self._core.call(context, lambda: self._batch(batch.requests))
+            yield await self._core.call(context, lambda: self._batch(batch))
 
     async def SetPresence(
         self, request: dispatch_pb2.SetPresenceRequest, context: grpc.aio.ServicerContext
@@ -538,6 +562,34 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._core.call(context, run)
 
 
+class _Registration:
+    """Stands in for a server to catch the method handlers a generated ``add_*_to_server`` builds."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+RAW_BYTES_METHODS: Final = ("DispatchBatch", "DispatchStream")
+"""Methods registered without protobuf (de)serializers: the engine reads and
+writes their messages itself (``dispatch_batch_wire``)."""
+
+
+def add_dispatch_servicer(servicer: DispatchServicer, server: grpc.aio.Server) -> None:
+    """The generated registration of ``dispatch.v1.Dispatch``, with raw bytes for RAW_BYTES_METHODS."""
+    caught = _Registration()
+    dispatch_pb2_grpc.add_DispatchServicer_to_server(servicer, caught)
+    handlers = caught.handlers
+    handlers["DispatchBatch"] = grpc.unary_unary_rpc_method_handler(servicer.DispatchBatch)
+    handlers["DispatchStream"] = grpc.stream_stream_rpc_method_handler(servicer.DispatchStream)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, handlers),))
+    server.add_registered_method_handlers(caught.service, handlers)
+
+
 class DispatchServer:
     """One grpc.aio server with both services over one engine.
 
@@ -573,6 +625,8 @@ class DispatchServer:
         self._max_concurrent_rpcs = max_concurrent_rpcs
         self.engine = engine if engine is not None else _fastpath.Engine(seed)
         self.counters = Counters()
+        # The engine counts decisions; those it made before this server (journal replay) are not ours.
+        self._decisions_base = self.engine.decision_counts()
         self.hub = AssignmentHub(watch_backlog)
         self._core = _Core(self.engine, self.hub, self.counters, journal)
         self._max_batch = max_batch
@@ -600,7 +654,7 @@ class DispatchServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        dispatch_pb2_grpc.add_DispatchServicer_to_server(DispatchServicer(self._core, self._max_batch), server)
+        add_dispatch_servicer(DispatchServicer(self._core, self._max_batch), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), server)
         await self.ecosystem.attach(server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -628,6 +682,11 @@ class DispatchServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    def decisions(self) -> list[list[int]]:
+        """Decisions answered by this server, ``[reason][strategy]`` (strategy 0: none picked the agent)."""
+        now = self.engine.decision_counts()
+        return [[n - b for n, b in zip(row, base)] for row, base in zip(now, self._decisions_base)]
+
     def run_stats(self, interval: float) -> Awaitable[None]:
         """A task body that logs the counters every ``interval`` seconds when they change."""
 
@@ -635,7 +694,7 @@ class DispatchServer:
             last: dict[str, Any] | None = None
             while True:
                 await asyncio.sleep(interval)
-                snap = self.counters.snapshot()
+                snap = self.counters.snapshot(self.decisions())
                 if snap != last:
                     log.info("stats", **snap)
                     last = snap

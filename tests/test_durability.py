@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from dispatcher.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 APP_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS"}
 
 
@@ -93,9 +95,14 @@ async def on_server(stubs: Stubs, op: tuple[Any, ...]) -> Any:
             await stubs.admin.PutAgent(admin_pb2.PutAgentRequest(agent=op[2]))
             return None
         if kind == "dispatch":
-            r = await stubs.dispatch.Dispatch(
-                dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id=op[2], conversation_id=op[3], at=timestamp(op[4]))
-            )
+            request = dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id=op[2], conversation_id=op[3], at=timestamp(op[4]))
+            if zlib.crc32(op[3].encode()) % 2:  # half the decisions go through a batch (a binary wire record)
+                batch = await stubs.dispatch.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=[request]))
+                r = batch.responses[0]
+                if r.HasField("error"):
+                    return ("error", _CODE_BY_NUMBER[r.error.code].name)
+            else:
+                r = await stubs.dispatch.Dispatch(request)
             return (int(r.reason), r.agent_id, r.group_id)
         if kind == "presence":
             r = await stubs.dispatch.SetPresence(

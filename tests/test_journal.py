@@ -11,6 +11,7 @@ import pytest
 
 import _fastpath
 from _fastpath import AgentConfig, ConversationEvent, DispatchError, Presence, ShopConfig
+from dispatcher._gen.dispatch.v1 import dispatch_pb2
 from dispatcher.durability import DurabilityOptions, DurableStore, JournaledEngine, RecoveryError, recover
 from dispatcher.durability.journal import HEADER, Journal, Segment, frame, list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot
@@ -314,6 +315,14 @@ def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
     live.set_presence("s", "s:a2", Presence.OFFLINE, 1, T0 + 4)
     live.put_shop(ShopConfig("s", "s:main", offline_rule=3))  # MESSAGE_POOL
     live.dispatch("s", "p", "pool-1", T0 + 5)
+    batch = dispatch_pb2.DispatchBatchRequest(
+        requests=[
+            dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="w", conversation_id="pool-2"),  # at: the batch's now
+            dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="w", conversation_id="pool-1"),  # ALREADY_EXISTS
+        ]
+    ).SerializeToString()
+    assert live.dispatch_batch_wire(batch, T0 + 5, 16)[1] == 1  # one binary record for the batch
+    assert live.dispatch_batch_wire(b"\xff", T0 + 5, 16) is None  # not read: nothing changed, no record
     live.claim_from_pool("s", "s:a0", T0 + 6)
     live.put_shop(ShopConfig("t", "t:main"))
     live.delete_shop("t")
@@ -321,4 +330,5 @@ def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
     for payload in records:
         apply_record(replayed, payload)
     assert state(replayed) == state(live)
-    assert len(records) == 23
+    assert len(records) == 24
+    assert sum(p[:1] == b"\x00" for p in records) == 1

@@ -1,7 +1,10 @@
 """Journal records: one per successful mutating engine call, and their replay.
 
 A record is the JSON array ``[op, *arguments]`` of the exact engine call,
-with the ``at_ms`` the server resolved (never "now"), so replaying the records
+with the ``at_ms`` the server resolved (never "now"), or, for a
+``DispatchBatch``/``DispatchStream`` batch the engine read from the wire, a
+binary record holding the request bytes and the batch's ``now`` (one record per
+batch, not per item). Replaying the records
 in order on the state of a snapshot rebuilds exactly the state that was built
 live (the engine is deterministic).
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,7 +40,7 @@ READ_ONLY: Final = frozenset(
     {
         "kind", "seed", "has_shop", "shop_ids", "shop_config", "shop_state", "conversation",
         "recent_contact", "exclusive_agent", "table_sizes", "export_state", "drain_outbox",
-        "totals", "effective_strategy",
+        "totals", "effective_strategy", "decision_counts",
     }
 )  # fmt: skip
 """Engine attributes the wrapper passes through. Anything else fails loudly, so a
@@ -152,6 +156,19 @@ class JournaledEngine:
         return result
 
 
+    def dispatch_batch_wire(self, data: bytes, now_ms: int, max_items: int) -> tuple[bytes, int] | None:
+        answer = self.engine.dispatch_batch_wire(data, now_ms, max_items)
+        if answer is not None:  # None: nothing was read, nothing changed
+            self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), data)))
+        return answer
+
+
+_WIRE_BATCH: Final = b"\x00B"
+"""Binary record: a DispatchBatchRequest as received, replayed with dispatch_batch_wire.
+Its 2-byte tag is followed by the batch's ``now_ms`` (8 bytes, big-endian) and the
+request bytes. JSON records start with ``[``, so the first byte tells them apart."""
+
+
 def _group(data: dict[str, Any]) -> GroupConfig:
     return GroupConfig(
         **{**data, "members": tuple(data["members"]), "order_states": tuple(data["order_states"]),
@@ -179,6 +196,9 @@ _loads = json.JSONDecoder().decode
 
 def apply_record(engine: Any, payload: bytes | memoryview) -> None:
     """Re-issue the engine call of one record. Raises RecordError if it does not apply."""
+    if payload[:2] == _WIRE_BATCH:
+        _apply_wire_batch(engine, bytes(payload[2:]))
+        return
     try:
         record = _loads(str(payload, "utf-8"))
         fn = _APPLY[record[0]]
@@ -188,3 +208,14 @@ def apply_record(engine: Any, payload: bytes | memoryview) -> None:
         fn(engine, record[1:])
     except Exception as exc:  # DispatchError or a malformed argument list
         raise RecordError(f"record {record[0]!r} does not apply: {type(exc).__name__}: {exc}") from exc
+
+
+def _apply_wire_batch(engine: Any, body: bytes) -> None:
+    if len(body) < 8:
+        raise RecordError("undecodable record: a wire batch record shorter than its header")
+    try:
+        answer = engine.dispatch_batch_wire(body[8:], int.from_bytes(body[:8], "big", signed=True), sys.maxsize)
+    except Exception as exc:
+        raise RecordError(f"record 'wire batch' does not apply: {type(exc).__name__}: {exc}") from exc
+    if answer is None:
+        raise RecordError("record 'wire batch' does not apply: the engine did not read the batch")

@@ -1,0 +1,280 @@
+"""``dispatch.v1`` batch messages on the wire, in plain Python: the reference
+for the compiled codec in ``wire.pyx``.
+
+``DispatchBatch`` and ``DispatchStream`` hand the engine the raw bytes of a
+``DispatchBatchRequest`` and get back the bytes of its
+``DispatchBatchResponse`` (``Engine.dispatch_batch_wire``): no protobuf
+objects per item. The field numbers here are the ones of
+``protos/dispatch/v1/dispatch.proto``; ``tests/test_wire.py`` checks this
+codec against the protobuf runtime on random and mutated messages.
+
+The reader is deliberately narrow. It accepts exactly the fields a
+``DispatchRequest`` has, each with its declared wire type, with every string
+valid UTF-8, and returns ``None`` for anything else (unknown fields, a
+repeated ``at``, groups, truncation, bad UTF-8). ``None`` means "not read
+here": the server then parses the bytes with the protobuf runtime, which
+either rejects them (``INVALID_ARGUMENT``) or, for valid messages this reader
+declines (unknown fields, ...), dispatches them item by item the ordinary
+way. Whenever the reader does answer, protobuf would have read the same
+values.
+
+The per-item semantics are those of the object path in
+``dispatcher/server.py``: an item without ``at`` takes the batch's ``now``;
+an item's error becomes its own ``google.rpc.Status`` with the gRPC code
+number of the engine's typed error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NamedTuple, Protocol
+
+from .model import DispatchError, InvalidArgumentError, timestamp_to_ms
+
+__all__ = [
+    "GRPC_CODE_NUMBERS",
+    "WireItem",
+    "check_batch_size",
+    "dispatch_item",
+    "encode_batch_response",
+    "encode_response",
+    "encode_status",
+    "parse_batch_request",
+    "reference_dispatch_batch_wire",
+]
+
+GRPC_CODE_NUMBERS: Final = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
+    "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
+}  # fmt: skip
+"""gRPC status names (``DispatchError.grpc_status``) to their numbers (``google.rpc.Status.code``)."""
+
+_VARINT: Final = 0
+_LEN: Final = 2
+_STRING_FIELDS: Final = {1: "shop_id", 2: "buyer_id", 3: "conversation_id", 5: "source", 7: "to_account"}
+_MASK64: Final = (1 << 64) - 1
+
+
+class WireItem(NamedTuple):
+    """One ``DispatchRequest`` as read from the wire (proto3 defaults for absent fields)."""
+
+    shop_id: str = ""
+    buyer_id: str = ""
+    conversation_id: str = ""
+    type: int = 0
+    source: str = ""
+    order_state: int = 0
+    to_account: str = ""
+    at: tuple[int, int] | None = None  # (seconds, nanos) when the field is present
+    trace: bool = False
+
+
+class _Dispatcher(Protocol):
+    def dispatch(
+        self, shop_id: str, buyer_id: str, conversation_id: str, at_ms: int, conv_type: int = ..., source: str = ...,
+        order_state: int = ..., to_account: str = ..., trace: bool = ...,
+    ) -> tuple[int, str | None, str | None, list[str] | None]: ...  # fmt: skip
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    for i in range(10):
+        if pos >= len(data):
+            raise _Malformed
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if i == 9 and b > 1:  # bits beyond the 64th
+                raise _Malformed
+            return result & _MASK64, pos
+        shift += 7
+    raise _Malformed
+
+
+def _int32(v: int) -> int:
+    """A varint read as protobuf's int32 (and enum): the low 32 bits, two's complement."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _int64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _length(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    n, pos = _varint(data, pos)
+    if n > end - pos:
+        raise _Malformed
+    return pos + n, pos
+
+
+def _timestamp(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    seconds = nanos = 0
+    while pos < end:
+        key, pos = _varint(data, pos)
+        if key == (1 << 3) | _VARINT:
+            v, pos = _varint(data, pos)
+            seconds = _int64(v)
+        elif key == (2 << 3) | _VARINT:
+            v, pos = _varint(data, pos)
+            nanos = _int32(v)
+        else:
+            raise _Malformed
+    if pos != end:
+        raise _Malformed
+    return seconds, nanos
+
+
+def _item(data: bytes, pos: int, end: int) -> WireItem:
+    fields: dict[str, Any] = {}
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if number in _STRING_FIELDS and wire_type == _LEN:
+            stop, start = _length(data, pos, end)
+            try:
+                fields[_STRING_FIELDS[number]] = data[start:stop].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Malformed from None
+            pos = stop
+        elif number in (4, 6) and wire_type == _VARINT:
+            v, pos = _varint(data, pos)
+            fields["type" if number == 4 else "order_state"] = _int32(v)
+        elif number == 8 and wire_type == _LEN:
+            if "at" in fields:  # protobuf would merge two Timestamps; leave that to it
+                raise _Malformed
+            stop, start = _length(data, pos, end)
+            fields["at"] = _timestamp(data, start, stop)
+            pos = stop
+        elif number == 9 and wire_type == _VARINT:
+            v, pos = _varint(data, pos)
+            fields["trace"] = v != 0
+        else:
+            raise _Malformed
+    if pos != end:
+        raise _Malformed
+    return WireItem(**fields)
+
+
+def parse_batch_request(data: bytes) -> list[WireItem] | None:
+    """The items of a ``DispatchBatchRequest``, or ``None`` if this reader declines the bytes."""
+    items = []
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            key, pos = _varint(data, pos)
+            if key != (1 << 3) | _LEN:
+                return None
+            stop, start = _length(data, pos, end)
+            items.append(_item(data, start, stop))
+            pos = stop
+    except _Malformed:
+        return None
+    return items
+
+
+# --------------------------------------------------------------------- writing
+
+
+def _put_varint(out: bytearray, v: int) -> None:
+    v &= _MASK64
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _put_bytes(out: bytearray, number: int, raw: bytes) -> None:
+    if raw:
+        _put_varint(out, (number << 3) | _LEN)
+        _put_varint(out, len(raw))
+        out += raw
+
+
+def encode_status(code: int, message: str) -> bytes:
+    """A ``google.rpc.Status`` with ``code`` (1) and ``message`` (2)."""
+    out = bytearray()
+    if code:
+        _put_varint(out, (1 << 3) | _VARINT)
+        _put_varint(out, code)
+    _put_bytes(out, 2, message.encode("utf-8"))
+    return bytes(out)
+
+
+def encode_response(
+    conversation_id: str,
+    reason: int = 0,
+    agent_id: str | None = None,
+    group_id: str | None = None,
+    trace: list[str] | None = None,
+    error: tuple[int, str] | None = None,
+) -> bytes:
+    """One ``DispatchResponse``, fields in number order, proto3 defaults omitted."""
+    out = bytearray()
+    _put_bytes(out, 1, (agent_id or "").encode("utf-8"))
+    if reason:
+        _put_varint(out, (2 << 3) | _VARINT)
+        _put_varint(out, reason)
+    _put_bytes(out, 3, (group_id or "").encode("utf-8"))
+    for line in trace or ():
+        _put_varint(out, (4 << 3) | _LEN)  # a repeated string: empty lines are kept
+        raw = line.encode("utf-8")
+        _put_varint(out, len(raw))
+        out += raw
+    if error is not None:
+        status = encode_status(*error)
+        _put_varint(out, (5 << 3) | _LEN)  # a set message field is written even when empty
+        _put_varint(out, len(status))
+        out += status
+    _put_bytes(out, 6, conversation_id.encode("utf-8"))
+    return bytes(out)
+
+
+def encode_batch_response(responses: list[bytes]) -> bytes:
+    out = bytearray()
+    for response in responses:
+        _put_varint(out, (1 << 3) | _LEN)
+        _put_varint(out, len(response))
+        out += response
+    return bytes(out)
+
+
+# --------------------------------------------------------------------- the batch
+
+
+def check_batch_size(n: int, max_items: int) -> None:
+    if n > max_items:
+        raise InvalidArgumentError(f"requests has {n} items; the limit is {max_items} per batch")
+
+
+def dispatch_item(engine: _Dispatcher, item: WireItem, now_ms: int) -> tuple[bytes, bool]:
+    """One item, exactly as the object path does it; its error goes in its response.
+    Returns the encoded ``DispatchResponse`` and whether it is an error."""
+    try:
+        at = timestamp_to_ms(item.at[0], item.at[1], "at") if item.at is not None else now_ms
+        reason, agent_id, group_id, trace = engine.dispatch(
+            item.shop_id, item.buyer_id, item.conversation_id, at, item.type, item.source, item.order_state,
+            item.to_account, item.trace,
+        )  # fmt: skip
+    except DispatchError as exc:
+        code = GRPC_CODE_NUMBERS.get(exc.grpc_status, GRPC_CODE_NUMBERS["INTERNAL"])
+        return encode_response(item.conversation_id, error=(code, str(exc))), True
+    return encode_response(item.conversation_id, reason, agent_id, group_id, trace), False
+
+
+def reference_dispatch_batch_wire(
+    engine: _Dispatcher, data: bytes, now_ms: int, max_items: int
+) -> tuple[bytes, int] | None:
+    """``Engine.dispatch_batch_wire`` in plain Python: (response bytes, items that failed) or None."""
+    items = parse_batch_request(bytes(data))
+    if items is None:
+        return None
+    check_batch_size(len(items), max_items)
+    answers = [dispatch_item(engine, item, now_ms) for item in items]
+    return encode_batch_response([raw for raw, _ in answers]), sum(failed for _, failed in answers)

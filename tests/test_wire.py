@@ -1,0 +1,235 @@
+"""The DispatchBatch wire codec (_fastpath/wire.py, and wire.pyx in the compiled engine).
+
+Three claims, each checked on random and mutated messages:
+
+- the reader reads what the protobuf runtime reads, and declines (None) at
+  least everything protobuf rejects;
+- the writer writes what protobuf serializes;
+- ``dispatch_batch_wire`` answers, byte for byte, like the item-by-item object
+  path, on the compiled and the reference engine alike, leaving the same state.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import _fastpath
+from _fastpath import AgentConfig, CompiledEngine, GroupConfig, InvalidArgumentError, ReferenceEngine, ShopConfig
+from _fastpath.wire import encode_response, parse_batch_request
+from dispatcher._gen.dispatch.v1 import dispatch_pb2
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
+T0 = 1_700_000_000_000
+ENGINES = [CompiledEngine, ReferenceEngine]
+
+# Ids that exercise the checks: ASCII, CJK (3-byte UTF-8), emoji (4-byte), empty,
+# control characters, too long, unknown shop.
+ids = st.sampled_from(["s1", "s2", "b1", "b2", "c1", "c2", "淘宝店", "买家😀", "", "a\x01b", "x" * 129, "nope"])
+convs = st.one_of(st.sampled_from(["c1", "c2", "会话", ""]), st.text(alphabet="cdef0123", min_size=1, max_size=6))
+enums = st.one_of(st.integers(0, 6), st.sampled_from([-1, 2**31 - 1, -(2**31)]))
+timestamps = st.one_of(
+    st.none(),
+    st.builds(lambda s, n: (s, n), st.integers(T0 // 1000 - 10, T0 // 1000 + 10), st.integers(0, 999_999_999)),
+    st.builds(lambda s, n: (s, n), st.sampled_from([-5, 0, 253_402_300_799, 253_402_300_800, 2**62]),
+              st.sampled_from([0, -1, 1_000_000_000, 999_999_999])),
+)  # fmt: skip
+
+
+@st.composite
+def requests(draw: Any) -> dispatch_pb2.DispatchRequest:
+    r = dispatch_pb2.DispatchRequest(
+        shop_id=draw(st.sampled_from(["s1", "s2", "s1", "nope", "", "淘宝店"])),
+        buyer_id=draw(ids),
+        conversation_id=draw(convs),
+        type=draw(st.sampled_from([0, 1, 1, 1, 2, 4, 9])),
+        source=draw(st.sampled_from(["", "", "app", "web", "\x7f"])),
+        order_state=draw(enums),
+        to_account=draw(st.sampled_from(["", "s1:a0", "x\x02"])),
+        trace=draw(st.booleans()) and draw(st.booleans()),
+    )
+    at = draw(timestamps)
+    if at is not None:
+        r.at.CopyFrom(timestamp_pb2.Timestamp(seconds=at[0], nanos=at[1]))
+    return r
+
+
+batches = st.lists(requests(), max_size=12).map(lambda rs: dispatch_pb2.DispatchBatchRequest(requests=rs))
+
+
+def fields(r: dispatch_pb2.DispatchRequest) -> tuple[Any, ...]:
+    at = (r.at.seconds, r.at.nanos) if r.HasField("at") else None
+    return (r.shop_id, r.buyer_id, r.conversation_id, r.type, r.source, r.order_state, r.to_account, at, r.trace)
+
+
+def mutate(raw: bytes, rng: random.Random) -> bytes:
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(4)
+        if op == 0 and data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        elif op == 1 and data:
+            del data[rng.randrange(len(data)) :]
+        elif op == 2:
+            data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
+        else:
+            data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 5)))
+    return bytes(data)
+
+
+# --------------------------------------------------------------------- the reader
+
+
+@given(batches)
+@settings(max_examples=300, deadline=None)
+def test_reader_reads_what_protobuf_reads(batch: dispatch_pb2.DispatchBatchRequest) -> None:
+    items = parse_batch_request(batch.SerializeToString())
+    assert items is not None
+    assert [tuple(i) for i in items] == [fields(r) for r in batch.requests]
+
+
+@given(batches, st.integers(0, 2**32))
+@settings(max_examples=500, deadline=None)
+def test_reader_never_reads_what_protobuf_rejects(batch: dispatch_pb2.DispatchBatchRequest, seed: int) -> None:
+    raw = mutate(batch.SerializeToString(), random.Random(seed))
+    items = parse_batch_request(raw)
+    try:
+        parsed = dispatch_pb2.DispatchBatchRequest.FromString(raw)
+    except DecodeError:
+        assert items is None
+        return
+    if items is not None:  # it may decline valid messages (unknown fields, ...), never misread one
+        assert [tuple(i) for i in items] == [fields(r) for r in parsed.requests]
+
+
+def test_reader_declines_unknown_fields_bad_utf8_and_a_second_timestamp() -> None:
+    good = dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="b", conversation_id="c").SerializeToString()
+    assert parse_batch_request(b"\x0a" + bytes([len(good)]) + good) is not None
+    unknown = good + b"\x50\x01"  # field 10, varint
+    assert parse_batch_request(b"\x0a" + bytes([len(unknown)]) + unknown) is None
+    bad_utf8 = b"\x0a\x02\xc3\x28"  # shop_id: an invalid 2-byte sequence
+    assert parse_batch_request(b"\x0a" + bytes([len(bad_utf8)]) + bad_utf8) is None
+    surrogate = b"\x0a\x03\xed\xa0\x80"  # a UTF-16 surrogate, encoded: not UTF-8
+    assert parse_batch_request(b"\x0a" + bytes([len(surrogate)]) + surrogate) is None
+    two_ats = b"\x42\x02\x08\x01\x42\x02\x08\x02"
+    assert parse_batch_request(b"\x0a" + bytes([len(two_ats)]) + two_ats) is None
+    assert parse_batch_request(b"\x12\x00") is None  # a top-level field other than requests
+    assert parse_batch_request(b"") == []
+
+
+# --------------------------------------------------------------------- the writer
+
+
+@given(
+    st.text(max_size=8), st.integers(0, 12), st.text(max_size=8), st.text(max_size=8),
+    st.one_of(st.none(), st.lists(st.text(max_size=6), max_size=3)),
+    st.one_of(st.none(), st.tuples(st.integers(0, 16), st.text(max_size=10))),
+)  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_writer_writes_what_protobuf_serializes(
+    conv: str, reason: int, agent: str, group: str, trace: list[str] | None, error: tuple[int, str] | None
+) -> None:
+    expected = dispatch_pb2.DispatchResponse(
+        agent_id=agent, reason=reason, group_id=group, trace=trace or [], conversation_id=conv
+    )
+    if error is not None:
+        expected.error.CopyFrom(status_pb2.Status(code=error[0], message=error[1]))
+    raw = encode_response(conv, reason, agent, group, trace, error)
+    assert raw == expected.SerializeToString()
+
+
+# --------------------------------------------------------------------- the batch
+
+
+def build(cls: type) -> Any:
+    e = cls(3)
+    for shop, strategy in (("s1", 1), ("s2", 3), ("淘宝店", 4)):
+        e.put_shop(ShopConfig(shop, f"{shop}:main", strategy=strategy, offline_rule=1 if shop == "s2" else 4))
+        for i in range(3):
+            e.put_agent(AgentConfig(shop, f"{shop}:a{i}", max_capacity=2))
+        e.put_group(GroupConfig(shop, "g", members=(f"{shop}:a0", f"{shop}:a1"), order_states=(1,), sources=("app",)))
+    for i in range(3):
+        e.set_presence("s1", f"s1:a{i}", 1, 1, T0)
+        e.set_presence("淘宝店", f"淘宝店:a{i}", 1, 1, T0)
+    return e
+
+
+def object_path(engine: Any, batch: dispatch_pb2.DispatchBatchRequest, now: int) -> bytes:
+    """The servicer's protobuf-object path, as the expected answer."""
+    from dispatcher.convert import timestamp_ms
+    from dispatcher.server import _status_code
+
+    out = dispatch_pb2.DispatchBatchResponse()
+    for r in batch.requests:
+        try:
+            at = timestamp_ms(r.at, "at") if r.HasField("at") else now
+            reason, agent, group, trace = engine.dispatch(
+                r.shop_id, r.buyer_id, r.conversation_id, at, r.type, r.source, r.order_state, r.to_account, r.trace
+            )
+        except _fastpath.DispatchError as exc:
+            code = _status_code(exc)
+            out.responses.add(conversation_id=r.conversation_id, error=status_pb2.Status(code=code.value[0], message=str(exc)))
+            continue
+        item = out.responses.add(agent_id=agent or "", reason=reason, group_id=group or "", conversation_id=r.conversation_id)
+        item.trace.extend(trace or [])
+    return out.SerializeToString()
+
+
+@given(st.lists(batches, min_size=1, max_size=4))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_wire_batches_answer_like_the_object_path_on_both_engines(seq: list[dispatch_pb2.DispatchBatchRequest]) -> None:
+    expected_engine = build(ReferenceEngine)
+    engines = [build(cls) for cls in ENGINES]
+    for n, batch in enumerate(seq):
+        now = T0 + 1000 * n
+        expected = object_path(expected_engine, batch, now)
+        raw = batch.SerializeToString()
+        for e in engines:
+            out, failed = e.dispatch_batch_wire(raw, now, 64)
+            assert out == expected, type(e).__name__
+            parsed = dispatch_pb2.DispatchBatchResponse.FromString(out)
+            assert failed == sum(r.HasField("error") for r in parsed.responses)
+        expected_engine.drain_outbox()
+        for e in engines:
+            e.drain_outbox()
+    want = expected_engine.export_state()
+    for e in engines:
+        assert e.export_state() == want
+        assert e.decision_counts() == expected_engine.decision_counts()
+
+
+@pytest.mark.parametrize("cls", ENGINES)
+def test_declined_bytes_and_oversized_batches_change_nothing(cls: type) -> None:
+    e = build(cls)
+    before = e.export_state()
+    one = dispatch_pb2.DispatchRequest(shop_id="s1", buyer_id="b", conversation_id="c")
+    raw = dispatch_pb2.DispatchBatchRequest(requests=[one] * 3).SerializeToString()
+    assert e.dispatch_batch_wire(raw[:-1], T0, 64) is None  # truncated
+    with pytest.raises(InvalidArgumentError, match="requests has 3 items; the limit is 2 per batch"):
+        e.dispatch_batch_wire(raw, T0, 2)
+    assert e.export_state() == before
+    out, failed = e.dispatch_batch_wire(raw, T0, 3)
+    assert failed == 2  # the same conversation id twice more: ALREADY_EXISTS
+    codes = [r.error.code for r in dispatch_pb2.DispatchBatchResponse.FromString(out).responses]
+    assert codes == [0, 6, 6]
+
+
+@pytest.mark.parametrize("cls", ENGINES)
+def test_decisions_are_counted_by_reason_and_picking_strategy(cls: type) -> None:
+    e = build(cls)
+    e.dispatch("s1", "b1", "c1", T0 + 1, order_state=1)  # group g, the shop's LEAST_SATURATION
+    e.dispatch("s2", "b1", "c1", T0 + 1)  # nobody online: OFFLINE_MAIN_ACCOUNT, no strategy
+    e.dispatch("s1", "x", "p2p", T0 + 1, conv_type=2, to_account="s1:a0")  # DIRECT
+    counts = e.decision_counts()
+    assert counts[_fastpath.Reason.GROUP][_fastpath.Strategy.LEAST_SATURATION] == 1
+    assert counts[_fastpath.Reason.OFFLINE_MAIN_ACCOUNT][0] == 1
+    assert counts[_fastpath.Reason.DIRECT][0] == 1
+    assert sum(map(sum, counts)) == 3
+    counts[1][0] = 99  # a copy
+    assert e.decision_counts()[1][0] == 1
