@@ -267,9 +267,18 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
             mu = med([u["req_per_s"] for u in g["dispatcher_metrics_unary"]])
             targets.append(("unary with metrics on / metrics off", "≈ 1 (no measurable cost)",
                             f"{mu / du:.2f} ({mu:,.0f} / {du:,.0f} req/s)", mu / du >= 0.95))
-        half = g["dispatcher"]["unary_half_load"]
-        hp99 = med([h.get("p99_us", float("nan")) for h in half])
-        targets.append(("unary p99 at 50 % of max load", "≤ 2 ms", f"{hp99 / 1000:.2f} ms", hp99 <= 2000))
+        def p99_ms(runs: list[dict]) -> float:
+            return med([h.get("p99_us", float("nan")) for h in runs]) / 1000
+
+        hp99 = p99_ms(g["dispatcher"]["unary_half_load"])
+        bp99 = p99_ms(g["baseline"].get("unary_half_load", []))
+        targets.append(("unary p99 at 50 % of max load", "≤ 2 ms",
+                        f"{hp99:.2f} ms (empty handler at its 50 %: {bp99:.2f} ms)", hp99 <= 2))
+        if g["dispatcher"].get("unary_half_load_busy"):
+            hb = p99_ms(g["dispatcher"]["unary_half_load_busy"])
+            bb = p99_ms(g["baseline"]["unary_half_load_busy"])
+            targets.append(("the same, cores kept from idling (VM wake-up cost removed, see below)", "≤ 2 ms",
+                            f"{hb:.2f} ms (empty handler: {bb:.2f} ms)", hb <= 2))
     w("## Targets\n")
     w("| target | goal | measured | |\n|---|---|---|---|")
     for name, goal, got, ok in targets:
@@ -344,11 +353,21 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
         for name, xs in (("empty grpc.aio handler", bu), ("dispatcher", du)):
             w(f"| {name} | {med([x['req_per_s'] for x in xs]):,.0f} | {med([x.get('p50_us', 0) for x in xs]) / 1000:.2f} | "
               f"{med([x.get('p99_us', 0) for x in xs]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in xs)} |")
-        half = g["dispatcher"]["unary_half_load"]
-        w(f"| dispatcher at 50 % of max ({med([x['req_per_s'] for x in half]):,.0f} req/s, --rps, 1 stream/conn) | "
-          f"{med([x['req_per_s'] for x in half]):,.0f} | {med([x.get('p50_us', 0) for x in half]) / 1000:.2f} | "
-          f"{med([x.get('p99_us', 0) for x in half]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in half)} |")
+        for who, key, label in (("empty grpc.aio handler", "baseline", "unary_half_load"),
+                                ("dispatcher", "dispatcher", "unary_half_load"),
+                                ("empty grpc.aio handler, cores kept from idling", "baseline", "unary_half_load_busy"),
+                                ("dispatcher, cores kept from idling", "dispatcher", "unary_half_load_busy")):
+            half = g[key].get(label)
+            if not half:
+                continue
+            w(f"| {who} at 50 % of its max ({med([x['req_per_s'] for x in half]):,.0f} req/s, --rps, 1 stream/conn) | "
+              f"{med([x['req_per_s'] for x in half]):,.0f} | {med([x.get('p50_us', 0) for x in half]) / 1000:.2f} | "
+              f"{med([x.get('p99_us', 0) for x in half]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in half)} |")
         w("")
+        w("\"Cores kept from idling\": a `nice -n 19` busy loop pinned to each core during the run. This VM "
+          "(firecracker) halts an idle vCPU and takes ~2 ms to wake it for the next request: one request at a time, "
+          "the *empty* handler answers in ~2 ms with idle cores and ~0.2 ms with the spinners (h2load `-c 1 -m 1`). "
+          "The spinners only use time nobody else wants; they remove the VM's wake-up cost, not work of ours.\n")
         w("### Batches: decisions/s on one server core\n")
         w("DispatchStream: h2load sends one stream whose body is N unique gRPC-framed DispatchBatchRequests "
           "(`-n 1 -c 1`); decisions/s = decisions / h2load's elapsed time. DispatchBatch: `bench/batch_client.py` "

@@ -4,8 +4,8 @@
 points and nothing else of it is on the servicers' code path:
 
 - ``interceptors`` go into ``grpc.aio.server(...)``: one interceptor that times
-  every RPC (per-method latency histograms) and tells dispatch decisions apart
-  by reason and strategy.
+  every RPC (per-method latency histograms). Decisions by reason and strategy
+  are counted by the engine itself (``decision_counts``) and read at scrape time.
 - ``await attach(server)`` (before ``server.start()``) adds ``grpc.health.v1.Health``
   (every service NOT_SERVING) and, unless disabled, server reflection.
 - ``await started()`` marks ``""``, ``dispatch.v1.Dispatch`` and ``dispatch.v1.Admin``
@@ -15,9 +15,9 @@ points and nothing else of it is on the servicers' code path:
   NOT_SERVING for good and ends the health ``Watch`` streams;
   ``stopped()`` closes the metrics HTTP server.
 
-Hot path: counting costs list-index increments on the event loop's thread (no
-locks, no label look-ups); latency is one ``perf_counter`` pair and a
-``bisect`` per call. Gauges (queue/staging/pool depth, online agents, shops,
+Hot path: decision counting is a C array increment in the engine; latency is
+one ``perf_counter`` pair and a ``bisect`` per call, on the event loop's thread
+(no locks, no label look-ups). Gauges (queue/staging/pool depth, online agents, shops,
 live conversations, watchers) are computed only when Prometheus scrapes,
 on the event loop (the engine is single-threaded), from ``engine.totals()`` (one C pass).
 

@@ -348,7 +348,7 @@ def _presence_at(seconds: int) -> dispatch_pb2.SetPresenceRequest:
 def test_hostile_input_gets_precise_statuses_and_changes_nothing(hostile: Any) -> None:
     running, ch, d, a = hostile
     before = a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s"))
-    raw = {m: ch.unary_unary(m, request_serializer=None, response_deserializer=None) for m in ("/dispatch.v1.Dispatch/Dispatch", "/dispatch.v1.Admin/PutShop", "/dispatch.v1.Admin/PutAgent")}
+    raw = {m: ch.unary_unary(m, request_serializer=None, response_deserializer=None) for m in ("/dispatch.v1.Dispatch/Dispatch", "/dispatch.v1.Dispatch/DispatchBatch", "/dispatch.v1.Admin/PutShop", "/dispatch.v1.Admin/PutAgent")}
     agent_far = admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=5)
     agent_far.created_at.seconds = 2**62
     huge_window = admin_pb2.ShopConfig(shop_id="s", main_account="s")
@@ -363,6 +363,9 @@ def test_hostile_input_gets_precise_statuses_and_changes_nothing(hostile: Any) -
         ("truncated message", lambda: raw["/dispatch.v1.Dispatch/Dispatch"](b"\x0a\x05ab"), IA, "not a valid"),
         ("garbage bytes", lambda: raw["/dispatch.v1.Admin/PutShop"](b"\xff\xff\xff\xff"), IA, "not a valid dispatch.v1.PutShopRequest"),
         ("invalid UTF-8 nested", lambda: raw["/dispatch.v1.Admin/PutAgent"](b"\x0a\x05\x0a\x03\xff\xfe\xfd"), IA, "not a valid"),
+        # DispatchBatch takes raw bytes: what the engine's reader declines goes to protobuf, which refuses it
+        ("invalid UTF-8 in a batch item", lambda: raw["/dispatch.v1.Dispatch/DispatchBatch"](b"\x0a\x04\x0a\x02\xc3\x28"), IA, "not a valid dispatch.v1.DispatchBatchRequest"),
+        ("truncated batch", lambda: raw["/dispatch.v1.Dispatch/DispatchBatch"](b"\x0a\x09\x0a\x01s"), IA, "not a valid dispatch.v1.DispatchBatchRequest"),
         ("far future", lambda: d.Dispatch(_with_at(2**62)), IA, "at"),
         ("year 10000", lambda: d.Dispatch(_with_at(253402300800)), IA, "9999"),
         ("far past", lambda: d.Dispatch(_with_at(-(2**40))), IA, "at"),

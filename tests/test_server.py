@@ -404,6 +404,32 @@ async def test_dispatch_stream_answers_each_batch_in_order(client: AsyncDispatch
     _check_mixed(answers[3], "r")
 
 
+async def test_batches_the_engine_reader_declines_take_the_protobuf_path(
+    client: AsyncDispatchClient, server: ThreadedServer
+) -> None:
+    await make_shop(client, agents=(("s:a", 10),), online=("s:a",))
+    item = dispatch_request("s", "b", "u1", at=T0).SerializeToString() + b"\xa0\x06\x01"  # + unknown field 100
+    with_unknown = b"\x0a" + bytes([len(item)]) + item
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        batch = channel.unary_unary("/dispatch.v1.Dispatch/DispatchBatch")
+        answer = dispatch_pb2.DispatchBatchResponse.FromString(await batch(with_unknown))
+        assert [(r.agent_id, r.conversation_id) for r in answer.responses] == [("s:a", "u1")]
+        stream = channel.stream_stream("/dispatch.v1.Dispatch/DispatchStream")
+
+        async def one_good_then_garbage():  # type: ignore[no-untyped-def]
+            yield dispatch_pb2.DispatchBatchRequest(requests=[dispatch_request("s", "b", "u2", at=T0)]).SerializeToString()
+            yield b"\x0a\x09\x0a\x01s"  # truncated
+
+        answers = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for raw in stream(one_good_then_garbage()):
+                answers.append(dispatch_pb2.DispatchBatchResponse.FromString(raw))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid dispatch.v1.DispatchBatchRequest" in (info.value.details() or "")
+        assert [a.responses[0].conversation_id for a in answers] == ["u2"]
+    assert (await client.get_shop_state("s")).live_conversations == 2
+
+
 async def test_batch_limits(client: AsyncDispatchClient, server: ThreadedServer) -> None:
     await make_shop(client, agents=(("s:a", 10),), online=("s:a",))
     too_many = [dispatch_request("s", "b", f"c{i}", at=T0) for i in range(4097)]
