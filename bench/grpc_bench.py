@@ -371,15 +371,20 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
                 disp["batch"][size].append(batch_client(port, size, stream_decisions[size], f"db{r}z{size}", n_shops))
     res["dispatcher"] = disp
 
-    # The same unary load with Prometheus metrics on (interceptor + endpoint); the runs above had them off.
-    port = free_port()
-    with server(dispatcher_cmd(port, bootstrap, metrics_port=free_port()), port):
-        res["dispatcher_metrics_unary"] = []
+    # Metrics on vs off: two fresh dispatchers up at once (all on core 0, only one loaded at a
+    # time), runs alternated so that the machine's drift hits each alike.
+    # The empty handler joins the rotation: the unary ratio is taken from these alternated runs.
+    off_port, on_port, empty_port = free_port(), free_port(), free_port()
+    with server(dispatcher_cmd(off_port, bootstrap), off_port), \
+            server(dispatcher_cmd(on_port, bootstrap, metrics_port=free_port()), on_port), \
+            server(baseline_cmd(empty_port), empty_port):
+        res["paired_empty_unary"], res["dispatcher_metrics_off_unary"], res["dispatcher_metrics_unary"] = [], [], []
         for r in range(runs):
-            log(f"dispatcher (metrics on) unary run {r}")
-            res["dispatcher_metrics_unary"].append(
-                h2load(unary_url.format(port), unary_body, clients=clients, streams=streams, duration=duration,
-                       warmup=1, log_file=workdir / "disp_metrics_unary.log"))
+            for key, p in (("paired_empty_unary", empty_port), ("dispatcher_metrics_off_unary", off_port),
+                           ("dispatcher_metrics_unary", on_port)):
+                log(f"{key} run {r}")
+                res[key].append(h2load(unary_url.format(p), unary_body, clients=clients, streams=streams,
+                                       duration=duration, warmup=1, log_file=workdir / f"{key}.log"))
     res["commands"] = list(dict.fromkeys(COMMANDS))
     return res
 
