@@ -276,6 +276,12 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def half_load(url: str, body: Path, max_rps: float, *, runs: int, clients: int, duration: float,
               log_file: Path) -> list[dict[str, Any]]:
     """``runs`` h2load runs at 50 % of ``max_rps`` (--rps per connection, one stream each)."""
@@ -375,16 +381,24 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
     # time), runs alternated so that the machine's drift hits each alike.
     # The empty handler joins the rotation: the unary ratio is taken from these alternated runs.
     off_port, on_port, empty_port = free_port(), free_port(), free_port()
-    with server(dispatcher_cmd(off_port, bootstrap), off_port), \
-            server(dispatcher_cmd(on_port, bootstrap, metrics_port=free_port()), on_port), \
-            server(baseline_cmd(empty_port), empty_port):
-        res["paired_empty_unary"], res["dispatcher_metrics_off_unary"], res["dispatcher_metrics_unary"] = [], [], []
-        for r in range(runs):
-            for key, p in (("paired_empty_unary", empty_port), ("dispatcher_metrics_off_unary", off_port),
-                           ("dispatcher_metrics_unary", on_port)):
+    # Each run also records the server's CPU time per call (utime + stime from /proc): unlike req/s,
+    # it does not move when a neighbour steals the core.
+    with server(dispatcher_cmd(off_port, bootstrap), off_port) as off_proc, \
+            server(dispatcher_cmd(on_port, bootstrap, metrics_port=free_port()), on_port) as on_proc, \
+            server(baseline_cmd(empty_port), empty_port) as empty_proc:
+        rotation = (("paired_empty_unary", empty_port, empty_proc), ("dispatcher_metrics_off_unary", off_port, off_proc),
+                    ("dispatcher_metrics_unary", on_port, on_proc))
+        for key, p, _ in rotation:
+            res[key] = []
+            h2load(unary_url.format(p), unary_body, clients=clients, streams=streams, n=2000)  # warm-up, unmeasured
+        for r in range(max(runs, 5)):
+            for key, p, proc in rotation:
                 log(f"{key} run {r}")
-                res[key].append(h2load(unary_url.format(p), unary_body, clients=clients, streams=streams,
-                                       duration=duration, warmup=1, log_file=workdir / f"{key}.log"))
+                cpu0 = cpu_seconds(proc.pid)
+                h = h2load(unary_url.format(p), unary_body, clients=clients, streams=streams,
+                           duration=min(duration, 3.0), log_file=workdir / f"{key}.log")
+                h["server_cpu_us_per_call"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / max(1, h["done"])
+                res[key].append(h)
     res["commands"] = list(dict.fromkeys(COMMANDS))
     return res
 

@@ -263,6 +263,11 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
                    for k in ("stream", "batch"))
         targets.append(("DispatchBatch/Stream decisions/s, one core, best size", "≥ 300,000", f"{best:,.0f}",
                         best >= 300_000))
+        if g.get("paired_empty_unary") and "server_cpu_us_per_call" in g["paired_empty_unary"][0]:
+            ce = med([u["server_cpu_us_per_call"] for u in g["paired_empty_unary"]])
+            cd = med([u["server_cpu_us_per_call"] for u in g["dispatcher_metrics_off_unary"]])
+            targets.append(("the same as server CPU per call (empty / dispatcher; immune to stolen time)", "≥ 0.95",
+                            f"{ce / cd:.2f} ({ce:,.0f} / {cd:,.0f} µs per call)", ce / cd >= 0.95))
         if g.get("dispatcher_metrics_unary"):
             mu = med([u["req_per_s"] for u in g["dispatcher_metrics_unary"]])
             mo = med([u["req_per_s"] for u in g.get("dispatcher_metrics_off_unary") or g["dispatcher"]["unary"]])
@@ -354,7 +359,7 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
           "\"alternated\" rows: an empty handler and two dispatchers (metrics off and on) up at once, one "
           "loaded at a time, runs taken in turn, so that the machine's drift over minutes (this VM's unary "
           "throughput moved 2× within one hour) hits each server alike.\n")
-        w("| server | req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|")
+        w("| server | req/s | p50 ms | p99 ms | non-2xx | server CPU µs/call |\n|---|---|---|---|---|---|")
         rows_unary = [("empty grpc.aio handler (first block)", bu), ("dispatcher (second block)", du)]
         for name, key in (("empty grpc.aio handler (alternated)", "paired_empty_unary"),
                           ("dispatcher, metrics off (alternated)", "dispatcher_metrics_off_unary"),
@@ -362,8 +367,10 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
             if g.get(key):
                 rows_unary.append((name, g[key]))
         for name, xs in rows_unary:
+            cpu = [x["server_cpu_us_per_call"] for x in xs if "server_cpu_us_per_call" in x]
             w(f"| {name} | {med([x['req_per_s'] for x in xs]):,.0f} | {med([x.get('p50_us', 0) for x in xs]) / 1000:.2f} | "
-              f"{med([x.get('p99_us', 0) for x in xs]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in xs)} |")
+              f"{med([x.get('p99_us', 0) for x in xs]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in xs)} | "
+              f"{f'{med(cpu):,.0f}' if cpu else ''} |")
         for who, key, label in (("empty grpc.aio handler", "baseline", "unary_half_load"),
                                 ("dispatcher", "dispatcher", "unary_half_load"),
                                 ("empty grpc.aio handler, cores kept from idling", "baseline", "unary_half_load_busy"),
@@ -373,7 +380,7 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
                 continue
             w(f"| {who} at 50 % of its max ({med([x['req_per_s'] for x in half]):,.0f} req/s, --rps, 1 stream/conn) | "
               f"{med([x['req_per_s'] for x in half]):,.0f} | {med([x.get('p50_us', 0) for x in half]) / 1000:.2f} | "
-              f"{med([x.get('p99_us', 0) for x in half]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in half)} |")
+              f"{med([x.get('p99_us', 0) for x in half]) / 1000:.2f} | {sum(x['done'] - x['http_2xx'] for x in half)} | |")
         w("")
         w("\"Cores kept from idling\": a `nice -n 19` busy loop pinned to each core during the run. This VM "
           "(firecracker) halts an idle vCPU and takes ~2 ms to wake it for the next request: one request at a time, "
