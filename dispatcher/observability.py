@@ -235,6 +235,12 @@ class _Health(health_aio.HealthServicer):
                         await context.write(health_pb2.HealthCheckResponse(status=status))
                     last = status
                     if self._gracefully_shutting_down:
+                        # drain() may have begun while the write above was in flight: it then
+                        # waits for this lock to set NOT_SERVING, after this stream has ended.
+                        # Every known service ends NOT_SERVING: send it now if it is not sent yet.
+                        final = _NOT_SERVING if request.service in self._server_status else status
+                        if final != last:
+                            await context.write(health_pb2.HealthCheckResponse(status=final))
                         return
                     await condition.wait()
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -311,3 +312,24 @@ def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
         hist.observe(value)
     assert hist.buckets() == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
     assert hist.total == pytest.approx(5.0035)
+
+
+async def test_a_watch_whose_first_write_overlaps_drain_still_ends_not_serving() -> None:
+    """drain() can begin while a watcher's write is in flight; the stream must still end NOT_SERVING."""
+    from dispatcher.observability import _Health
+
+    health = _Health()
+    await health.set("svc", SERVING)
+    written: list[int] = []
+    draining: list[asyncio.Task[None]] = []
+
+    class Context:
+        async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+            written.append(message.status)
+            if len(written) == 1:  # the shutdown starts while this first write is in flight
+                draining.append(asyncio.ensure_future(health.drain()))
+                await asyncio.sleep(0)
+
+    await asyncio.wait_for(health.Watch(health_pb2.HealthCheckRequest(service="svc"), Context()), 5)
+    await asyncio.wait_for(draining[0], 5)
+    assert written == [SERVING, NOT_SERVING]
