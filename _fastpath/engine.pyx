@@ -781,9 +781,7 @@ cdef class CompiledEngine:
         # DispatchResponse: agent_id = 1, reason = 2, group_id = 3, conversation_id = 6.
         size = string_field_size(an) + 1 + varint_size(<uint64_t>reason) + string_field_size(gn) + string_field_size(cn)
         wb_reserve(&self.out, 1 + varint_size(<uint64_t>size) + size)
-        self.out.p[self.out.n] = 0x0A
-        self.out.n += 1
-        wb_varint(&self.out, <uint64_t>size)
+        wb_header(&self.out, 0x0A, size)  # DispatchBatchResponse.responses = 1
         wb_string(&self.out, 0x0A, ap, an)
         self.out.p[self.out.n] = 0x10
         self.out.n += 1
@@ -810,9 +808,7 @@ cdef class CompiledEngine:
         raw, failed = dispatch_item(self, item, now_ms)
         size = PyBytes_GET_SIZE(raw)
         wb_reserve(&self.out, 1 + varint_size(<uint64_t>size) + size)
-        self.out.p[self.out.n] = 0x0A
-        self.out.n += 1
-        wb_varint(&self.out, <uint64_t>size)
+        wb_header(&self.out, 0x0A, size)  # an element even if empty: not wb_string, which skips those
         memcpy(self.out.p + self.out.n, PyBytes_AS_STRING(raw), size)
         self.out.n += size
         return 1 if failed else 0

@@ -201,11 +201,16 @@ cdef inline void wb_varint(WireBuffer* b, uint64_t v) noexcept nogil:
     b.n += 1
 
 
-cdef inline void wb_string(WireBuffer* b, unsigned char key, const char* p, Py_ssize_t n) noexcept nogil:
-    if n == 0:
-        return
+cdef inline void wb_header(WireBuffer* b, unsigned char key, Py_ssize_t n) noexcept nogil:
+    # A one-byte key and a length: the start of a length-delimited field.
     b.p[b.n] = <char>key
     b.n += 1
     wb_varint(b, <uint64_t>n)
+
+
+cdef inline void wb_string(WireBuffer* b, unsigned char key, const char* p, Py_ssize_t n) noexcept nogil:
+    if n == 0:
+        return
+    wb_header(b, key, n)
     memcpy(b.p + b.n, p, n)
     b.n += n

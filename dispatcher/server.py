@@ -29,6 +29,7 @@ from google.rpc import status_pb2
 
 import _fastpath
 from _fastpath import DispatchError, Reason
+from _fastpath.wire import check_batch_size
 
 from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 from .observability import Ecosystem
@@ -290,10 +291,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
 
     def _batch_objects(self, requests: Any, now: int, scope: Any) -> dispatch_pb2.DispatchBatchResponse:
         """The object path of ``_batch``: protobuf messages in and out, scope checked per item."""
-        if len(requests) > self._max_batch:
-            raise _fastpath.InvalidArgumentError(
-                f"requests has {len(requests)} items; the limit is {self._max_batch} per batch"
-            )
+        check_batch_size(len(requests), self._max_batch)
         out = dispatch_pb2.DispatchBatchResponse()
         add = out.responses.add
         dispatch = self._engine.dispatch

@@ -161,24 +161,11 @@ def build(cls: type) -> Any:
 
 
 def object_path(engine: Any, batch: dispatch_pb2.DispatchBatchRequest, now: int) -> bytes:
-    """The servicer's protobuf-object path, as the expected answer."""
-    from dispatcher.convert import timestamp_ms
-    from dispatcher.server import _status_code
+    """The servicer's protobuf-object path (``DispatchServicer._batch_objects``), as the expected answer."""
+    from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
 
-    out = dispatch_pb2.DispatchBatchResponse()
-    for r in batch.requests:
-        try:
-            at = timestamp_ms(r.at, "at") if r.HasField("at") else now
-            reason, agent, group, trace = engine.dispatch(
-                r.shop_id, r.buyer_id, r.conversation_id, at, r.type, r.source, r.order_state, r.to_account, r.trace
-            )
-        except _fastpath.DispatchError as exc:
-            code = _status_code(exc)
-            out.responses.add(conversation_id=r.conversation_id, error=status_pb2.Status(code=code.value[0], message=str(exc)))
-            continue
-        item = out.responses.add(agent_id=agent or "", reason=reason, group_id=group or "", conversation_id=r.conversation_id)
-        item.trace.extend(trace or [])
-    return out.SerializeToString()
+    servicer = DispatchServicer(_Core(engine, AssignmentHub(), Counters()), max_batch=64)
+    return servicer._batch_objects(batch.requests, now, None).SerializeToString()
 
 
 @given(st.lists(batches, min_size=1, max_size=4))
@@ -195,7 +182,6 @@ def test_wire_batches_answer_like_the_object_path_on_both_engines(seq: list[disp
             assert out == expected, type(e).__name__
             parsed = dispatch_pb2.DispatchBatchResponse.FromString(out)
             assert failed == sum(r.HasField("error") for r in parsed.responses)
-        expected_engine.drain_outbox()
         for e in engines:
             e.drain_outbox()
     want = expected_engine.export_state()
