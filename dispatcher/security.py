@@ -39,6 +39,7 @@ __all__ = [
     "SecurityInterceptor",
     "is_loopback",
     "item_scope",
+    "malformed_message",
     "server_credentials",
 ]
 
@@ -115,6 +116,15 @@ class _Malformed:
         self.message = message
 
 
+def _not_valid(type_name: str) -> str:
+    return f"the request is not a valid {type_name} message"
+
+
+def malformed_message(message_type: Any) -> str:
+    """The INVALID_ARGUMENT text for bytes that are not a ``message_type`` (a generated protobuf class)."""
+    return _not_valid(message_type.DESCRIPTOR.full_name)
+
+
 def _safe(deserializer: Callable[[bytes], Any] | None, type_name: str) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
@@ -123,7 +133,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None, type_name: str) -> Callab
         try:
             return deserializer(raw)
         except Exception:
-            return _Malformed(f"the request is not a valid {type_name} message")
+            return _Malformed(_not_valid(type_name))
 
     return decode
 

@@ -45,7 +45,7 @@ from .convert import (
     timestamp,
     timestamp_ms,
 )
-from .security import SecurityInterceptor, item_scope
+from .security import SecurityInterceptor, item_scope, malformed_message
 
 __all__ = [
     "MAX_BATCH",
@@ -275,12 +275,11 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 out, failed = answer
                 if failed:  # rare: count the refused items by status
                     self._count_item_errors(dispatch_pb2.DispatchBatchResponse.FromString(out))
-                self._core.flush()
-                return out
+                return out  # _Core.call flushes the outbox
         try:
             request = dispatch_pb2.DispatchBatchRequest.FromString(raw)
         except DecodeError:
-            raise _fastpath.InvalidArgumentError("the request is not a valid dispatch.v1.DispatchBatchRequest message") from None
+            raise _fastpath.InvalidArgumentError(malformed_message(dispatch_pb2.DispatchBatchRequest)) from None
         return self._batch_objects(request.requests, now, scope).SerializeToString()
 
     def _count_item_errors(self, response: dispatch_pb2.DispatchBatchResponse) -> None:
@@ -320,7 +319,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             response = add(agent_id=agent_id or "", reason=reason, group_id=group_id or "", conversation_id=conversation_id)
             if trace:
                 response.trace.extend(trace)
-        self._core.flush()
         return out
 
     async def Dispatch(

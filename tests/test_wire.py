@@ -165,7 +165,9 @@ def object_path(engine: Any, batch: dispatch_pb2.DispatchBatchRequest, now: int)
     from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
 
     servicer = DispatchServicer(_Core(engine, AssignmentHub(), Counters()), max_batch=64)
-    return servicer._batch_objects(batch.requests, now, None).SerializeToString()
+    out = servicer._batch_objects(batch.requests, now, None).SerializeToString()
+    engine.drain_outbox()  # as _Core.call does after every call
+    return out
 
 
 @given(st.lists(batches, min_size=1, max_size=4))
