@@ -251,6 +251,9 @@ cdef class CompiledEngine:
                             object conversation_id, object buyer_id, object source)
     cdef int32_t source_handle_bytes(self, const char* p, Py_ssize_t n) noexcept
     cdef int wire_item(self, const char* data, WireItem* it, int64_t now_ms) except -1
+    cdef bint wire_decide(self, const char* data, WireItem* it, int64_t now_ms, bint element) except -1
+    cdef int wire_response(self, const char* ap, Py_ssize_t an, int32_t reason, const char* gp, Py_ssize_t gn,
+                           const char* cp, Py_ssize_t cn, bint element) except -1
     cdef int wire_item_slow(self, const char* data, WireItem* it, int64_t now_ms) except -1
     cdef void sweep_affinity(self, int32_t budget) noexcept
     cdef void forget_expired(self, Shop shop) noexcept

@@ -110,6 +110,7 @@ cdef enum:
 
 cdef enum:
     TYPE_BUYER_TO_SHOP = 1
+    TYPE_MAX = 4  # the largest ConversationType; the others are point-to-point
 
 cdef enum:
     EVENT_BUYER_MESSAGE = 1

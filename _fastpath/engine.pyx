@@ -600,7 +600,7 @@ cdef class CompiledEngine:
         cdef uint64_t hc
         cdef Shop shop
         cdef list tr = None
-        ctype = enum_value(conv_type, 4, ConversationType, "type")
+        ctype = enum_value(conv_type, TYPE_MAX, ConversationType, "type")
         if ctype == 0:
             ctype = TYPE_BUYER_TO_SHOP
         sp = utf8_id(shop_id, &sn, "shop_id", False)
@@ -737,39 +737,83 @@ cdef class CompiledEngine:
             failed += self.wire_item(<const char*>d, &self.wire_items[i], now_ms)
         return PyBytes_FromStringAndSize(self.out.p, self.out.n), failed
 
+    def dispatch_wire(self, data, int64_t now_ms):
+        """A serialized ``DispatchRequest`` in, its ``DispatchResponse`` out (unary ``Dispatch``).
+
+        Returns the response bytes, or ``None``, with nothing changed, when the
+        request is not an ordinary one this codec decides: bytes the reader
+        declines, another conversation type, a trace, an unknown shop, an
+        existing conversation, any value ``dispatch`` would refuse. The caller
+        then takes the object path (protobuf and ``dispatch``), which answers or
+        refuses exactly as before. A request without ``at`` takes ``now_ms``."""
+        cdef const unsigned char* d
+        cdef Py_ssize_t end
+        cdef WireItem item
+        if type(data) is not bytes:
+            data = bytes(data)
+        d = <const unsigned char*>PyBytes_AS_STRING(data)
+        end = PyBytes_GET_SIZE(data)
+        if read_item(d, 0, end, &item) != end:
+            return None
+        self.out.n = 0
+        if not self.wire_decide(<const char*>d, &item, now_ms, False):
+            return None
+        return PyBytes_FromStringAndSize(self.out.p, self.out.n)
+
     cdef int wire_item(self, const char* data, WireItem* it, int64_t now_ms) except -1:
-        """Decide one item and append its DispatchResponse; 1 if it failed, else 0."""
+        """Decide one batch item and append its DispatchResponse; 1 if it failed, else 0."""
+        if self.wire_decide(data, it, now_ms, True):
+            return 0
+        return self.wire_item_slow(data, it, now_ms)
+
+    cdef bint wire_decide(self, const char* data, WireItem* it, int64_t now_ms, bint element) except -1:
+        """The fast path of one item: the ordinary case, decided without Python objects.
+
+        Returns 1 after appending the item's DispatchResponse to ``out`` (as a
+        DispatchBatchResponse element when ``element``, else bare), or 0, with
+        nothing changed and nothing appended, when the item is not ordinary
+        (the caller then lets ``dispatch()`` decide or refuse it)."""
         cdef const char* sp = data + it.off[WIRE_SHOP]
         cdef const char* bp = data + it.off[WIRE_BUYER]
         cdef const char* cp = data + it.off[WIRE_CONVERSATION]
         cdef const char* srcp = data + it.off[WIRE_SOURCE]
+        cdef const char* tp = data + it.off[WIRE_TO_ACCOUNT]
         cdef Py_ssize_t sn = it.len[WIRE_SHOP], bn = it.len[WIRE_BUYER], cn = it.len[WIRE_CONVERSATION]
-        cdef Py_ssize_t srcn = it.len[WIRE_SOURCE], idx, an, gn, size
+        cdef Py_ssize_t srcn = it.len[WIRE_SOURCE], tn = it.len[WIRE_TO_ACCOUNT], idx, an, gn
         cdef int64_t t = now_ms
         cdef uint64_t hc
         cdef int32_t reason, slot, group
         cdef const char* ap = NULL
         cdef const char* gp = NULL
         cdef Shop shop
-        # The ordinary case only; anything else is decided (and refused) by dispatch().
-        if (it.type > TYPE_BUYER_TO_SHOP or it.type < 0 or it.trace
-                or not 0 < sn <= MAX_ID or not 0 < bn <= MAX_ID or not 0 < cn <= MAX_ID or srcn > MAX_ID
-                or has_control_byte(sp, sn) or has_control_byte(bp, bn) or has_control_byte(cp, cn)
-                or has_control_byte(srcp, srcn) or not 0 <= it.order_state <= 5):
-            return self.wire_item_slow(data, it, now_ms)
+        # Declines (return 0) come before any change: the caller's dispatch() then
+        # decides or refuses the item with its own checks and messages.
+        if it.trace or not 0 <= it.type <= TYPE_MAX or not 0 < sn <= MAX_ID or has_control_byte(sp, sn):
+            return 0
         if it.has_at:
             if not (0 <= it.nanos < 1000000000 and 0 <= it.seconds <= LATEST_SECONDS):
-                return self.wire_item_slow(data, it, now_ms)
+                return 0
             t = it.seconds * 1000 + it.nanos // 1000000
         if not 0 <= t <= MAX_TIME:
-            return self.wire_item_slow(data, it, now_ms)
+            return 0
+        if it.type > TYPE_BUYER_TO_SHOP:
+            # Section 3, as dispatch(): point to point, to_account gets it, no state change.
+            if not 0 < tn <= MAX_ID or has_control_byte(tp, tn):
+                return 0
+            self.decisions[REASON_DIRECT][0] += 1
+            self.wire_response(tp, tn, REASON_DIRECT, NULL, 0, cp, cn, element)
+            return 1
+        if (not 0 < bn <= MAX_ID or not 0 < cn <= MAX_ID or srcn > MAX_ID
+                or has_control_byte(bp, bn) or has_control_byte(cp, cn)
+                or has_control_byte(srcp, srcn) or not 0 <= it.order_state <= 5):
+            return 0
         idx = self.shop_map.find(0, sp, sn, hash_key(0, sp, sn))
         if idx < 0:
-            return self.wire_item_slow(data, it, now_ms)
+            return 0
         shop = self.shop_at(self.shop_map.entries[idx].a)
         hc = hash_key(shop.handle, cp, cn)
         if self.conversations.find(shop.handle, cp, cn, hc) >= 0:
-            return self.wire_item_slow(data, it, now_ms)
+            return 0
 
         reason = self.decide(shop, bp, bn, cp, cn, hc, srcp, srcn, it.order_state, t,
                              None, None, None, None, &slot, &group)
@@ -778,10 +822,19 @@ cdef class CompiledEngine:
             ap = PyUnicode_AsUTF8AndSize(<object>shop.agents[slot].id, &an)
         if group >= 0:
             gp = PyUnicode_AsUTF8AndSize(<object>shop.groups[group].id, &gn)
-        # DispatchResponse: agent_id = 1, reason = 2, group_id = 3, conversation_id = 6.
-        size = string_field_size(an) + 1 + varint_size(<uint64_t>reason) + string_field_size(gn) + string_field_size(cn)
+        self.wire_response(ap, an, reason, gp, gn, cp, cn, element)
+        return 1
+
+    cdef int wire_response(self, const char* ap, Py_ssize_t an, int32_t reason, const char* gp, Py_ssize_t gn,
+                           const char* cp, Py_ssize_t cn, bint element) except -1:
+        """Append a DispatchResponse (agent_id = 1, reason = 2, group_id = 3,
+        conversation_id = 6) to ``out``, as a DispatchBatchResponse element
+        (responses = 1) when ``element``."""
+        cdef Py_ssize_t size = (string_field_size(an) + 1 + varint_size(<uint64_t>reason) + string_field_size(gn)
+                                + string_field_size(cn))
         wb_reserve(&self.out, 1 + varint_size(<uint64_t>size) + size)
-        wb_header(&self.out, 0x0A, size)  # DispatchBatchResponse.responses = 1
+        if element:
+            wb_header(&self.out, 0x0A, size)
         wb_string(&self.out, 0x0A, ap, an)
         self.out.p[self.out.n] = 0x10
         self.out.n += 1

@@ -42,7 +42,7 @@ from .model import (
     shop_seed,
     splitmix64,
 )
-from .wire import reference_dispatch_batch_wire
+from .wire import reference_dispatch_batch_wire, reference_dispatch_wire
 
 __all__ = ["DEFAULT_MAIN_CAPACITY", "N_REASONS", "N_STRATEGIES", "SNAPSHOT_FORMAT", "ReferenceEngine"]
 
@@ -546,6 +546,13 @@ class ReferenceEngine:
         (see ``_fastpath.wire``). Items without ``at`` take ``now_ms``. More
         than ``max_items`` items: InvalidArgumentError, nothing changed."""
         return reference_dispatch_batch_wire(self, data, now_ms, max_items)
+
+    def dispatch_wire(self, data: bytes, now_ms: int) -> bytes | None:
+        """A serialized ``DispatchRequest`` in, its ``DispatchResponse`` out (unary
+        ``Dispatch``); ``None``, with nothing changed, lets the caller take the
+        object path (here: only for bytes the reader declines). Refusals raise
+        the typed error ``dispatch`` raises. A request without ``at`` takes ``now_ms``."""
+        return reference_dispatch_wire(self, data, now_ms)
 
     def decision_counts(self) -> list[list[int]]:
         """Decisions this object made, ``[reason][strategy]``: a copy. Replayed

@@ -33,13 +33,17 @@ from .model import DispatchError, InvalidArgumentError, timestamp_to_ms
 __all__ = [
     "GRPC_CODE_NUMBERS",
     "WireItem",
+    "batch_of_one",
     "check_batch_size",
     "dispatch_item",
     "encode_batch_response",
     "encode_response",
     "encode_status",
     "parse_batch_request",
+    "parse_request",
     "reference_dispatch_batch_wire",
+    "reference_dispatch_wire",
+    "response_reason",
 ]
 
 GRPC_CODE_NUMBERS: Final = {
@@ -179,6 +183,14 @@ def parse_batch_request(data: bytes) -> list[WireItem] | None:
     return items
 
 
+def parse_request(data: bytes) -> WireItem | None:
+    """One ``DispatchRequest`` (unary ``Dispatch``), or ``None`` if this reader declines the bytes."""
+    try:
+        return _item(data, 0, len(data))
+    except _Malformed:
+        return None
+
+
 # --------------------------------------------------------------------- writing
 
 
@@ -266,6 +278,43 @@ def dispatch_item(engine: _Dispatcher, item: WireItem, now_ms: int) -> tuple[byt
         code = GRPC_CODE_NUMBERS.get(exc.grpc_status, GRPC_CODE_NUMBERS["INTERNAL"])
         return encode_response(item.conversation_id, error=(code, str(exc))), True
     return encode_response(item.conversation_id, reason, agent_id, group_id, trace), False
+
+
+def response_reason(response: bytes) -> int:
+    """The ``reason`` of a ``DispatchResponse`` encoded here (fields in number order:
+    ``agent_id`` = 1, then ``reason`` = 2); 0 when it has none."""
+    pos = 0
+    if response[:1] == b"\x0a":
+        length, start = _varint(response, 1)
+        pos = start + length
+    if response[pos : pos + 1] != b"\x10":
+        return 0
+    return _varint(response, pos + 1)[0]
+
+
+def batch_of_one(request: bytes) -> bytes:
+    """The ``DispatchBatchRequest`` that carries just this ``DispatchRequest``."""
+    out = bytearray()
+    _put_varint(out, (1 << 3) | _LEN)
+    _put_varint(out, len(request))
+    out += request
+    return bytes(out)
+
+
+def reference_dispatch_wire(engine: _Dispatcher, data: bytes, now_ms: int) -> bytes | None:
+    """``Engine.dispatch_wire`` in plain Python: the ``DispatchResponse`` bytes,
+    the ``DispatchError`` the object path would raise, or ``None`` (nothing
+    changed) when this reader declines the bytes. The compiled engine also
+    answers ``None`` for any request that is not ordinary; both are allowed."""
+    item = parse_request(bytes(data))
+    if item is None:
+        return None
+    at = timestamp_to_ms(item.at[0], item.at[1], "at") if item.at is not None else now_ms
+    reason, agent_id, group_id, trace = engine.dispatch(
+        item.shop_id, item.buyer_id, item.conversation_id, at, item.type, item.source, item.order_state,
+        item.to_account, item.trace,
+    )  # fmt: skip
+    return encode_response(item.conversation_id, reason, agent_id, group_id, trace)
 
 
 def reference_dispatch_batch_wire(

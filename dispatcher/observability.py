@@ -3,9 +3,10 @@
 ``Ecosystem`` is attached to one ``DispatchServer``; the server calls it at four
 points and nothing else of it is on the servicers' code path:
 
-- ``interceptors`` go into ``grpc.aio.server(...)``: one interceptor that times
-  every RPC (per-method latency histograms). Decisions by reason and strategy
-  are counted by the engine itself (``decision_counts``) and read at scrape time.
+- ``wrap(method, handler)`` is applied to every method handler when it is
+  registered (inside the security guard): it times every RPC (per-method
+  latency histograms). Decisions by reason and strategy are counted by the
+  engine itself (``decision_counts``) and read at scrape time.
 - ``await attach(server)`` (before ``server.start()``) adds ``grpc.health.v1.Health``
   (every service NOT_SERVING) and, unless disabled, server reflection.
 - ``await started()`` marks ``""``, ``dispatch.v1.Dispatch`` and ``dispatch.v1.Admin``
@@ -39,7 +40,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -125,34 +126,18 @@ class Metrics:
         return hist
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):
+class _Timing:
     """Times every RPC (the engine counts the decisions itself: ``decision_counts``).
 
-    It always calls ``continuation`` (so interceptors after it, e.g. auth, run
-    on every call) and caches only its wrapping of each handler object.
+    ``wrap`` is applied to each method handler once, at registration
+    (``security.GuardedServer``), inside the security guard: calls refused
+    there (malformed, unauthenticated, over the limit) are not timed.
     """
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        cached = self._wrapped.get(id(handler))
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler_call_details.method, handler)
-        if len(self._wrapped) < 1024:  # handlers are per method; never grow without bound
-            self._wrapped[id(handler)] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         metrics = self._metrics
         observe = metrics.histogram(method).observe
         clock = time.perf_counter
@@ -386,11 +371,9 @@ class Ecosystem:
         self.hold_serving = hold_serving
         self.metrics = Metrics()
         self.health = _Health()
-        # Without an endpoint nobody can read the per-RPC histograms and decision
-        # counters: metrics off means no interceptor at all (bench: on vs off).
-        self.interceptors: list[grpc.aio.ServerInterceptor] = (
-            [_Interceptor(self.metrics)] if metrics_port is not None else []
-        )
+        # Without an endpoint nobody can read the per-RPC histograms: metrics
+        # off means no timing wrapper at all (bench: on vs off).
+        self.timing: _Timing | None = _Timing(self.metrics) if metrics_port is not None else None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -398,7 +381,11 @@ class Ecosystem:
         self._http: Any = None
         self._http_thread: Any = None
 
-    async def attach(self, server: grpc.aio.Server) -> None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` timed into the per-method histogram (unchanged when metrics are off)."""
+        return handler if self.timing is None else self.timing.wrap(method, handler)
+
+    async def attach(self, server: Any) -> None:
         """Add the health (everything NOT_SERVING) and reflection services and open the metrics
         endpoint (a taken port fails here, before the gRPC port is bound); before ``server.start()``."""
         self.loop = asyncio.get_running_loop()
@@ -410,7 +397,10 @@ class Ecosystem:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.reflection:
             names = (*DISPATCH_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, server)
+            # What reflection.enable_server_reflection does for a grpc.aio server
+            # (it checks isinstance(server, grpc.aio.Server); ``server`` may be the
+            # registration proxy, security.GuardedServer).
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
 
     async def started(self) -> None:
         """After ``server.start()``: SERVING, unless held back until the state is ready."""

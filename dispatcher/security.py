@@ -1,9 +1,9 @@
 """Transport security and the per-RPC guard: TLS/mTLS credentials, caller
 authentication and scopes, and safe request decoding.
 
-``SecurityInterceptor`` wraps every registered method handler once (the
-wrapped handlers are cached per method, so the per-call cost is a metadata
-scan, a dict lookup and a set membership test):
+``SecurityGuard.wrap`` wraps every method handler once, when its service is
+registered (``GuardedServer``), so the per-call cost is a metadata scan, a dict
+lookup and a set membership test, and no grpc.aio interceptor runs per call:
 
 - A request whose bytes do not decode answers INVALID_ARGUMENT (gRPC itself
   would answer UNKNOWN).
@@ -36,7 +36,8 @@ __all__ = [
     "PUBLIC_SERVICES",
     "RULES",
     "Rule",
-    "SecurityInterceptor",
+    "GuardedServer",
+    "SecurityGuard",
     "is_loopback",
     "item_scope",
     "malformed_message",
@@ -79,8 +80,9 @@ class Rule:
 _D: Final = "/dispatch.v1.Dispatch/"
 _A: Final = "/dispatch.v1.Admin/"
 RULES: Final[dict[str, Rule]] = {
-    # Items of batches and streams are checked one by one in the servicer.
-    _D + "Dispatch": Rule("dispatch"),
+    # Dispatch (read from the wire by the engine) and the items of batches and
+    # streams are checked against the caller's shops in the servicer.
+    _D + "Dispatch": Rule("dispatch", _none),
     _D + "DispatchBatch": Rule("dispatch", _none),
     _D + "DispatchStream": Rule("dispatch", _none),
     _D + "SetPresence": Rule("dispatch"),
@@ -144,8 +146,12 @@ def _type_name(deserializer: Any) -> str:
     return getattr(descriptor, "full_name", "protobuf")
 
 
-class SecurityInterceptor(grpc.aio.ServerInterceptor):
-    """Safe decoding for every RPC; authentication and scopes when a policy is given."""
+class SecurityGuard:
+    """Safe decoding for every RPC; authentication and scopes when a policy is given.
+
+    ``wrap(method, handler)`` returns the guarded handler of one method; it is
+    applied once per method at registration (``GuardedServer``).
+    """
 
     def __init__(
         self,
@@ -155,25 +161,8 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self._policy = policy
         self._errors: collections.Counter[str] = errors if errors is not None else collections.Counter()
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
         self._limit = max_concurrent_rpcs
         self.active = 0  # RPCs of this server in progress (streams included)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # UNIMPLEMENTED; unknown names are never cached
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
 
     # ---------------------------------------------------------------- checks
 
@@ -241,7 +230,8 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
 
     # ---------------------------------------------------------------- wrapping
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` (\"/package.Service/Method\") behind the guard."""
         if method.startswith(PUBLIC_SERVICES):
             rule: Rule | None = None
         else:
@@ -329,6 +319,55 @@ class SecurityInterceptor(grpc.aio.ServerInterceptor):
                 leave()
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
+
+
+# -------------------------------------------------------------------- registration
+
+HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose answers are wrapped (once per method: cached)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: HandlerWrapper) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        wrapped = self._cache.get(method)
+        if wrapped is None:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:
+                return None  # UNIMPLEMENTED; unknown names are never cached
+            wrapped = self._cache[method] = self._wrap(method, handler)
+        return wrapped
+
+
+class GuardedServer:
+    """Stands in for a ``grpc.aio.Server`` while services register on it:
+    every method handler reaches the server wrapped by ``wrap``.
+
+    The wrapping happens once per method, at registration, instead of in a
+    ``grpc.aio`` server interceptor, whose per-call coroutine chain cost more
+    than the servicer itself (bench/ANALYSIS.md). Generated ``add_*_to_server``
+    functions call both registration methods; grpc.aio looks registered
+    methods up first and asks the generic handlers only for other names.
+    """
+
+    def __init__(self, server: grpc.aio.Server, wrap: HandlerWrapper) -> None:
+        self.server = server
+        self._wrap = wrap
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrap = self._wrap
+        self.server.add_registered_method_handlers(
+            service, {name: wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()}
+        )
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self._wrap) for h in generic_rpc_handlers))
 
 
 # -------------------------------------------------------------------- transport

@@ -45,7 +45,7 @@ from .convert import (
     timestamp,
     timestamp_ms,
 )
-from .security import SecurityInterceptor, item_scope, malformed_message
+from .security import GuardedServer, SecurityGuard, item_scope, malformed_message
 
 __all__ = [
     "MAX_BATCH",
@@ -321,10 +321,29 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 response.trace.extend(trace)
         return out
 
-    async def Dispatch(
-        self, request: dispatch_pb2.DispatchRequest, context: grpc.aio.ServicerContext
-    ) -> dispatch_pb2.DispatchResponse:
-        return await self._core.call(context, lambda: self._dispatch(request))
+    async def Dispatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
+        # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
+        return await self._core.call(context, lambda: self._unary(request))
+
+    def _unary(self, raw: bytes) -> bytes:
+        """A serialized DispatchRequest in, its DispatchResponse out.
+
+        The engine reads and writes ordinary requests itself (``dispatch_wire``);
+        the rest (``None``: another conversation type, a trace, anything it would
+        refuse, bytes its reader declines), and callers limited to some shops,
+        take the object path, which parses with the protobuf runtime."""
+        scope = item_scope()  # None unless the caller is limited to some shops
+        if scope is None:
+            answer = self._engine.dispatch_wire(raw, now_ms())
+            if answer is not None:
+                return answer  # _Core.call flushes the outbox
+        try:
+            request = dispatch_pb2.DispatchRequest.FromString(raw)
+        except DecodeError:
+            raise _fastpath.InvalidArgumentError(malformed_message(dispatch_pb2.DispatchRequest)) from None
+        if scope is not None and request.shop_id not in scope.shops:  # type: ignore[operator]
+            scope.check_shop(request.shop_id)
+        return self._dispatch(request).SerializeToString()
 
     async def DispatchBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
         # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
@@ -570,16 +589,17 @@ class _Registration:
         self.service, self.handlers = service, dict(handlers)
 
 
-RAW_BYTES_METHODS: Final = ("DispatchBatch", "DispatchStream")
+RAW_BYTES_METHODS: Final = ("Dispatch", "DispatchBatch", "DispatchStream")
 """Methods registered without protobuf (de)serializers: the engine reads and
-writes their messages itself (``dispatch_batch_wire``)."""
+writes their messages itself (``dispatch_wire``, ``dispatch_batch_wire``)."""
 
 
-def add_dispatch_servicer(servicer: DispatchServicer, server: grpc.aio.Server) -> None:
+def add_dispatch_servicer(servicer: DispatchServicer, server: Any) -> None:
     """The generated registration of ``dispatch.v1.Dispatch``, with raw bytes for RAW_BYTES_METHODS."""
     caught = _Registration()
     dispatch_pb2_grpc.add_DispatchServicer_to_server(servicer, caught)
     handlers = caught.handlers
+    handlers["Dispatch"] = grpc.unary_unary_rpc_method_handler(servicer.Dispatch)
     handlers["DispatchBatch"] = grpc.unary_unary_rpc_method_handler(servicer.DispatchBatch)
     handlers["DispatchStream"] = grpc.stream_stream_rpc_method_handler(servicer.DispatchStream)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, handlers),))
@@ -635,14 +655,6 @@ class DispatchServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.engine.drain_outbox()  # hand-outs made while bootstrapping have no watcher
         server = grpc.aio.server(
-            # SecurityInterceptor comes first: malformed, unauthenticated,
-            # denied and over-limit calls end there. It also bounds concurrent
-            # RPCs (grpc.aio's maximum_concurrent_rpcs miscounts rejected calls
-            # in grpcio 1.76).
-            interceptors=[
-                SecurityInterceptor(self.auth, self.counters.errors, self._max_concurrent_rpcs),
-                *self.ecosystem.interceptors,
-            ],
             options=[
                 ("grpc.max_receive_message_length", self._max_message_bytes),
                 ("grpc.max_send_message_length", self._max_message_bytes),
@@ -650,9 +662,17 @@ class DispatchServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        add_dispatch_servicer(DispatchServicer(self._core, self._max_batch), server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), server)
-        await self.ecosystem.attach(server)
+        # Every method handler is wrapped once, here, not by grpc.aio interceptors
+        # (their per-call cost was more than the servicer's). The security guard is
+        # outermost: malformed, unauthenticated, denied and over-limit calls end
+        # there, untimed. It also bounds concurrent RPCs (grpc.aio's
+        # maximum_concurrent_rpcs miscounts rejected calls in grpcio 1.76).
+        guard = SecurityGuard(self.auth, self.counters.errors, self._max_concurrent_rpcs)
+        timing = self.ecosystem.wrap
+        registering = GuardedServer(server, lambda method, handler: guard.wrap(method, timing(method, handler)))
+        add_dispatch_servicer(DispatchServicer(self._core, self._max_batch), registering)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), registering)
+        await self.ecosystem.attach(registering)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.credentials is not None:
             bound = server.add_secure_port(address, self.credentials)

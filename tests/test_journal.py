@@ -323,6 +323,11 @@ def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
     ).SerializeToString()
     assert live.dispatch_batch_wire(batch, T0 + 5, 16)[1] == 1  # one binary record for the batch
     assert live.dispatch_batch_wire(b"\xff", T0 + 5, 16) is None  # not read: nothing changed, no record
+    unary = dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="u", conversation_id="pool-3").SerializeToString()
+    assert live.dispatch_wire(unary, T0 + 5) is not None  # recorded as the one-item batch of its request
+    assert live.dispatch_wire(b"\xff", T0 + 5) is None  # not read: nothing changed, no record
+    direct = dispatch_pb2.DispatchRequest(shop_id="s", conversation_id="p2p", type=2, to_account="s:a1")
+    assert live.dispatch_wire(direct.SerializeToString(), T0 + 5) is not None  # DIRECT: no record
     live.claim_from_pool("s", "s:a0", T0 + 6)
     live.put_shop(ShopConfig("t", "t:main"))
     live.delete_shop("t")
@@ -330,5 +335,5 @@ def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
     for payload in records:
         apply_record(replayed, payload)
     assert state(replayed) == state(live)
-    assert len(records) == 24
-    assert sum(p[:1] == b"\x00" for p in records) == 1
+    assert len(records) == 25
+    assert sum(p[:1] == b"\x00" for p in records) == 2

@@ -543,3 +543,46 @@ def test_undecodable_bytes_are_invalid_argument_on_every_rpc(hostile: Any) -> No
                 fn()
             assert info.value.code() == IA, (path, garbage, info.value.code(), info.value.details())
     assert a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s")) == before
+
+
+# ------------------------------------------------------------------ registration
+
+
+def test_guarded_server_wraps_every_handler_once_at_registration() -> None:
+    """The guard is installed on the handlers when a service registers (no grpc.aio interceptor):
+    both registration paths hand the server wrapped handlers, each method wrapped once."""
+    from dispatcher.security import GuardedServer
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.registered: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+            self.generic: list[grpc.GenericRpcHandler] = []
+
+        def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+            self.registered[service] = handlers
+
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            self.generic.extend(handlers)
+
+    wrapped: list[str] = []
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        wrapped.append(method)
+        return handler._replace(request_deserializer=None)  # a mark the test can see
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method, self.invocation_metadata = method, ()
+
+    server = Recorder()
+    admin_pb2_grpc.add_AdminServicer_to_server(admin_pb2_grpc.AdminServicer(), GuardedServer(server, wrap))
+    handlers = server.registered["dispatch.v1.Admin"]
+    assert set(handlers) >= {"PutShop", "GetShopState", "ListShops"}
+    assert all(h.request_deserializer is None for h in handlers.values())
+    assert sorted(wrapped) == sorted(f"/dispatch.v1.Admin/{name}" for name in handlers)
+    (generic,) = server.generic
+    first = generic.service(Details("/dispatch.v1.Admin/PutShop"))
+    assert first is not None and first.request_deserializer is None
+    assert generic.service(Details("/dispatch.v1.Admin/PutShop")) is first  # cached: wrapped once more, not per call
+    assert wrapped.count("/dispatch.v1.Admin/PutShop") == 2  # the registered one and the generic one
+    assert generic.service(Details("/dispatch.v1.Admin/Nope")) is None  # unknown names stay UNIMPLEMENTED

@@ -6,13 +6,16 @@ Three claims, each checked on random and mutated messages:
   least everything protobuf rejects;
 - the writer writes what protobuf serializes;
 - ``dispatch_batch_wire`` answers, byte for byte, like the item-by-item object
-  path, on the compiled and the reference engine alike, leaving the same state.
+  path, on the compiled and the reference engine alike, leaving the same state;
+  and so does the unary ``Dispatch`` (``dispatch_wire``, with the object path
+  for whatever the engine declines).
 """
 
 from __future__ import annotations
 
 import random
 from typing import Any
+from unittest import mock
 
 import pytest
 from google.protobuf.message import DecodeError
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 
 import _fastpath
 from _fastpath import AgentConfig, CompiledEngine, GroupConfig, InvalidArgumentError, ReferenceEngine, ShopConfig
-from _fastpath.wire import encode_response, parse_batch_request
+from _fastpath.wire import batch_of_one, encode_response, parse_batch_request, parse_request, response_reason
 from dispatcher._gen.dispatch.v1 import dispatch_pb2
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
@@ -142,6 +145,7 @@ def test_writer_writes_what_protobuf_serializes(
         expected.error.CopyFrom(status_pb2.Status(code=error[0], message=error[1]))
     raw = encode_response(conv, reason, agent, group, trace, error)
     assert raw == expected.SerializeToString()
+    assert response_reason(raw) == reason
 
 
 # --------------------------------------------------------------------- the batch
@@ -221,3 +225,97 @@ def test_decisions_are_counted_by_reason_and_picking_strategy(cls: type) -> None
     assert sum(map(sum, counts)) == 3
     counts[1][0] = 99  # a copy
     assert e.decision_counts()[1][0] == 1
+
+
+# --------------------------------------------------------------------- unary Dispatch
+
+
+@given(requests(), st.integers(0, 2**32))
+@settings(max_examples=300, deadline=None)
+def test_the_unary_reader_reads_what_protobuf_reads_and_nothing_it_rejects(r: dispatch_pb2.DispatchRequest, seed: int) -> None:
+    raw = r.SerializeToString()
+    item = parse_request(raw)
+    assert item is not None and tuple(item) == fields(r)
+    assert parse_batch_request(batch_of_one(raw)) == [item]
+    mutated = mutate(raw, random.Random(seed))
+    item = parse_request(mutated)
+    try:
+        parsed = dispatch_pb2.DispatchRequest.FromString(mutated)
+    except DecodeError:
+        assert item is None
+        return
+    if item is not None:
+        assert tuple(item) == fields(parsed)
+
+
+class _ObjectPathOnly:
+    """An engine whose wire reader declines everything: the servicer's object path alone."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def dispatch_wire(self, data: bytes, now_ms: int) -> None:
+        return None
+
+
+def unary_outcome(servicer: Any, raw: bytes) -> Any:
+    try:
+        out = servicer._unary(raw)
+    except _fastpath.DispatchError as exc:
+        out = (exc.grpc_status, str(exc))
+    servicer._engine.drain_outbox()  # as _Core.call does after every call
+    return out
+
+
+ordinary_requests = st.builds(
+    dispatch_pb2.DispatchRequest,
+    shop_id=st.sampled_from(["s1", "s2", "淘宝店"]),
+    buyer_id=st.sampled_from(["b1", "b2", "买家😀"]),
+    conversation_id=convs.filter(bool),
+    type=st.sampled_from([0, 1]),
+    source=st.sampled_from(["", "app"]),
+    order_state=st.integers(0, 5),
+)
+"""Requests the compiled engine decides on its wire fast path (unless the conversation exists)."""
+
+
+@given(st.lists(st.tuples(st.one_of(requests(), ordinary_requests), st.integers(0, 2**32)), min_size=1, max_size=16))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_unary_dispatch_answers_like_the_object_path_on_both_engines(seq: list[tuple[Any, int]]) -> None:
+    """``DispatchServicer._unary`` over each engine's ``dispatch_wire`` against the object path alone:
+    the same bytes or the same refusal for every request (some mutated), and the same state."""
+    from dispatcher import server as server_module
+    from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
+
+    expected_engine = build(ReferenceEngine)
+    engines = [build(cls) for cls in ENGINES]
+    servicers = [DispatchServicer(_Core(e, AssignmentHub(), Counters()), max_batch=64) for e in engines]
+    expected = DispatchServicer(_Core(_ObjectPathOnly(expected_engine), AssignmentHub(), Counters()), max_batch=64)
+    for n, (request, seed) in enumerate(seq):
+        raw = request.SerializeToString()
+        if seed % 4 == 0:
+            raw = mutate(raw, random.Random(seed))
+        with mock.patch.object(server_module, "now_ms", lambda n=n: T0 + 1000 * n):
+            want = unary_outcome(expected, raw)
+            for e, servicer in zip(engines, servicers):
+                assert unary_outcome(servicer, raw) == want, type(e).__name__
+    for e in engines:
+        assert e.export_state() == expected_engine.export_state()
+        assert e.decision_counts() == expected_engine.decision_counts()
+
+
+@pytest.mark.parametrize("cls", ENGINES)
+def test_unary_wire_declines_without_changing_anything(cls: type) -> None:
+    e = build(cls)
+    before = e.export_state()
+    raw = dispatch_pb2.DispatchRequest(shop_id="s1", buyer_id="b", conversation_id="c").SerializeToString()
+    assert e.dispatch_wire(raw[:-1], T0) is None  # truncated
+    assert e.dispatch_wire(raw + b"\x50\x01", T0) is None  # an unknown field: protobuf's to read
+    assert e.export_state() == before
+    reason, agent_id, group_id, _ = build(cls).dispatch("s1", "b", "c", T0)
+    assert agent_id is not None and agent_id.startswith("s1:a")
+    assert e.dispatch_wire(raw, T0) == encode_response("c", reason, agent_id, group_id)
+    assert e.export_state() != before

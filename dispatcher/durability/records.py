@@ -4,7 +4,9 @@ A record is the JSON array ``[op, *arguments]`` of the exact engine call,
 with the ``at_ms`` the server resolved (never "now"), or, for a
 ``DispatchBatch``/``DispatchStream`` batch the engine read from the wire, a
 binary record holding the request bytes and the batch's ``now`` (one record per
-batch, not per item). Replaying the records
+batch, not per item). A unary ``Dispatch`` the engine read from the wire is
+recorded as the one-item batch of its request (``batch_of_one``): the batch
+path decides an ordinary item exactly as the unary path does. Replaying the records
 in order on the state of a snapshot rebuilds exactly the state that was built
 live (the engine is deterministic).
 
@@ -23,7 +25,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, Final
 
-from _fastpath import AgentConfig, GroupConfig, ShopConfig
+from _fastpath import AgentConfig, GroupConfig, Reason, ShopConfig
+from _fastpath.wire import batch_of_one, response_reason
 
 __all__ = ["READ_ONLY", "JournaledEngine", "RecordError", "apply_record", "encode"]
 
@@ -160,6 +163,14 @@ class JournaledEngine:
         answer = self.engine.dispatch_batch_wire(data, now_ms, max_items)
         if answer is not None:  # None: nothing was read, nothing changed
             self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), data)))
+        return answer
+
+    def dispatch_wire(self, data: bytes, now_ms: int) -> bytes | None:
+        answer = self.engine.dispatch_wire(data, now_ms)
+        # Journaled as the one-item batch that decides it alike; point-to-point
+        # (DIRECT) answers change nothing and write nothing, as in dispatch().
+        if answer is not None and response_reason(answer) != Reason.DIRECT:
+            self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), batch_of_one(data))))
         return answer
 
 
