@@ -153,6 +153,8 @@ cdef class ByteMap:
     cdef void remove_at(self, Py_ssize_t idx) noexcept
     cdef int grow_index(self) except -1
     cdef void clear_namespace(self, int32_t ns) noexcept
+    cdef void prefetch(self, uint64_t h) noexcept
+    cdef void prefetch_entry(self, uint64_t h) noexcept
 
 
 @cython.final
@@ -199,6 +201,7 @@ cdef class Shop:
     cdef int rebuild(self) except -1
     cdef void free_pools(self) noexcept
     cdef void refresh(self, int32_t slot) noexcept
+    cdef void prefetch(self) noexcept
     cdef int32_t day_of(self, int64_t now) except -1
     cdef int32_t today_of(self, int32_t slot, int64_t now) except -1
     cdef int bump_today(self, int32_t slot, int64_t now) except -1
@@ -250,6 +253,7 @@ cdef class CompiledEngine:
                             const char* srcp, Py_ssize_t srcn, int32_t ostate, int64_t now,
                             object conversation_id, object buyer_id, object source)
     cdef int32_t source_handle_bytes(self, const char* p, Py_ssize_t n) noexcept
+    cdef void prefetch_decision(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t hc) noexcept
     cdef int wire_item(self, const char* data, WireItem* it, int64_t now_ms) except -1
     cdef bint wire_decide(self, const char* data, WireItem* it, int64_t now_ms, bint element) except -1
     cdef int wire_response(self, const char* ap, Py_ssize_t an, int32_t reason, const char* gp, Py_ssize_t gn,

@@ -75,6 +75,16 @@ cdef class ByteMap:
                 return s - 1
             i = (i + 1) & self.mask
 
+    cdef void prefetch(self, uint64_t h) noexcept:
+        """Start loading the index slot a lookup of hash ``h`` reads first."""
+        __builtin_prefetch(&self.index[h & <uint64_t>self.mask])
+
+    cdef void prefetch_entry(self, uint64_t h) noexcept:
+        """Start loading the entry that index slot of hash ``h`` points to (if any)."""
+        cdef uint32_t s = self.index[h & <uint64_t>self.mask]
+        if s != 0:
+            __builtin_prefetch(&self.entries[s - 1])
+
     cdef Py_ssize_t find_str(self, int32_t ns, object key) except -2:
         """The entry of (ns, key) or -1; ``key`` is a str id (its UTF-8 bytes are borrowed)."""
         cdef Py_ssize_t n

@@ -248,6 +248,33 @@ cdef class Shop:
                 heap_remove(&p.unread, self.agents, slot)
         a.avail = now_avail
 
+    cdef void prefetch(self) noexcept:
+        """Start loading what a decision for this shop reads: the agent array,
+        the pools, their membership and heap arrays (up to PREFETCH_BYTES each).
+        At many shops every one of these is a cache miss; issued together they
+        overlap instead of following one another. A hint: no effect on results."""
+        cdef const char* p
+        cdef Py_ssize_t off, n
+        cdef int32_t pi
+        cdef Pool* pool
+        p = <const char*>self.agents
+        n = min(<Py_ssize_t>self.n_agents * <Py_ssize_t>sizeof(Agent), PREFETCH_BYTES)
+        for off in range(0, n, 64):
+            __builtin_prefetch(p + off)
+        p = <const char*>self.pools
+        n = min(<Py_ssize_t>self.n_pools * <Py_ssize_t>sizeof(Pool), PREFETCH_BYTES)
+        for off in range(0, n, 64):
+            __builtin_prefetch(p + off)
+        n = min(<Py_ssize_t>self.n_agents * 4, PREFETCH_BYTES)
+        for pi in range(self.n_pools):
+            pool = &self.pools[pi]
+            __builtin_prefetch(pool.is_member)
+            for off in range(0, n, 64):
+                __builtin_prefetch(<const char*>pool.sat.items + off)
+                __builtin_prefetch(<const char*>pool.sat.pos + off)
+                __builtin_prefetch(<const char*>pool.unread.items + off)
+                __builtin_prefetch(<const char*>pool.unread.pos + off)
+
     # ------------------------------------------------------------ time
 
     cdef int32_t day_of(self, int64_t now) except -1:

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import engine_bench as eb
 from bench import grpc_bench as gb
+from bench.memlat import SIZES_MIB, memory_latency
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +192,9 @@ def main() -> None:
     info = machine()
     log(f"machine {info}")
     overhead = eb.timer_overhead_ns()
+    latency = memory_latency(Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")),
+                             (1, 4, 64) if quick else SIZES_MIB, runs=1 if quick else 3)
+    log(f"memory latency {latency}")
     log("engine (a)")
     rows_a = engine_single(single, runs, overhead)
     log("engine (b)")
@@ -211,7 +215,8 @@ def main() -> None:
         durability = run_durability(quick)
     elapsed = time.time() - t_start
     info["loadavg_end"] = loadavg()
-    raw = {"machine": info, "single": rows_a, "many": res_b, "memory": memory, "alloc": allocs, "grpc": grpc_res,
+    raw = {"machine": info, "memory_latency": latency, "single": rows_a, "many": res_b, "memory": memory,
+           "alloc": allocs, "grpc": grpc_res,
            "durability_md": durability,
            "elapsed_s": elapsed, "timer_overhead_ns": overhead, "argv": sys.argv}
     (out_path.with_suffix(".json")).write_text(json.dumps(raw, indent=1, default=str))
@@ -322,6 +327,14 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
       f"{b['small']['affinity']:,} entries, {cfg['ref_decisions']:,} decisions (the reference needs minutes and GBs "
       f"at full size): reference p50 {b['small_ref_p50']:,.0f} ns ({b['small_ref_dps']:,.0f} decisions/s), "
       f"compiled p50 {b['small_comp_p50']:,.0f} ns, speed-up **{b['small_speedup']:.0f}×**.\n")
+    lat = raw.get("memory_latency")
+    if lat:
+        sizes = ", ".join(f"{mib} MiB: {ns:,.0f} ns" for mib, ns in lat["ns_per_load"].items())
+        w(f"This machine's memory latency (`bench/memlat.c`: one dependent random load, median of runs): {sizes}; "
+          f"{lat['huge_mib']} MiB with transparent huge pages: {lat['huge_ns_per_load']:,.0f} ns "
+          f"({lat['huge_kb'] >> 10} MiB of huge pages granted). At (b) the engine's tables and shops span "
+          f"{b['rss_mib']:,} MiB, so each cache line a decision reads for the first time costs about the "
+          "largest of these.\n")
     w("### Memory and allocations\n")
     w(f"Each size built in a fresh process; RSS growth at two sizes, difference divided by the difference in "
       f"count. Affinity entries: {memory['affinity_sizes'][0]:,} vs {memory['affinity_sizes'][1]:,} on 1,000 shops "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,12 @@ def test_results_name_the_cython_that_built_the_engine() -> None:
     from bench.run import cython_version
 
     assert cython_version().startswith("3.1.8")
+
+
+def test_memory_latency_probe_sees_the_cache_hierarchy(tmp_path: Path) -> None:
+    from bench.memlat import memory_latency
+
+    lat = memory_latency(tmp_path, (1, 64), runs=1)
+    one, big = lat["ns_per_load"]["1"], lat["ns_per_load"]["64"]
+    assert 0 < one < big  # 1 MiB stays in a cache; 64 MiB does not
+    assert lat["huge_mib"] == 64 and lat["huge_ns_per_load"] > 0
