@@ -9,6 +9,10 @@ size and writes ``bench/RESULTS.md``. Run one scenario by hand with::
     .venv/bin/python -m bench.engine_bench memory
     .venv/bin/python -m bench.engine_bench alloc
 
+``run_batched`` sends the same kind of stream through ``dispatch_batch_wire``
+(the DispatchBatch/DispatchStream path: no Python call per decision) and
+reports the mean cost per decision of each batch call.
+
 Timing: each decision is timed on its own with ``time.perf_counter_ns`` and
 the median cost of an empty timer pair is subtracted, so "ns/decision" is the
 cost of one ``engine.dispatch(...)`` call from Python, argument parsing and
@@ -500,3 +504,68 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------- (b) through the wire batch path
+
+
+def batch_stream(events: Sequence[tuple], size: int) -> list[tuple[bytes, int, int, list[tuple]]]:
+    """``events`` regrouped for ``dispatch_batch_wire``: (request bytes, now_ms, decisions, churn).
+
+    Each group holds ``size`` consecutive decisions as one serialized
+    DispatchBatchRequest; the churn events that came between them are applied
+    after it. Churn only refers to conversations dispatched before it, so the
+    stream stays valid. Built before timing: encoding is not measured."""
+    from dispatcher._gen.dispatch.v1 import dispatch_pb2
+
+    out: list[tuple[bytes, int, int, list[tuple]]] = []
+    items: list[Any] = []
+    churn: list[tuple] = []
+    now = 0
+    for e in events:
+        if e[0] == DISPATCH:
+            items.append(dispatch_pb2.DispatchRequest(shop_id=e[1], buyer_id=e[2], conversation_id=e[3], type=1,
+                                                      order_state=e[5]))
+            now = max(now, e[4])
+            if len(items) == size:
+                out.append((dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString(), now, size, churn))
+                items, churn = [], []
+        else:
+            churn.append(e)
+    if items:
+        out.append((dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString(), now, len(items), churn))
+    return out
+
+
+def run_batched(engine: Any, groups: Sequence[tuple[bytes, int, int, list[tuple]]]) -> dict[str, Any]:
+    """Apply ``groups`` (batch_stream); time each ``dispatch_batch_wire`` call.
+    Returns the mean ns per decision and the number of items that failed."""
+    presence = engine.set_presence
+    event = engine.conversation_event
+    batch = engine.dispatch_batch_wire
+    pc = time.perf_counter_ns
+    spent = decisions = failed = 0
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for raw, now, n, churn in groups:
+            t0 = pc()
+            _, bad = batch(raw, now, n)
+            spent += pc() - t0
+            decisions += n
+            failed += bad
+            for e in churn:
+                try:
+                    if e[0] == PRESENCE:
+                        presence(e[1], e[2], e[3], 1, e[4])
+                    elif e[0] == REPLY:
+                        event(e[1], e[2], AGENT_REPLY, e[3])
+                    else:
+                        event(e[1], e[2], CLOSED, e[3])
+                except _fastpath.DispatchError:
+                    pass
+    finally:
+        if was_enabled:
+            gc.enable()
+    engine.drain_outbox()
+    return {"mean_ns": spent / max(1, decisions), "decisions": decisions, "failed": failed}

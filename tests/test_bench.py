@@ -44,6 +44,24 @@ def test_many_shops(kind: str) -> None:
     assert res["reasons"].get("AFFINITY", 0) > 0
 
 
+def test_batched_stream_decides_like_the_per_call_stream() -> None:
+    """run_batched regroups decisions into wire batches (churn between batches); the compiled
+    engine and the reference end in the same state."""
+    states, results = [], []
+    for kind in ("compiled", "reference"):
+        engine = eb.engine_cls(kind)(7)
+        built = eb.build_many(engine, 30, 5, 300)
+        events = eb.make_stream(built["shops"], 5, 400, churn=0.5, buyers_per_shop=4, max_live=100, seed=3,
+                                start_ms=built["at"] + 1)
+        groups = eb.batch_stream(events, 16)
+        assert sum(n for _, _, n, _ in groups) == 400
+        results.append(eb.run_batched(engine, groups))
+        states.append(engine.export_state())
+    assert results[0]["decisions"] == 400 and results[0]["failed"] == results[1]["failed"] == 0
+    assert results[0]["mean_ns"] > 0
+    assert states[0] == states[1]
+
+
 def test_memory_and_alloc() -> None:
     mem = eb.bench_memory("compiled", affinity_sizes=(2000, 4000), agent_sizes=(2000, 4000))
     assert math.isfinite(mem["bytes_per_affinity_entry"]) and math.isfinite(mem["bytes_per_agent"])
