@@ -314,6 +314,24 @@ def build_many(
             "affinity": made, "per_shop": per_shop, "at": at}
 
 
+def many_shops_stream(
+    built: dict[str, Any], agents_per_shop: int, n_decisions: int, *, churn: float, seed: int, start_ms: int,
+    tag: str = "c",
+) -> list[tuple]:
+    """A (b) stream over the shops of ``build_many``: half of its buyers are the
+    ``h*`` buyers that hold a recent contact in every shop."""
+    events = make_stream(built["shops"], agents_per_shop, n_decisions, churn=churn,
+                         buyers_per_shop=max(2, 2 * built["per_shop"]), max_live=max(100, len(built["shops"])),
+                         seed=seed, start_ms=start_ms, tag=tag)
+    return [(e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:]) if e[0] == DISPATCH else e
+            for e in events]
+
+
+def stream_end(events: Sequence[tuple]) -> int:
+    """The first time after every event of ``events`` (a later stream starts there)."""
+    return max(e[-2] if e[0] == DISPATCH else e[-1] for e in events) + 1
+
+
 def bench_many_shops(
     kind: str,
     *,
@@ -335,12 +353,7 @@ def bench_many_shops(
     overhead = timer_overhead_ns() if overhead is None else overhead
     engine = engine_cls(kind)(seed)
     built = build_many(engine, n_shops, agents_per_shop, affinity, seed=seed, progress=progress)
-    events = make_stream(built["shops"], agents_per_shop, n_decisions, churn=churn,
-                         buyers_per_shop=max(2, 2 * built["per_shop"]), max_live=max(100, n_shops),
-                         seed=seed, start_ms=built["at"] + 1)
-    # Half the buyers of the stream are the affinity-holding "h" buyers.
-    events = [(e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:]) if e[0] == DISPATCH else e
-              for e in events]
+    events = many_shops_stream(built, agents_per_shop, n_decisions, churn=churn, seed=seed, start_ms=built["at"] + 1)
     res = run_stream(engine, events, overhead)
     out = summarize(res["lat"])
     reasons = res["reasons"]

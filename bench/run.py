@@ -109,12 +109,9 @@ def engine_many(cfg: dict[str, Any], runs: int, overhead: int) -> dict[str, Any]
     results = []
     at = built["at"] + 1
     for r in range(runs):
-        events = eb.make_stream(built["shops"], cfg["agents_per_shop"], cfg["decisions"], churn=cfg["churn"],
-                                buyers_per_shop=max(2, 2 * built["per_shop"]), max_live=max(100, cfg["shops"]),
-                                seed=100 + r, start_ms=at, tag=f"m{r}c")
-        events = [(e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:])
-                  if e[0] == eb.DISPATCH else e for e in events]
-        at = max(e[-2] if e[0] == eb.DISPATCH else e[-1] for e in events) + 1
+        events = eb.many_shops_stream(built, cfg["agents_per_shop"], cfg["decisions"], churn=cfg["churn"],
+                                      seed=100 + r, start_ms=at, tag=f"m{r}c")
+        at = eb.stream_end(events)
         res = eb.run_stream(engine, events, overhead)
         s = eb.summarize(res["lat"])
         s["errors"] = res["errors"]
@@ -124,12 +121,9 @@ def engine_many(cfg: dict[str, Any], runs: int, overhead: int) -> dict[str, Any]
     # The same kind of stream through the wire batch path (no Python call per decision).
     batched = []
     for r in range(runs):
-        events = eb.make_stream(built["shops"], cfg["agents_per_shop"], cfg["decisions"], churn=cfg["churn"],
-                                buyers_per_shop=max(2, 2 * built["per_shop"]), max_live=max(100, cfg["shops"]),
-                                seed=200 + r, start_ms=at, tag=f"w{r}c")
-        events = [(e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:])
-                  if e[0] == eb.DISPATCH else e for e in events]
-        at = max(e[-2] if e[0] == eb.DISPATCH else e[-1] for e in events) + 1
+        events = eb.many_shops_stream(built, cfg["agents_per_shop"], cfg["decisions"], churn=cfg["churn"],
+                                      seed=200 + r, start_ms=at, tag=f"w{r}c")
+        at = eb.stream_end(events)
         batched.append(eb.run_batched(engine, eb.batch_stream(events, cfg["batch"])))
         log(f"(b) batched run {r}: mean {batched[-1]['mean_ns']:.0f} ns/decision")
     rss = eb.rss_bytes()
