@@ -317,35 +317,41 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
     unary_url = "http://127.0.0.1:{}/dispatch.v1.Dispatch/Dispatch"
     stream_url = "http://127.0.0.1:{}/dispatch.v1.Dispatch/DispatchStream"
 
-    # Baseline: empty handlers.
-    port = free_port()
-    base: dict[str, Any] = {"unary": [], "stream": {s: [] for s in sizes}, "batch": {s: [] for s in sizes}}
-    with server(baseline_cmd(port), port):
-        res["baseline_grpc_status"] = grpc_status(unary_url.format(port), unary_body)
+    def measure(port: int, name: str, tag: str) -> dict[str, Any]:
+        """The same load on one server: unary at max and at 50 % (as is, then with the cores kept from
+        idling), DispatchStream and DispatchBatch at every size. ``tag`` names its logs and batch ids."""
+        out: dict[str, Any] = {"unary": [], "stream": {s: [] for s in sizes}, "batch": {s: [] for s in sizes}}
+        url = unary_url.format(port)
         for r in range(runs):
-            log(f"baseline unary run {r}")
-            base["unary"].append(h2load(unary_url.format(port), unary_body, clients=clients, streams=streams,
-                                        duration=duration, warmup=1, log_file=workdir / "base_unary.log"))
-        base_max = median([u["req_per_s"] for u in base["unary"]])
-        base["unary_half_load"] = half_load(unary_url.format(port), unary_body, base_max, runs=runs, clients=clients,
-                                            duration=duration, log_file=workdir / "base_half.log")
+            log(f"{name} unary run {r}")
+            out["unary"].append(h2load(url, unary_body, clients=clients, streams=streams, duration=duration,
+                                       warmup=1, log_file=workdir / f"{tag}_unary.log"))
+        top = median([u["req_per_s"] for u in out["unary"]])
+        out["unary_half_load"] = half_load(url, unary_body, top, runs=runs, clients=clients, duration=duration,
+                                           log_file=workdir / f"{tag}_half.log")
         with idle_spinners():
-            base["unary_half_load_busy"] = half_load(unary_url.format(port), unary_body, base_max, runs=runs,
-                                                     clients=clients, duration=duration,
-                                                     log_file=workdir / "base_half_busy.log")
+            out["unary_half_load_busy"] = half_load(url, unary_body, top, runs=runs, clients=clients,
+                                                    duration=duration, log_file=workdir / f"{tag}_half_busy.log")
         for size in sizes:
             for r in range(runs):
+                log(f"{name} stream size {size} run {r}")
                 h = h2load(stream_url.format(port), bodies[(size, r)], clients=1, streams=1, n=1)
                 h["decisions_per_s"] = stream_decisions[size] // size * size / h["seconds"]
-                base["stream"][size].append(h)
+                out["stream"][size].append(h)
             for r in range(runs):
-                base["batch"][size].append(batch_client(port, size, stream_decisions[size], f"bb{r}", n_shops))
+                log(f"{name} batch size {size} run {r}")
+                out["batch"][size].append(batch_client(port, size, stream_decisions[size], f"{tag}{r}z{size}", n_shops))
+        return out
+
+    # Baseline: empty handlers.
+    port = free_port()
+    with server(baseline_cmd(port), port):
+        res["baseline_grpc_status"] = grpc_status(unary_url.format(port), unary_body)
+        res["baseline"] = measure(port, "baseline", "base")
         log("baseline done")
-    res["baseline"] = base
 
     # The dispatcher.
     port = free_port()
-    disp: dict[str, Any] = {"unary": [], "stream": {s: [] for s in sizes}, "batch": {s: [] for s in sizes}}
     with server(dispatcher_cmd(port, bootstrap), port):
         t = time.time()
         res["affinity_preconditioned"] = precondition_affinity(port, n_shops)
@@ -355,27 +361,7 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
         write_stream_body(check_body, "chk", 16, 64, n_shops)
         res["dispatcher_grpc_status_stream"] = grpc_status(stream_url.format(port), check_body)
         res["stream_check"] = stream_check(port, "chk2", 128, n_shops)
-        for r in range(runs):
-            log(f"dispatcher unary run {r}")
-            disp["unary"].append(h2load(unary_url.format(port), unary_body, clients=clients, streams=streams,
-                                        duration=duration, warmup=1, log_file=workdir / "disp_unary.log"))
-        max_rps = median([u["req_per_s"] for u in disp["unary"]])
-        disp["unary_half_load"] = half_load(unary_url.format(port), unary_body, max_rps, runs=runs, clients=clients,
-                                            duration=duration, log_file=workdir / "disp_half.log")
-        with idle_spinners():
-            disp["unary_half_load_busy"] = half_load(unary_url.format(port), unary_body, max_rps, runs=runs,
-                                                     clients=clients, duration=duration,
-                                                     log_file=workdir / "disp_half_busy.log")
-        for size in sizes:
-            for r in range(runs):
-                log(f"dispatcher stream size {size} run {r}")
-                h = h2load(stream_url.format(port), bodies[(size, r)], clients=1, streams=1, n=1)
-                h["decisions_per_s"] = stream_decisions[size] // size * size / h["seconds"]
-                disp["stream"][size].append(h)
-            for r in range(runs):
-                log(f"dispatcher batch size {size} run {r}")
-                disp["batch"][size].append(batch_client(port, size, stream_decisions[size], f"db{r}z{size}", n_shops))
-    res["dispatcher"] = disp
+        res["dispatcher"] = measure(port, "dispatcher", "disp")
 
     # Metrics on vs off: two fresh dispatchers up at once (all on core 0, only one loaded at a
     # time), runs alternated so that the machine's drift hits each alike.
