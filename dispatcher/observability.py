@@ -51,11 +51,15 @@ from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 
 __all__ = [
     "DISPATCH_SERVICES",
+    "WRITE_SERVICES",
     "LATENCY_BUCKETS",
     "Ecosystem",
     "LatencyHistogram",
     "Metrics",
 ]
+
+WRITE_SERVICES: Final = ("", "dispatch.v1.Dispatch")
+"""Health services that report NOT_SERVING while the journal cannot write."""
 
 DISPATCH_SERVICES: Final = (
     dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"].full_name,
@@ -338,7 +342,8 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
         ("dispatch_agents_suspended", "Agents whose presence is SUSPENDED", snap["agents_suspended"]),
         ("dispatch_live_conversations", "Conversations assigned or waiting", snap["live_conversations"]),
         ("dispatch_watchers", "Open WatchAssignments streams", snap["watchers"]),
-        ("dispatch_serving", "1 while health says SERVING, 0 before it is ready and while draining", snap["serving"]),
+        ("dispatch_serving", "1 while health says SERVING, 0 before it is ready, while draining and while the journal cannot write", snap["serving"]),
+        ("dispatch_journal_writable", "1 while the journal can write (or there is none), 0 while writes are refused", snap["journal_writable"]),
     ]
     for name, doc, value in gauges:
         gauge = GaugeMetricFamily(name, doc)
@@ -378,6 +383,11 @@ class Ecosystem:
         self.registry.register(_Collector(self))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.serving = False
+        self.writable = True
+        """False while the journal cannot write (``journal_state``)."""
+        self.unwritable_reason: str | None = None
+        self._ready = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._http: Any = None
         self._http_thread: Any = None
 
@@ -408,10 +418,34 @@ class Ecosystem:
             await self.set_serving()
 
     async def set_serving(self) -> None:
-        """The engine (and the recovered state, when there is one) is ready: report SERVING."""
+        """The engine (and the recovered state, when there is one) is ready: report SERVING
+        (``""`` and ``dispatch.v1.Dispatch`` stay NOT_SERVING while the journal cannot write)."""
+        self._ready = True
         for service in ("", *DISPATCH_SERVICES):
-            await self.health.set(service, _SERVING)
-        self.serving = not self.health._gracefully_shutting_down
+            writes = service in WRITE_SERVICES
+            await self.health.set(service, _SERVING if self.writable or not writes else _NOT_SERVING)
+        self.serving = not self.health._gracefully_shutting_down and self.writable
+
+    def journal_state(self, writable: bool, reason: str | None = None) -> None:
+        """The journal stalled, failed or resumed (``Journal.on_state``; on the event loop).
+
+        While it cannot write, ``""`` and ``dispatch.v1.Dispatch`` report NOT_SERVING (a load
+        balancer or readiness probe sends the writes elsewhere) and ``dispatch.v1.Admin`` stays
+        SERVING: its reads keep working, its mutations answer UNAVAILABLE."""
+        self.writable = writable
+        self.unwritable_reason = reason
+        if self.loop is not None and self._ready:
+            task = self.loop.create_task(self._apply_journal_state())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _apply_journal_state(self) -> None:
+        if self.health._gracefully_shutting_down:
+            return
+        status = _SERVING if self.writable else _NOT_SERVING
+        for service in WRITE_SERVICES:
+            await self.health.set(service, status)
+        self.serving = self.writable
 
     async def draining(self) -> None:
         """A graceful stop begins: NOT_SERVING for good; open health Watch streams get it and end."""
@@ -441,6 +475,7 @@ class Ecosystem:
             "journal_fsync": (metrics.journal_fsync.buckets(), metrics.journal_fsync.total),
             "watchers": server.hub.subscribers,
             "serving": int(self.serving),
+            "journal_writable": int(self.writable),
         }
         totals = engine.totals()
         snap.update(

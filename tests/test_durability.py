@@ -12,9 +12,12 @@ when the process died (it may or may not have become durable; never half).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -44,7 +47,7 @@ class Server(ServerProcess):
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
         super().__init__("serve", "--port", "0", "--no-auth", "--log-format", "json", "--stats-interval", "0",
-                         "--data-dir", str(data_dir), *extra)
+                         "--data-dir", str(data_dir), "--create-data-dir", *extra)
 
     def kill9(self) -> None:
         self.popen.send_signal(signal.SIGKILL)
@@ -346,6 +349,12 @@ async def test_torn_or_corrupt_journal_tail_recovers_to_the_last_good_record(tmp
     scan = scan_segment(seg)
     last_start = scan.good_end - HEADER.size - len(scan.records[-1][1])
     original = seg.path.read_bytes()
+    pristine = tmp_path / "pristine"  # the data dir as kill -9 left it: each case starts from it
+    shutil.copytree(data, pristine)
+
+    def reset() -> None:
+        shutil.rmtree(data)
+        shutil.copytree(pristine, data)
 
     async def restart_and_view() -> tuple[Any, Server]:
         s = Server(data, "--snapshot-every", "0", "--snapshot-interval", "0")
@@ -360,19 +369,38 @@ async def test_torn_or_corrupt_journal_tail_recovers_to_the_last_good_record(tmp
     got, s = await restart_and_view()
     assert got == views[-1]
     # 2. The last record half written: recovered up to the record before it, and reported.
+    reset()
     seg.path.write_bytes(original[: last_start + HEADER.size + 2])
     got, s = await restart_and_view()
     assert got == views[-2]  # without the last call (the reply), with everything before it
     truncated = s.events("journal.truncated")
     assert truncated and truncated[0]["offset"] == last_start and truncated[0]["level"] == "warning"
     assert seg.path.stat().st_size == last_start
-    # 3. A flipped bit in the last record's payload: bad CRC, cut there.
+    # 3. A flipped bit in the last record's payload: a complete record with a bad CRC is damage,
+    # not a torn write (an interrupted append leaves a partial record or zeros): the server
+    # refuses, names it and changes nothing; `dispatcher journal repair` is the deliberate cut.
+    reset()
     damaged = bytearray(original)
     damaged[last_start + HEADER.size + 4] ^= 0x10
     seg.path.write_bytes(bytes(damaged))
+    refused = Server(data, "--snapshot-every", "0", "--snapshot-interval", "0")
+    servers.append(refused)
+    assert refused.finish(None) == 3
+    error = refused.events("durability.recovery_failed")[0]["error"]
+    assert f"{seg.path.name} is damaged at offset {last_start} (bad CRC)" in error
+    assert seg.path.read_bytes() == bytes(damaged)  # no file changed
+    repaired = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "journal", "repair", str(data)], capture_output=True, text=True, timeout=60
+    )
+    assert repaired.returncode == 0, repaired.stderr
+    report = json.loads(repaired.stdout)
+    last_seq = scan.records[-1][0]
+    assert report["dropped_seqs"] == [f"{last_seq}..{last_seq}"]
+    assert (data / f"{seg.path.name}.damaged-at-{last_start}").read_bytes() == bytes(damaged)[last_start:]
     got2, s = await restart_and_view()
-    assert got2 == views[-2] and s.events("journal.truncated")[0]["reason"] == "bad CRC"
+    assert got2 == views[-2]
     # 4. Garbage after the last good record (a torn write of zeros): everything is kept.
+    reset()
     seg.path.write_bytes(original + b"\x00" * 11)
     got, s = await restart_and_view()
     assert got == views[-1] and s.events("journal.truncated")[0]["dropped_bytes"] == 11

@@ -13,6 +13,7 @@ import _fastpath
 from _fastpath import AgentConfig, ConversationEvent, DispatchError, Presence, ShopConfig
 from dispatcher._gen.dispatch.v1 import dispatch_pb2
 from dispatcher.durability import DurabilityOptions, DurableStore, JournaledEngine, RecoveryError, recover
+from dispatcher.durability.datadir import manifest_from
 from dispatcher.durability.journal import HEADER, Journal, Segment, frame, list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot
 
@@ -60,6 +61,23 @@ async def open_store(tmp_path: Path, **kw: Any) -> DurableStore:
     store.begin()
     store.start()
     return store
+
+
+async def crash(store: DurableStore) -> None:
+    """Stop a store the way ``kill -9`` would: the files as written, no final snapshot, no clean close."""
+    journal = store.journal
+    assert journal is not None
+    for task in (journal._task, journal._sync_task, journal._watch_task, store._task):
+        if task is not None:
+            task.cancel()
+    await asyncio.sleep(0)
+    journal._executor.shutdown(wait=True)
+    store._snap_executor.shutdown(wait=True)
+    if journal._fd >= 0:
+        os.close(journal._fd)
+        journal._fd = -1
+    store.datadir.close()
+    store._closed = True
 
 
 # ------------------------------------------------------------------ framing
@@ -193,7 +211,8 @@ async def test_torn_tail_is_truncated_at_the_last_good_record(tmp_path: Path, ca
     good = state(e)
     good_seq = store.journal.seq
     e.dispatch("s", "late", "late-conv", T0 + 999_999)
-    await store.close(snapshot=False)
+    await store.journal.wait_durable()
+    await crash(store)  # as kill -9 would: no clean close (which records how far the journal got)
     seg = list_segments(tmp_path / "data")[-1]
     scan = scan_segment(seg)
     last_start = scan.good_end - HEADER.size - len(scan.records[-1][1])
@@ -269,16 +288,18 @@ def test_refuses_to_start_when_nothing_consistent_exists(tmp_path: Path) -> None
         recover(data, engine)
     # 3. Damage in the middle of the journal (a later segment holds records).
     write_snapshot(data, 0, state(e))
+    (data / "MANIFEST").write_bytes(manifest_from([(1, 1), (2, None)], [0], 1).to_bytes())
     (data / "journal-00000000000000000001.log").write_bytes(frame(1, b'["delete_shop","s"]')[:-1])
     (data / "journal-00000000000000000002.log").write_bytes(frame(2, b'["delete_shop","s"]'))
-    with pytest.raises(RecoveryError, match="refusing to guess"):
+    with pytest.raises(RecoveryError, match="sealed segment cannot have a torn tail.*up to 2.*records 1..2"):
         recover(data, engine)
-    # 4. A gap in the journal.
+    # 4. A missing segment (a gap in the journal).
     (data / "journal-00000000000000000001.log").unlink()
-    with pytest.raises(RecoveryError, match="gap"):
+    with pytest.raises(RecoveryError, match=r"journal-00000000000000000001.log is missing.*records 1..1 are lost"):
         recover(data, engine)
     # 5. A record the engine refuses (the journal does not belong to this state).
     (data / "journal-00000000000000000002.log").unlink()
+    (data / "MANIFEST").write_bytes(manifest_from([(1, None)], [0], 0).to_bytes())
     (data / "journal-00000000000000000001.log").write_bytes(frame(1, b'["delete_shop","other"]'))
     with pytest.raises(RecoveryError, match="does not apply"):
         recover(data, engine)

@@ -57,11 +57,14 @@ def encode(record: list[Any]) -> bytes:
 class JournaledEngine:
     """An engine whose successful mutating calls are appended to a journal."""
 
-    __slots__ = ("engine", "_append")
+    __slots__ = ("engine", "_append", "_check")
 
-    def __init__(self, engine: Any, append: Callable[[bytes], int]) -> None:
+    def __init__(self, engine: Any, append: Callable[[bytes], int], check: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self._append = append
+        self._check = check if check is not None else _writable
+        """Raises (``JournalUnavailable``) when a record could not be made durable now: called
+        *before* the engine, so a refused call changes nothing."""
 
     def __getattr__(self, name: str) -> Any:
         if name in READ_ONLY:
@@ -74,40 +77,49 @@ class JournaledEngine:
     # ---------------------------------------------------------------- configuration
 
     def put_shop(self, config: ShopConfig) -> None:
+        self._check()
         self.engine.put_shop(config)
         self._append(encode(["put_shop", dataclasses.asdict(config)]))
 
     def delete_shop(self, shop_id: str) -> None:
+        self._check()
         self.engine.delete_shop(shop_id)
         self._append(encode(["delete_shop", shop_id]))
 
     def put_agent(self, config: AgentConfig) -> None:
+        self._check()
         self.engine.put_agent(config)
         self._append(encode(["put_agent", dataclasses.asdict(config)]))
 
     def delete_agent(self, shop_id: str, agent_id: str) -> None:
+        self._check()
         self.engine.delete_agent(shop_id, agent_id)
         self._append(encode(["delete_agent", shop_id, agent_id]))
 
     def put_group(self, config: GroupConfig) -> None:
+        self._check()
         self.engine.put_group(config)
         self._append(encode(["put_group", dataclasses.asdict(config)]))
 
     def delete_group(self, shop_id: str, group_id: str) -> None:
+        self._check()
         self.engine.delete_group(shop_id, group_id)
         self._append(encode(["delete_group", shop_id, group_id]))
 
     def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
+        self._check()
         self.engine.set_exclusive_agent(shop_id, buyer_id, agent_id)
         self._append(encode(["set_exclusive_agent", shop_id, buyer_id, agent_id]))
 
     def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
+        self._check()
         self.engine.delete_exclusive_agent(shop_id, buyer_id)
         self._append(encode(["delete_exclusive_agent", shop_id, buyer_id]))
 
     # ---------------------------------------------------------------- events
 
     def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int, at_ms: int) -> None:
+        self._check()
         self.engine.set_presence(shop_id, agent_id, presence, client, at_ms)
         self._append(_dumps(["p", shop_id, agent_id, int(presence), int(client), at_ms]).encode())
 
@@ -122,6 +134,7 @@ class JournaledEngine:
         to_agent_id: str = "",
         to_group_id: str = "",
     ) -> str | None:
+        self._check()
         result = self.engine.conversation_event(
             shop_id, conversation_id, event, at_ms, buyer_id, agent_id, to_agent_id, to_group_id
         )
@@ -131,6 +144,7 @@ class JournaledEngine:
         return result
 
     def claim_from_pool(self, shop_id: str, agent_id: str, at_ms: int, conversation_id: str = "") -> tuple[str, str]:
+        self._check()
         result = self.engine.claim_from_pool(shop_id, agent_id, at_ms, conversation_id)
         self._append(_dumps(["c", shop_id, agent_id, at_ms, conversation_id]).encode())
         return result
@@ -147,6 +161,7 @@ class JournaledEngine:
         to_account: str = "",
         trace: bool = False,
     ) -> tuple[int, str | None, str | None, list[str] | None]:
+        self._check()
         result = self.engine.dispatch(
             shop_id, buyer_id, conversation_id, at_ms, conv_type, source, order_state, to_account, trace
         )
@@ -159,19 +174,29 @@ class JournaledEngine:
         return result
 
 
-    def dispatch_batch_wire(self, data: bytes, now_ms: int, max_items: int) -> tuple[bytes, int] | None:
-        answer = self.engine.dispatch_batch_wire(data, now_ms, max_items)
+    def dispatch_batch_wire(
+        self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
+    ) -> tuple[bytes, int] | None:
+        self._check()
+        # max_at_ms (the server's clock bound) is not recorded: a batch with an item
+        # beyond it is declined (None, not journaled), so replay needs no bound.
+        answer = self.engine.dispatch_batch_wire(data, now_ms, max_items, max_at_ms)
         if answer is not None:  # None: nothing was read, nothing changed
             self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), data)))
         return answer
 
-    def dispatch_wire(self, data: bytes, now_ms: int) -> bytes | None:
-        answer = self.engine.dispatch_wire(data, now_ms)
+    def dispatch_wire(self, data: bytes, now_ms: int, max_at_ms: int | None = None) -> bytes | None:
+        self._check()
+        answer = self.engine.dispatch_wire(data, now_ms, max_at_ms)
         # Journaled as the one-item batch that decides it alike; point-to-point
         # (DIRECT) answers change nothing and write nothing, as in dispatch().
         if answer is not None and response_reason(answer) != Reason.DIRECT:
             self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), batch_of_one(data))))
         return answer
+
+
+def _writable() -> None:
+    return None
 
 
 _WIRE_BATCH: Final = b"\x00B"

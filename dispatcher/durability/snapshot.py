@@ -21,7 +21,9 @@ import zlib
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["SnapshotError", "SnapshotFile", "list_snapshots", "read_snapshot", "snapshot_path", "write_snapshot"]
+from .datadir import DataDir
+
+__all__ = ["SnapshotError", "SnapshotFile", "list_snapshots", "read_snapshot", "snapshot_has_manifest", "snapshot_path", "write_snapshot"]
 
 MAGIC: Final = b"DSNAP001"
 _HEAD: Final = struct.Struct("<QQI")
@@ -53,30 +55,24 @@ def list_snapshots(directory: Path) -> list[SnapshotFile]:
     return out
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def write_snapshot(directory: Path | DataDir, seq: int, state: dict[str, Any]) -> tuple[Path, int]:
+    """Write atomically (tmp, fsync, rename, fsync dir); return (path, bytes). Runs in a worker thread.
+    A failure (e.g. a full disk) removes the tmp file. Written relative to the open data dir when
+    given one, so a server whose directory was moved never writes into another directory."""
+    payload = json.dumps({"journal_seq": seq, "manifest": 1, "state": state}, separators=(",", ":")).encode()
+    data = MAGIC + _HEAD.pack(seq, len(payload), zlib.crc32(payload)) + payload
+    if isinstance(directory, DataDir):
+        path = snapshot_path(directory.path, seq)
+        directory.write_atomic(path.name, data)
+        return path, len(data)
+    datadir = DataDir.__new__(DataDir)  # an unlocked handle: tools and tests writing by path
+    datadir.path = directory
+    datadir.fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        path = snapshot_path(directory, seq)
+        datadir.write_atomic(path.name, data)
     finally:
-        os.close(fd)
-
-
-def write_snapshot(directory: Path, seq: int, state: dict[str, Any]) -> tuple[Path, int]:
-    """Write atomically (tmp, fsync, rename, fsync dir); return (path, bytes). Runs in a worker thread."""
-    payload = json.dumps({"journal_seq": seq, "state": state}, separators=(",", ":")).encode()
-    path = snapshot_path(directory, seq)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        data = MAGIC + _HEAD.pack(seq, len(payload), zlib.crc32(payload)) + payload
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(directory)
+        datadir.close()
     return path, len(data)
 
 
@@ -104,3 +100,14 @@ def read_snapshot(snap: SnapshotFile) -> dict[str, Any]:
     if body.get("journal_seq") != seq or not isinstance(body.get("state"), dict):
         raise SnapshotError(f"{snap.path.name}: malformed body")
     return body["state"]
+
+
+def snapshot_has_manifest(snap: SnapshotFile) -> bool:
+    """Whether the snapshot was written by a server that keeps a MANIFEST (a cheap look at its head)."""
+    head = len(MAGIC) + _HEAD.size
+    try:
+        with open(snap.path, "rb") as fh:
+            start = fh.read(head + 64)[head:]
+    except OSError:
+        return False
+    return b'"manifest":1' in start
