@@ -29,7 +29,7 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/dispatcher serve --host $(HOST) --port $(PORT) \
 	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth \
-	    --data-dir var/dispatch
+	    --data-dir var/dispatch --create-data-dir
 
 # The whole suite; DISPATCH_EXPECT_COMPILED makes a silent fallback to the
 # pure-Python engine a test failure.

@@ -146,7 +146,7 @@ async def drive(target: str, seconds: float, concurrency: int) -> dict[str, Any]
 
 
 def throughput(mode: str, seconds: float, concurrency: int, workdir: Path) -> dict[str, Any]:
-    args = [] if mode == "memory" else ["--data-dir", str(workdir / mode), "--fsync", mode]
+    args = [] if mode == "memory" else ["--data-dir", str(workdir / mode), "--create-data-dir", "--fsync", mode]
     server = ServerProc(args)
     try:
         target = server.target

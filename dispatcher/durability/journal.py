@@ -315,8 +315,16 @@ class Journal:
         self._seg_size = 0
         self._synced_size = 0
         self._unsynced: list[Chunk] = []
-        # The current segment: a fresh one per start (reused if it exists and is empty).
-        self._open_segment(next_seq)
+        # The current segment: a fresh one per start (reused if it exists and is empty). On a full
+        # disk the journal starts stalled (the flusher retries): reads are served meanwhile, where
+        # exiting would make a supervisor restart it in a loop.
+        try:
+            self._open_segment(next_seq)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.stalled = exc
+            log.error("journal.stalled", error=_describe(exc), last_durable_seq=self.durable_seq, at="start")
 
     # ---------------------------------------------------------------- state
 
