@@ -12,7 +12,7 @@ import pytest
 import _fastpath
 from _fastpath import AgentConfig, ConversationEvent, DispatchError, Presence, ShopConfig
 from dispatcher._gen.dispatch.v1 import dispatch_pb2
-from dispatcher.durability import DurabilityOptions, DurableStore, JournaledEngine, RecoveryError, recover
+from dispatcher.durability import DurabilityOptions, DurableStore, JournaledEngine, JournalError, RecoveryError, recover
 from dispatcher.durability.datadir import manifest_from
 from dispatcher.durability.journal import HEADER, Journal, Segment, frame, list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot
@@ -358,3 +358,124 @@ def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
     assert state(replayed) == state(live)
     assert len(records) == 25
     assert sum(p[:1] == b"\x00" for p in records) == 2
+
+
+# ------------------------------------------------------------------ write errors: stall, retry, resume
+
+
+async def test_a_failed_write_stalls_refuses_new_calls_and_resumes_without_losing_a_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected ENOSPC on write(): waiting calls fail UNAVAILABLE, new ones are refused before the
+    engine runs (nothing changes), the journal retries and, once writes work, holds every record."""
+    from dispatcher.durability.journal import JournalUnavailable
+
+    store = await open_store(tmp_path, retry_interval=0.05)
+    e = store.engine
+    setup_shop(e)
+    await store.journal.wait_durable()
+    real_write = os.write
+    failing = [True]
+
+    def write(fd: int, data: Any) -> int:
+        if failing[0] and fd == store.journal._fd:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    e.dispatch("s", "b", "in-flight", T0 + 1)  # applied, its record in the buffer
+    with pytest.raises(JournalUnavailable, match="cannot write"):
+        await store.journal.wait_durable()
+    assert not store.journal.writable and store.journal.stalled is not None
+    before = state(e)
+    with pytest.raises(JournalUnavailable):
+        e.dispatch("s", "b", "refused", T0 + 2)
+    assert state(e) == before  # refused before the engine ran
+    failing[0] = False
+    for _ in range(200):
+        if store.journal.writable:
+            break
+        await asyncio.sleep(0.01)
+    assert store.journal.writable
+    e.dispatch("s", "b", "after", T0 + 3)
+    await store.journal.wait_durable()
+    expected = state(e)
+    await store.close(snapshot=False)
+    recovered = state(recover(tmp_path / "data", engine).engine)
+    assert recovered == expected  # "in-flight" was written by the retry: the journal matches the engine
+
+
+async def test_a_failed_fsync_rewrites_everything_since_the_last_good_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fsync nobody knows what the page cache holds: the segment is cut back to its
+    last fsynced size and the records since are written again (never trusted, never lost)."""
+    store = await open_store(tmp_path, retry_interval=0.05, fsync="batch", fsync_interval_ms=10_000)
+    e = store.engine
+    setup_shop(e)
+    await store.journal.sync()
+    synced_size = store.journal._synced_size
+    traffic(e, 10)
+    await store.journal.wait_durable()  # batch: written, not fsynced
+    assert store.journal._seg_size > synced_size
+    real = os.fdatasync
+    failing = [True]
+
+    def fdatasync(fd: int) -> None:
+        if failing[0]:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with pytest.raises(JournalError):
+        await store.journal.sync()
+    seg = list_segments(tmp_path / "data")[-1]
+    assert seg.path.stat().st_size == synced_size  # cut back to the last fsynced byte
+    failing[0] = False
+    for _ in range(200):
+        if store.journal.writable:
+            break
+        await asyncio.sleep(0.01)
+    await store.journal.sync()
+    expected = state(e)
+    await store.close(snapshot=False)
+    assert state(recover(tmp_path / "data", engine).engine) == expected
+
+
+def test_a_missing_data_dir_is_created_only_when_asked(tmp_path: Path) -> None:
+    with pytest.raises(RecoveryError, match="does not exist.*--create-data-dir"):
+        DurableStore.open(options(tmp_path, create=False), engine)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "data").mkdir()  # an existing empty dir (a new volume) is a first start
+    store = DurableStore.open(options(tmp_path, create=False), engine)
+    assert store.fresh
+    asyncio.run(store.close(snapshot=False))
+
+
+def test_a_data_dir_without_manifest_from_an_older_version_still_recovers(tmp_path: Path) -> None:
+    """Old data dirs (snapshots without the MANIFEST marker, no MANIFEST) recover as before, and a
+    MANIFEST is written from then on; a new one without its MANIFEST is refused."""
+    import json as _json
+    import struct
+    import zlib as _zlib
+
+    data = tmp_path / "data"
+    data.mkdir()
+    e = engine()
+    setup_shop(e)
+    payload = _json.dumps({"journal_seq": 0, "state": state(e)}).encode()  # the old format
+    (data / "snapshot-00000000000000000000.snap").write_bytes(
+        b"DSNAP001" + struct.pack("<QQI", 0, len(payload), _zlib.crc32(payload)) + payload
+    )
+    records = [b'["p","s","s:a2",1,1,1700000000500]', b'["d","s","b","c1",1700000001000,1,"",0,""]']
+    (data / "journal-00000000000000000001.log").write_bytes(b"".join(frame(i + 1, r) for i, r in enumerate(records)))
+    rec = recover(data, engine, repair=False)
+    assert rec.legacy and rec.last_seq == 2 and rec.engine.conversation("s", "c1") is not None
+    store = DurableStore.open(options(tmp_path), engine)
+    store.begin()
+    asyncio.run(store.close(snapshot=False))
+    assert (data / "MANIFEST").exists() and not recover(data, engine, repair=False).legacy
+    (data / "MANIFEST").unlink()
+    write_snapshot(data, 2, state(rec.engine))  # a snapshot of this version: MANIFEST required
+    with pytest.raises(RecoveryError, match="MANIFEST is missing"):
+        recover(data, engine, repair=False)
