@@ -706,13 +706,15 @@ cdef class CompiledEngine:
         self.decisions[reason][self.picked_strategy] += 1
         return reason
 
-    def dispatch_batch_wire(self, data, int64_t now_ms, Py_ssize_t max_items):
+    def dispatch_batch_wire(self, data, int64_t now_ms, Py_ssize_t max_items, max_at_ms=None):
         """A serialized ``DispatchBatchRequest`` in, its ``DispatchBatchResponse`` out.
 
         Returns (response bytes, number of items that failed), or ``None``,
         with nothing changed, when the bytes are not a batch this codec reads
         (see ``_fastpath.wire``). Items without ``at`` take ``now_ms``. More
-        than ``max_items`` items: InvalidArgumentError, nothing changed.
+        than ``max_items`` items: InvalidArgumentError, nothing changed. An
+        item whose ``at`` is later than ``max_at_ms`` (``None``: no bound)
+        makes it ``None`` too (``_fastpath.wire.at_beyond``).
 
         The whole request is read first (into wire_items); then each item is
         decided in order and its response appended to the reused ``out``
@@ -724,6 +726,8 @@ cdef class CompiledEngine:
         cdef uint64_t key, v
         cdef WireItem* grown
         cdef int64_t failed = 0
+        cdef bint bounded
+        cdef int64_t max_at = at_bound(max_at_ms, &bounded)
         if type(data) is not bytes:
             data = bytes(data)
         d = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -744,6 +748,8 @@ cdef class CompiledEngine:
                 self.cap_wire_items = n * 2 + 64
             if read_item(d, pos, stop, &self.wire_items[n]) != stop:
                 return None
+            if bounded and at_beyond(&self.wire_items[n], max_at):
+                return None
             n += 1
             pos = stop
         check_batch_size(n, max_items)
@@ -752,7 +758,7 @@ cdef class CompiledEngine:
             failed += self.wire_item(<const char*>d, &self.wire_items[i], now_ms)
         return PyBytes_FromStringAndSize(self.out.p, self.out.n), failed
 
-    def dispatch_wire(self, data, int64_t now_ms):
+    def dispatch_wire(self, data, int64_t now_ms, max_at_ms=None):
         """A serialized ``DispatchRequest`` in, its ``DispatchResponse`` out (unary ``Dispatch``).
 
         Returns the response bytes, or ``None``, with nothing changed, when the
@@ -760,15 +766,19 @@ cdef class CompiledEngine:
         declines, another conversation type, a trace, an unknown shop, an
         existing conversation, any value ``dispatch`` would refuse. The caller
         then takes the object path (protobuf and ``dispatch``), which answers or
-        refuses exactly as before. A request without ``at`` takes ``now_ms``."""
+        refuses exactly as before. A request without ``at`` takes ``now_ms``;
+        one whose ``at`` is later than ``max_at_ms`` (``None``: no bound) is
+        declined too (``_fastpath.wire.at_beyond``)."""
         cdef const unsigned char* d
         cdef Py_ssize_t end
         cdef WireItem item
+        cdef bint bounded
+        cdef int64_t max_at = at_bound(max_at_ms, &bounded)
         if type(data) is not bytes:
             data = bytes(data)
         d = <const unsigned char*>PyBytes_AS_STRING(data)
         end = PyBytes_GET_SIZE(data)
-        if read_item(d, 0, end, &item) != end:
+        if read_item(d, 0, end, &item) != end or (bounded and at_beyond(&item, max_at)):
             return None
         self.out.n = 0
         if not self.wire_decide(<const char*>d, &item, now_ms, False):

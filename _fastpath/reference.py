@@ -538,21 +538,26 @@ class ReferenceEngine:
         self._decisions[result[0]][self._picked_strategy] += 1
         return result
 
-    def dispatch_batch_wire(self, data: bytes, now_ms: int, max_items: int) -> tuple[bytes, int] | None:
+    def dispatch_batch_wire(
+        self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
+    ) -> tuple[bytes, int] | None:
         """A serialized ``DispatchBatchRequest`` in, its ``DispatchBatchResponse`` out.
 
         Returns (response bytes, number of items that failed), or ``None``,
         with nothing changed, when the bytes are not a batch this codec reads
         (see ``_fastpath.wire``). Items without ``at`` take ``now_ms``. More
-        than ``max_items`` items: InvalidArgumentError, nothing changed."""
-        return reference_dispatch_batch_wire(self, data, now_ms, max_items)
+        than ``max_items`` items: InvalidArgumentError, nothing changed. An
+        item whose ``at`` is later than ``max_at_ms`` (``None``: no bound)
+        makes it ``None`` too (``_fastpath.wire.at_beyond``)."""
+        return reference_dispatch_batch_wire(self, data, now_ms, max_items, max_at_ms)
 
-    def dispatch_wire(self, data: bytes, now_ms: int) -> bytes | None:
+    def dispatch_wire(self, data: bytes, now_ms: int, max_at_ms: int | None = None) -> bytes | None:
         """A serialized ``DispatchRequest`` in, its ``DispatchResponse`` out (unary
         ``Dispatch``); ``None``, with nothing changed, lets the caller take the
-        object path (here: only for bytes the reader declines). Refusals raise
+        object path (here: for bytes the reader declines, or an ``at`` later
+        than ``max_at_ms``, ``None``: no bound). Refusals raise
         the typed error ``dispatch`` raises. A request without ``at`` takes ``now_ms``."""
-        return reference_dispatch_wire(self, data, now_ms)
+        return reference_dispatch_wire(self, data, now_ms, max_at_ms)
 
     def decision_counts(self) -> list[list[int]]:
         """Decisions this object made, ``[reason][strategy]``: a copy. Replayed

@@ -22,17 +22,25 @@ The per-item semantics are those of the object path in
 ``dispatcher/server.py``: an item without ``at`` takes the batch's ``now``;
 an item's error becomes its own ``google.rpc.Status`` with the gRPC code
 number of the engine's typed error.
+
+Time from callers is bounded by the server (``--max-clock-skew``): both
+readers take an optional ``max_at_ms`` and decline (``None``, nothing
+changed) a request with an item whose ``at`` is a valid time later than it
+(``at_beyond``). The server's object path then refuses that item with
+INVALID_ARGUMENT, naming the bound. Without ``max_at_ms`` (journal replay),
+nothing is declined for its time.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final, NamedTuple, Protocol
 
-from .model import DispatchError, InvalidArgumentError, timestamp_to_ms
+from .model import LATEST_SECONDS, DispatchError, InvalidArgumentError, timestamp_to_ms
 
 __all__ = [
     "GRPC_CODE_NUMBERS",
     "WireItem",
+    "at_beyond",
     "batch_of_one",
     "check_batch_size",
     "dispatch_item",
@@ -191,6 +199,18 @@ def parse_request(data: bytes) -> WireItem | None:
         return None
 
 
+def at_beyond(item: WireItem, max_at_ms: int | None) -> bool:
+    """Whether ``item`` has an ``at`` that is a valid time (nanos in 0..999999999,
+    1970..9999) later than ``max_at_ms`` (``None``: no bound). An invalid ``at``
+    is not "beyond": the engine refuses it item by item, as without a bound."""
+    if item.at is None or max_at_ms is None:
+        return False
+    seconds, nanos = item.at
+    if not (0 <= nanos < 1_000_000_000 and 0 <= seconds <= LATEST_SECONDS):
+        return False
+    return seconds * 1000 + nanos // 1_000_000 > max_at_ms
+
+
 # --------------------------------------------------------------------- writing
 
 
@@ -301,13 +321,16 @@ def batch_of_one(request: bytes) -> bytes:
     return bytes(out)
 
 
-def reference_dispatch_wire(engine: _Dispatcher, data: bytes, now_ms: int) -> bytes | None:
+def reference_dispatch_wire(
+    engine: _Dispatcher, data: bytes, now_ms: int, max_at_ms: int | None = None
+) -> bytes | None:
     """``Engine.dispatch_wire`` in plain Python: the ``DispatchResponse`` bytes,
     the ``DispatchError`` the object path would raise, or ``None`` (nothing
-    changed) when this reader declines the bytes. The compiled engine also
-    answers ``None`` for any request that is not ordinary; both are allowed."""
+    changed) when this reader declines the bytes or the ``at`` is beyond
+    ``max_at_ms`` (``at_beyond``). The compiled engine also answers ``None``
+    for any request that is not ordinary; both are allowed."""
     item = parse_request(bytes(data))
-    if item is None:
+    if item is None or at_beyond(item, max_at_ms):
         return None
     at = timestamp_to_ms(item.at[0], item.at[1], "at") if item.at is not None else now_ms
     reason, agent_id, group_id, trace = engine.dispatch(
@@ -318,11 +341,12 @@ def reference_dispatch_wire(engine: _Dispatcher, data: bytes, now_ms: int) -> by
 
 
 def reference_dispatch_batch_wire(
-    engine: _Dispatcher, data: bytes, now_ms: int, max_items: int
+    engine: _Dispatcher, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
 ) -> tuple[bytes, int] | None:
-    """``Engine.dispatch_batch_wire`` in plain Python: (response bytes, items that failed) or None."""
+    """``Engine.dispatch_batch_wire`` in plain Python: (response bytes, items that failed) or None
+    (nothing changed: the reader declines the bytes, or an item's ``at`` is beyond ``max_at_ms``)."""
     items = parse_batch_request(bytes(data))
-    if items is None:
+    if items is None or any(at_beyond(item, max_at_ms) for item in items):
         return None
     check_batch_size(len(items), max_items)
     answers = [dispatch_item(engine, item, now_ms) for item in items]

@@ -160,6 +160,29 @@ cdef inline Py_ssize_t read_item(const unsigned char* d, Py_ssize_t pos, Py_ssiz
     return pos
 
 
+cdef inline bint at_beyond(const WireItem* it, int64_t max_at_ms) noexcept nogil:
+    # wire.at_beyond: a valid at (nanos in range, 1970..9999) later than
+    # max_at_ms. Invalid ones are not "beyond" (dispatch refuses them item by
+    # item); with seconds >= 0 and nanos >= 0 the arithmetic cannot overflow
+    # and C's division truncates as Python's floors.
+    if not it.has_at or not (0 <= it.nanos < 1000000000 and 0 <= it.seconds <= LATEST_SECONDS):
+        return False
+    return it.seconds * 1000 + it.nanos // 1000000 > max_at_ms
+
+
+cdef inline int64_t at_bound(object max_at_ms, bint* bounded) except? -1:
+    # The max_at_ms argument of the wire readers: None is no bound; past the
+    # latest time (9999) no valid at can exceed it; below -1 acts as -1 (every
+    # valid at is >= 0), so any Python int means what it means in wire.py.
+    if max_at_ms is None or max_at_ms >= MAX_TIME:
+        bounded[0] = False
+        return 0
+    bounded[0] = True
+    if max_at_ms < -1:
+        return -1
+    return <int64_t>max_at_ms
+
+
 # --------------------------------------------------------------------- writing
 
 cdef inline Py_ssize_t varint_size(uint64_t v) noexcept nogil:

@@ -7,8 +7,12 @@ the engine, whose errors already name the offending field.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import operator
 import time
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -20,14 +24,17 @@ from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 __all__ = [
     "DEFAULT_BUSY_THRESHOLD",
     "DEFAULT_STAGING_FIRST_CAP",
+    "SHOP_STATE_PAGE_BYTES",
     "DEFAULT_WEIGHT",
     "agent_from_pb",
     "assignment_to_pb",
+    "check_clock_skew",
     "duration_ms",
     "group_from_pb",
     "now_ms",
     "shop_config_to_pb",
     "shop_from_pb",
+    "shop_state_page",
     "shop_state_to_pb",
     "timestamp",
     "timestamp_ms",
@@ -44,9 +51,34 @@ def now_ms() -> int:
     return time.time_ns() // _NANOS_PER_MS
 
 
-def timestamp_ms(ts: timestamp_pb2.Timestamp, field: str) -> int:
-    """A Timestamp in whole milliseconds (finer nanos are truncated)."""
-    return timestamp_to_ms(ts.seconds, ts.nanos, field)
+def timestamp_ms(
+    ts: timestamp_pb2.Timestamp, field: str, *, now: int | None = None, max_skew_ms: int | None = None
+) -> int:
+    """A Timestamp in whole milliseconds (finer nanos are truncated).
+
+    With ``max_skew_ms`` (not ``None``), a time more than that ahead of
+    ``now`` (default: the server clock) is refused (``check_clock_skew``)."""
+    at_ms = timestamp_to_ms(ts.seconds, ts.nanos, field)
+    if max_skew_ms is not None:
+        check_clock_skew(at_ms, now_ms() if now is None else now, max_skew_ms, field)
+    return at_ms
+
+
+def _seconds(ms: int) -> str:
+    return str(ms // 1000) if ms % 1000 == 0 else f"{ms / 1000:.3f}"
+
+
+def check_clock_skew(at_ms: int, now: int, max_skew_ms: int | None, field: str = "at") -> int:
+    """``at_ms`` unless it is more than ``max_skew_ms`` ahead of ``now`` (the server
+    clock; ``None``: no bound), which is INVALID_ARGUMENT naming the bound
+    (``--max-clock-skew``). A late time is never refused here: the engine counts
+    it as happening at the shop's clock (a shop's clock never goes back)."""
+    if max_skew_ms is not None and at_ms - now > max_skew_ms:
+        raise InvalidArgumentError(
+            f"{field} is {_seconds(at_ms - now)} s ahead of the server clock; "
+            f"the bound is {_seconds(max_skew_ms)} s (--max-clock-skew)"
+        )
+    return at_ms
 
 
 def duration_ms(d: duration_pb2.Duration, field: str) -> int:
@@ -168,30 +200,32 @@ def _waiting(items: list[dict[str, Any]]) -> list[admin_pb2.WaitingConversation]
     ]
 
 
+def _agent_state(a: dict[str, Any]) -> admin_pb2.AgentState:
+    agent = admin_pb2.AgentState(
+        agent_id=a["agent_id"],
+        role=a["role"],
+        presence=a["presence"],
+        client=a["client"],
+        weight=a["weight"],
+        max_capacity=a["max_capacity"],
+        created_at=timestamp(a["created_at_ms"]),
+        chat_permission=a["chat_permission"],
+        active=a["active"],
+        unread=a["unread"],
+        today=a["today"],
+        groups=a["groups"],
+    )
+    if a["offline_at_ms"] >= 0:
+        agent.offline_at.CopyFrom(timestamp(a["offline_at_ms"]))
+    return agent
+
+
 def shop_state_to_pb(state: dict[str, Any], config: ShopConfig) -> admin_pb2.ShopState:
-    agents = []
-    for a in state["agents"]:
-        agent = admin_pb2.AgentState(
-            agent_id=a["agent_id"],
-            role=a["role"],
-            presence=a["presence"],
-            client=a["client"],
-            weight=a["weight"],
-            max_capacity=a["max_capacity"],
-            created_at=timestamp(a["created_at_ms"]),
-            chat_permission=a["chat_permission"],
-            active=a["active"],
-            unread=a["unread"],
-            today=a["today"],
-            groups=a["groups"],
-        )
-        if a["offline_at_ms"] >= 0:
-            agent.offline_at.CopyFrom(timestamp(a["offline_at_ms"]))
-        agents.append(agent)
+    """The whole state (every agent, in the engine's creation order)."""
     return admin_pb2.ShopState(
         shop_id=state["shop_id"],
         clock=timestamp(state["clock_ms"]),
-        agents=agents,
+        agents=[_agent_state(a) for a in state["agents"]],
         groups=[admin_pb2.GroupState(group_id=g["group_id"], members=g["members"]) for g in state["groups"]],
         queue=_waiting(state["queue"]),
         staging=_waiting(state["staging"]),
@@ -199,3 +233,95 @@ def shop_state_to_pb(state: dict[str, Any], config: ShopConfig) -> admin_pb2.Sho
         live_conversations=state["live_conversations"],
         config=shop_config_to_pb(config),
     )
+
+
+# --------------------------------------------------------------------- GetShopState pages
+
+SHOP_STATE_PAGE_BYTES: Final = 4 * 1024 * 1024
+"""Most bytes of one GetShopState answer the server builds by itself (agents are
+added while the page stays under it; at least one agent per page): half the
+8 MiB message limit. A shop whose whole state fits is answered whole, as before
+paging existed; a bigger one, or a request with page_size or page_token, is
+answered in pages of agents in agent_id order."""
+
+_PAGE_TOKEN_TAG: Final = b"shop-state-page/1\x00"
+_MAX_PAGE_TOKEN: Final = 1024
+_by_id = operator.itemgetter("agent_id")
+
+
+def _field_size(message: Any) -> int:
+    """Bytes of ``message`` as an element of a repeated message field numbered below 16."""
+    n = message.ByteSize()
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
+def _page_token(shop_id: str, last_agent_id: str) -> str:
+    raw = _PAGE_TOKEN_TAG + shop_id.encode() + b"\x00" + last_agent_id.encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _token_agent(token: str, shop_id: str) -> str:
+    """The agent_id a page token of ``shop_id`` continues after; INVALID_ARGUMENT if it is none."""
+    bad = InvalidArgumentError(f"page_token is not a GetShopState page token of shop {shop_id!r}; start without one")
+    if len(token) > _MAX_PAGE_TOKEN:
+        raise bad
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        shop, last = raw.removeprefix(_PAGE_TOKEN_TAG).decode("utf-8").split("\x00")
+    except (ValueError, binascii.Error):  # includes UnicodeDecodeError, a wrong number of parts
+        raise bad from None
+    if not raw.startswith(_PAGE_TOKEN_TAG) or shop != shop_id or not last or _page_token(shop, last) != token:
+        raise bad
+    return last
+
+
+def shop_state_page(
+    state: dict[str, Any],
+    config: ShopConfig,
+    page_size: int = 0,
+    page_token: str = "",
+    max_bytes: int = SHOP_STATE_PAGE_BYTES,
+) -> admin_pb2.ShopState:
+    """One GetShopState answer (see GetShopStateRequest in protos/dispatch/v1/admin.proto).
+
+    ``page_size`` 0 and no ``page_token``: the whole state, as ``shop_state_to_pb``,
+    if it fits in ``max_bytes``. Otherwise a page: the agents after the token's
+    agent in agent_id order, at most ``page_size`` (0: no count limit), while the
+    answer stays under ``max_bytes`` (but at least one agent), with
+    ``next_page_token`` when more follow. Every other field is whole."""
+    if page_size < 0:
+        raise InvalidArgumentError(f"page_size={page_size} is negative (0: the default page)")
+    shop_id = state["shop_id"]
+    after = _token_agent(page_token, shop_id) if page_token else None
+    agents = state["agents"]
+    page = shop_state_to_pb({**state, "agents": []}, config)
+    room = max_bytes - page.ByteSize()
+    converted: dict[str, admin_pb2.AgentState] = {}
+    if not page_size and after is None:
+        whole, left = [], room
+        for a in agents:  # stops converting as soon as it cannot fit
+            agent = _agent_state(a)
+            left -= _field_size(agent)
+            if left < 0:
+                break
+            whole.append(agent)
+        else:
+            page.agents.extend(whole)
+            return page
+        converted = {x.agent_id: x for x in whole}
+    ordered = sorted(agents, key=_by_id)
+    start = 0 if after is None else bisect.bisect_right(ordered, after, key=_by_id)
+    room -= 1 + 2 + len(_page_token(shop_id, "x" * 128))  # the next_page_token field (ids are <= 128 bytes)
+    limit = page_size or len(ordered)
+    chosen: list[admin_pb2.AgentState] = []
+    for a in ordered[start : start + limit]:
+        agent = converted.get(a["agent_id"]) or _agent_state(a)
+        size = _field_size(agent)
+        if chosen and size > room:
+            break
+        chosen.append(agent)
+        room -= size
+    page.agents.extend(chosen)
+    if start + len(chosen) < len(ordered):
+        page.next_page_token = _page_token(shop_id, chosen[-1].agent_id)
+    return page

@@ -222,7 +222,8 @@ def reference_view(engine: Any, model: ShopModel) -> Any:
     buyers = []
     for bid in model.buyers:
         contact = engine.recent_contact(shop, bid)
-        buyers.append(("", None) if contact is None else contact)
+        window = engine.shop_config(shop).affinity_window_ms  # GetBuyer answers when the contact expires
+        buyers.append(("", None) if contact is None else (contact[0], contact[1] + window))
     return (state.SerializeToString(deterministic=True), convs, buyers)
 
 

@@ -8,7 +8,11 @@ Three claims, each checked on random and mutated messages:
 - ``dispatch_batch_wire`` answers, byte for byte, like the item-by-item object
   path, on the compiled and the reference engine alike, leaving the same state;
   and so does the unary ``Dispatch`` (``dispatch_wire``, with the object path
-  for whatever the engine declines).
+  for whatever the engine declines);
+- with a clock bound (``max_at_ms``, the server's ``--max-clock-skew``), both
+  engines decline exactly the requests with an ``at`` beyond it, changing
+  nothing, and the servicer's answers (the refused item alone) are the object
+  path's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from hypothesis import strategies as st
 
 import _fastpath
 from _fastpath import AgentConfig, CompiledEngine, GroupConfig, InvalidArgumentError, ReferenceEngine, ShopConfig
-from _fastpath.wire import batch_of_one, encode_response, parse_batch_request, parse_request, response_reason
+from _fastpath.wire import at_beyond, batch_of_one, encode_response, parse_batch_request, parse_request, response_reason
 from dispatcher._gen.dispatch.v1 import dispatch_pb2
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
@@ -257,7 +261,10 @@ class _ObjectPathOnly:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def dispatch_wire(self, data: bytes, now_ms: int) -> None:
+    def dispatch_wire(self, data: bytes, now_ms: int, max_at_ms: int | None = None) -> None:
+        return None
+
+    def dispatch_batch_wire(self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None) -> None:
         return None
 
 
@@ -319,3 +326,122 @@ def test_unary_wire_declines_without_changing_anything(cls: type) -> None:
     assert agent_id is not None and agent_id.startswith("s1:a")
     assert e.dispatch_wire(raw, T0) == encode_response("c", reason, agent_id, group_id)
     assert e.export_state() != before
+
+
+# --------------------------------------------------------------------- the clock bound
+
+SKEW = 3000
+"""The bound of these tests (ms): small, so that random times fall on both sides of it."""
+
+near = st.one_of(
+    st.none(),
+    st.builds(lambda s, n: (s, n), st.integers(T0 // 1000 - 5, T0 // 1000 + 25), st.sampled_from([0, 1_000_000, 999_999_999])),
+    st.builds(lambda s, n: (s, n), st.sampled_from([-5, 0, 253_402_300_799, 253_402_300_800, 2**62]),
+              st.sampled_from([0, -1, 1_000_000_000, 999_999_999])),
+)  # fmt: skip
+
+
+@st.composite
+def timed_requests(draw: Any) -> dispatch_pb2.DispatchRequest:
+    r = draw(st.one_of(requests(), ordinary_requests))
+    r.ClearField("at")
+    at = draw(near)
+    if at is not None:
+        r.at.CopyFrom(timestamp_pb2.Timestamp(seconds=at[0], nanos=at[1]))
+    return r
+
+
+def beyond(r: dispatch_pb2.DispatchRequest, max_at: int) -> bool:
+    """The bound, from protobuf's fields: a valid time (as the engine accepts) later than max_at."""
+    if not r.HasField("at"):
+        return False
+    valid = 0 <= r.at.nanos < 10**9 and 0 <= r.at.seconds <= 253_402_300_799
+    return valid and r.at.seconds * 1000 + r.at.nanos // 10**6 > max_at
+
+
+@given(st.lists(timed_requests(), max_size=8), st.integers(0, 20))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_both_engines_decline_exactly_what_is_beyond_the_bound_and_change_nothing(
+    items: list[dispatch_pb2.DispatchRequest], n: int
+) -> None:
+    now = T0 + 1000 * n
+    max_at = now + SKEW
+    raw = dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString()
+    refused = any(beyond(r, max_at) for r in items)
+    assert any(at_beyond(i, max_at) for i in parse_batch_request(raw) or []) == refused
+    answers = []
+    for cls in ENGINES:
+        e = build(cls)
+        before = e.export_state()
+        answer = e.dispatch_batch_wire(raw, now, 64, max_at)
+        if refused:
+            assert answer is None, cls.__name__
+            assert e.export_state() == before
+        else:  # no item beyond it: as without a bound
+            assert answer == build(cls).dispatch_batch_wire(raw, now, 64), cls.__name__
+        answers.append(answer)
+        for r in items:
+            one = r.SerializeToString()
+            fresh = build(cls)
+            if beyond(r, max_at):
+                assert fresh.dispatch_wire(one, now, max_at) is None, cls.__name__
+                assert fresh.export_state() == before
+    assert answers[0] == answers[1]
+    # No bound (journal replay): nothing is declined for its time.
+    assert build(ReferenceEngine).dispatch_batch_wire(raw, now, 64) is not None
+
+
+def test_the_bound_is_a_plain_integer_on_both_engines() -> None:
+    """Any Python int means the same to both engines (None and beyond year 9999: no bound)."""
+    late = dispatch_pb2.DispatchRequest(shop_id="s1", buyer_id="b", conversation_id="c")
+    late.at.FromMilliseconds(T0 + 1)
+    raw = late.SerializeToString()
+    for bound, declined in ((None, False), (T0 + 1, False), (T0, True), (0, True), (-(2**80), True), (2**80, False),
+                            (253_402_300_799_999, False), (253_402_300_799_998, False)):  # fmt: skip
+        for cls in ENGINES:
+            assert (build(cls).dispatch_wire(raw, T0, bound) is None) == declined, (cls.__name__, bound)
+            assert (build(cls).dispatch_batch_wire(batch_of_one(raw), T0, 4, bound) is None) == declined
+
+
+def outcome(servicer: Any, call: Any) -> Any:
+    try:
+        out = call()
+    except _fastpath.DispatchError as exc:
+        out = (exc.grpc_status, str(exc))
+    servicer._engine.drain_outbox()  # as _Core.call does after every call
+    return out
+
+
+@given(st.lists(st.tuples(st.lists(timed_requests(), min_size=1, max_size=6), st.booleans()), min_size=1, max_size=8))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_with_a_bound_the_servicer_answers_like_the_object_path_on_both_engines(seq: list[tuple[Any, bool]]) -> None:
+    """``_batch`` and ``_unary`` with a clock bound, over each engine, against the object path alone:
+    an item beyond the bound is refused by itself (INVALID_ARGUMENT, naming the bound), the others
+    are answered, and the engines end in the same state."""
+    from dispatcher import server as server_module
+    from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
+
+    expected_engine = build(ReferenceEngine)
+    engines = [build(cls) for cls in ENGINES]
+    servicers = [DispatchServicer(_Core(e, AssignmentHub(), Counters()), 64, SKEW) for e in engines]
+    expected = DispatchServicer(_Core(_ObjectPathOnly(expected_engine), AssignmentHub(), Counters()), 64, SKEW)
+    for n, (items, unary) in enumerate(seq):
+        with mock.patch.object(server_module, "now_ms", lambda n=n: T0 + 1000 * n):
+            if unary:
+                raw = items[0].SerializeToString()
+                want = outcome(expected, lambda: expected._unary(raw))
+                if beyond(items[0], T0 + 1000 * n + SKEW):
+                    assert want[0] == "INVALID_ARGUMENT" and "ahead of the server clock" in want[1]
+                for s in servicers:
+                    assert outcome(s, lambda s=s: s._unary(raw)) == want
+            else:
+                raw = dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString()
+                want = outcome(expected, lambda: expected._batch(raw))
+                for r, answer in zip(items, dispatch_pb2.DispatchBatchResponse.FromString(want).responses):
+                    if beyond(r, T0 + 1000 * n + SKEW):
+                        assert answer.error.code == 3 and "the bound is 3 s (--max-clock-skew)" in answer.error.message
+                for s in servicers:
+                    assert outcome(s, lambda s=s: s._batch(raw)) == want
+    for e in engines:
+        assert e.export_state() == expected_engine.export_state()
+        assert e.decision_counts() == expected_engine.decision_counts()

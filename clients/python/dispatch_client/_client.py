@@ -294,8 +294,22 @@ class AsyncDispatchClient:
         request = admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id)
         await self.admin_stub.DeleteExclusiveAgent(request, timeout=self.timeout)
 
-    async def get_shop_state(self, shop_id: str) -> admin_pb2.ShopState:
-        return await self.admin_stub.GetShopState(admin_pb2.GetShopStateRequest(shop_id=shop_id), timeout=self.timeout)  # type: ignore[no-any-return]
+    async def get_shop_state(self, shop_id: str, page_size: int = 0, page_token: str = "") -> admin_pb2.ShopState:
+        """One answer of GetShopState: the whole state of a shop that fits, else a page of
+        its agents with ``next_page_token`` (see ``iter_shop_agents`` for all of them)."""
+        request = admin_pb2.GetShopStateRequest(shop_id=shop_id, page_size=page_size, page_token=page_token)
+        return await self.admin_stub.GetShopState(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    async def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> AsyncIterator[admin_pb2.AgentState]:
+        """Every agent of the shop, page after page (each agent once)."""
+        token = ""
+        while True:
+            page = await self.get_shop_state(shop_id, page_size, token)
+            for agent in page.agents:
+                yield agent
+            token = page.next_page_token
+            if not token:
+                return
 
     async def list_shops(self) -> list[str]:
         reply = await self.admin_stub.ListShops(admin_pb2.ListShopsRequest(), timeout=self.timeout)
@@ -399,8 +413,21 @@ class DispatchClient:
         request = admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id)
         self.admin_stub.DeleteExclusiveAgent(request, timeout=self.timeout)
 
-    def get_shop_state(self, shop_id: str) -> admin_pb2.ShopState:
-        return self.admin_stub.GetShopState(admin_pb2.GetShopStateRequest(shop_id=shop_id), timeout=self.timeout)  # type: ignore[no-any-return]
+    def get_shop_state(self, shop_id: str, page_size: int = 0, page_token: str = "") -> admin_pb2.ShopState:
+        """One answer of GetShopState: the whole state of a shop that fits, else a page of
+        its agents with ``next_page_token`` (see ``iter_shop_agents`` for all of them)."""
+        request = admin_pb2.GetShopStateRequest(shop_id=shop_id, page_size=page_size, page_token=page_token)
+        return self.admin_stub.GetShopState(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> Iterator[admin_pb2.AgentState]:
+        """Every agent of the shop, page after page (each agent once)."""
+        token = ""
+        while True:
+            page = self.get_shop_state(shop_id, page_size, token)
+            yield from page.agents
+            token = page.next_page_token
+            if not token:
+                return
 
     def list_shops(self) -> list[str]:
         return list(self.admin_stub.ListShops(admin_pb2.ListShopsRequest(), timeout=self.timeout).shop_ids)

@@ -629,16 +629,32 @@ class GetShopStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop. Required."""
+    page_size: _builtins.int
+    """The most agents in one answer (a page); the server may return fewer, and
+    always keeps a page to a few MiB of agents, well below the message limit.
+    0: as many as fit in that default page; a shop whose agents all fit is
+    answered whole, in creation order, exactly as without paging. Negative:
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """The next_page_token of the previous answer, for the page after it; empty
+    for the first page. A token of another shop, or not made by the server:
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,17 +675,28 @@ class ShopState(_message.Message):
     POOL_FIELD_NUMBER: _builtins.int
     LIVE_CONVERSATIONS_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop."""
     live_conversations: _builtins.int
     """Conversations assigned or waiting (not yet closed)."""
+    next_page_token: _builtins.str
+    """Set when more agents follow: pass it as GetShopStateRequest.page_token.
+    Empty on the last (or only) page.
+    """
     @_builtins.property
     def clock(self) -> _timestamp_pb2.Timestamp:
         """The shop's clock: the newest event time it has seen."""
 
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentState]:
-        """Every agent, in creation order, with presence and counters."""
+        """Every agent, in creation order, with presence and counters. In a paged
+        answer (the request set page_size or page_token, or the agents did not fit
+        in one default page): this page's agents, in agent_id order (Unicode code
+        points), so that reading page after page lists every agent that exists
+        throughout exactly once, while agents are added or removed. Every other
+        field is whole on every page.
+        """
 
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupState]:
@@ -703,10 +730,11 @@ class ShopState(_message.Message):
         pool: _abc.Iterable[Global___WaitingConversation] | None = ...,
         live_conversations: _builtins.int = ...,
         config: Global___ShopConfig | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "clock", b"clock", "config", b"config", "groups", b"groups", "live_conversations", b"live_conversations", "pool", b"pool", "queue", b"queue", "shop_id", b"shop_id", "staging", b"staging"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "clock", b"clock", "config", b"config", "groups", b"groups", "live_conversations", b"live_conversations", "next_page_token", b"next_page_token", "pool", b"pool", "queue", b"queue", "shop_id", b"shop_id", "staging", b"staging"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -169,7 +169,8 @@ class AdminServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetShopState(self, request, context):
-        """Everything an operator needs to see why a shop routes as it does.
+        """Everything an operator needs to see why a shop routes as it does. The
+        agents of a big shop come in pages (GetShopStateRequest.page_size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,7 +75,9 @@ class AdminStub:
     DeleteExclusiveAgent: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteExclusiveAgentRequest, _admin_pb2.DeleteExclusiveAgentResponse]
     """Removes a buyer's exclusive agent. NOT_FOUND when it has none."""
     GetShopState: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetShopStateRequest, _admin_pb2.ShopState]
-    """Everything an operator needs to see why a shop routes as it does."""
+    """Everything an operator needs to see why a shop routes as it does. The
+    agents of a big shop come in pages (GetShopStateRequest.page_size).
+    """
     ListShops: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListShopsRequest, _admin_pb2.ListShopsResponse]
     """The ids of every shop, sorted."""
     GetConversation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetConversationRequest, _admin_pb2.GetConversationResponse]
@@ -118,7 +120,9 @@ class AdminAsyncStub(AdminStub):
     DeleteExclusiveAgent: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteExclusiveAgentRequest, _admin_pb2.DeleteExclusiveAgentResponse]  # type: ignore[assignment]
     """Removes a buyer's exclusive agent. NOT_FOUND when it has none."""
     GetShopState: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetShopStateRequest, _admin_pb2.ShopState]  # type: ignore[assignment]
-    """Everything an operator needs to see why a shop routes as it does."""
+    """Everything an operator needs to see why a shop routes as it does. The
+    agents of a big shop come in pages (GetShopStateRequest.page_size).
+    """
     ListShops: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListShopsRequest, _admin_pb2.ListShopsResponse]  # type: ignore[assignment]
     """The ids of every shop, sorted."""
     GetConversation: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetConversationRequest, _admin_pb2.GetConversationResponse]  # type: ignore[assignment]
@@ -212,7 +216,9 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetShopStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ShopState, _abc.Awaitable[_admin_pb2.ShopState]]:
-        """Everything an operator needs to see why a shop routes as it does."""
+        """Everything an operator needs to see why a shop routes as it does. The
+        agents of a big shop come in pages (GetShopStateRequest.page_size).
+        """
 
     @_abc_1.abstractmethod
     def ListShops(
