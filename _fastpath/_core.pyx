@@ -59,7 +59,7 @@ from _fastpath.model import (
     shop_seed,
 )
 from _fastpath.model import GroupConfig, ShopConfig
-from _fastpath.reference import DEFAULT_MAIN_CAPACITY, SNAPSHOT_FORMAT, _group_dict
+from _fastpath.model import DEFAULT_MAIN_CAPACITY, SNAPSHOT_FORMAT, group_dict as _group_dict
 from _fastpath.wire import WireItem as PyWireItem, check_batch_size, dispatch_item
 
 __all__ = ["CompiledEngine"]

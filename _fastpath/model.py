@@ -14,11 +14,19 @@ import dataclasses
 import datetime as _dt
 import enum
 import zoneinfo
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "AFFINITY_WINDOW_MS_DEFAULT",
+    "DEFAULT_MAIN_CAPACITY",
+    "MAX_CAPACITY",
+    "MAX_DURATION_MS",
     "MAX_ID_BYTES",
+    "MAX_TIME_MS",
+    "MAX_WEIGHT",
+    "N_REASONS",
+    "N_STRATEGIES",
+    "SNAPSHOT_FORMAT",
     "AgentConfig",
     "AlreadyExistsError",
     "Client",
@@ -43,6 +51,7 @@ __all__ = [
     "check_time",
     "day_bounds",
     "fnv1a64",
+    "group_dict",
     "splitmix64",
     "shop_seed",
     "timestamp_to_ms",
@@ -167,6 +176,17 @@ class WaitKind(enum.IntEnum):
 
 
 # --------------------------------------------------------------------- errors
+
+
+N_REASONS: Final = max(Reason) + 1
+N_STRATEGIES: Final = max(Strategy) + 1
+"""Shape of ``decision_counts()``: [reason][strategy], strategy 0 = none picked."""
+
+DEFAULT_MAIN_CAPACITY: Final = 100
+"""Capacity of a main account that was never configured with put_agent."""
+
+SNAPSHOT_FORMAT: Final = "dispatch-engine-state/1"
+"""The ``format`` of ``export_state()``: both engines write and read it."""
 
 
 class DispatchError(Exception):
@@ -444,3 +464,11 @@ def shop_seed(engine_seed: int, shop_id: str, tie_seed: int) -> int:
     if tie_seed:
         return tie_seed & MASK64
     return (engine_seed ^ fnv1a64(shop_id.encode("utf-8"))) & MASK64
+
+
+def group_dict(config: GroupConfig) -> dict[str, Any]:
+    """A group's configuration as it is stored in ``export_state()`` (lists, not tuples)."""
+    data = dataclasses.asdict(config)
+    for key in ("members", "order_states", "sources"):
+        data[key] = list(data[key])
+    return data

@@ -17,6 +17,10 @@ from collections import deque
 from typing import Any
 
 from .model import (
+    DEFAULT_MAIN_CAPACITY,
+    N_REASONS,
+    N_STRATEGIES,
+    SNAPSHOT_FORMAT,
     AgentConfig,
     AlreadyExistsError,
     Client,
@@ -39,21 +43,13 @@ from .model import (
     check_id,
     check_time,
     day_bounds,
+    group_dict,
     shop_seed,
     splitmix64,
 )
 from .wire import reference_dispatch_batch_wire, reference_dispatch_wire
 
-__all__ = ["DEFAULT_MAIN_CAPACITY", "N_REASONS", "N_STRATEGIES", "SNAPSHOT_FORMAT", "ReferenceEngine"]
-
-N_REASONS = max(Reason) + 1
-N_STRATEGIES = max(Strategy) + 1
-"""Shape of ``decision_counts()``: [reason][strategy], strategy 0 = none picked."""
-
-DEFAULT_MAIN_CAPACITY = 100
-"""Capacity of a main account that was never configured with put_agent."""
-
-SNAPSHOT_FORMAT = "dispatch-engine-state/1"
+__all__ = ["ReferenceEngine"]
 
 _NO_TIME = -1
 
@@ -1106,7 +1102,7 @@ class ReferenceEngine:
                          a.today, a.today_day]
                         for a in shop.agents.values()
                     ],
-                    "groups": [_group_dict(g.config) for g in shop.groups.values()],
+                    "groups": [group_dict(g.config) for g in shop.groups.values()],
                     "round_robin": round_robin,
                     "waiting": {
                         str(int(kind)): [
@@ -1222,13 +1218,6 @@ class _Frac:
 
     def __le__(self, other: _Frac) -> bool:
         return not other < self
-
-
-def _group_dict(config: GroupConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
-    for key in ("members", "order_states", "sources"):
-        data[key] = list(data[key])
-    return data
 
 
 def _has_room(agent: _Agent) -> bool:
