@@ -479,3 +479,33 @@ def test_a_data_dir_without_manifest_from_an_older_version_still_recovers(tmp_pa
     write_snapshot(data, 2, state(rec.engine))  # a snapshot of this version: MANIFEST required
     with pytest.raises(RecoveryError, match="MANIFEST is missing"):
         recover(data, engine, repair=False)
+
+
+def test_a_data_dir_written_by_the_previous_format_recovers_to_the_same_state(tmp_path: Path) -> None:
+    """tests/data/datadir-v1 was written before the MANIFEST and before journal records were named
+    in words ("d", "p", "e", "c"): it recovers exactly to the state it was written from."""
+    import json as _json
+    import shutil
+
+    source = Path(__file__).parent / "data" / "datadir-v1"
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    expected = _json.loads((data / "expected-state.json").read_text())
+    (data / "expected-state.json").unlink()
+    raw = (data / "journal-00000000000000000001.log").read_bytes()
+    assert b'["d",' in raw and b'["p",' in raw and b'["e",' in raw and b'["c",' in raw
+    for kind in ("compiled", "reference"):
+        factory = (lambda: _fastpath.CompiledEngine(7)) if kind == "compiled" else (lambda: _fastpath.ReferenceEngine(7))
+        rec = recover(data, factory, repair=False)
+        assert rec.legacy and rec.last_seq == 26
+        assert _json.loads(_json.dumps(state(rec.engine), sort_keys=True)) == expected, kind
+    # A server run on it writes the MANIFEST and, from then on, records named in words.
+    async def run() -> None:
+        store = await open_store(tmp_path)
+        store.engine.set_presence("s", "s:a1", Presence.ONLINE, 1, T0 + 10)
+        await store.close(snapshot=False)
+
+    asyncio.run(run())
+    newest = list_segments(data)[-1]
+    assert bytes(scan_segment(newest).records[-1][1]).startswith(b'["set_presence",')
+    assert not recover(data, engine, repair=False).legacy

@@ -1,6 +1,9 @@
 """Journal records: one per successful mutating engine call, and their replay.
 
-A record is the JSON array ``[op, *arguments]`` of the exact engine call,
+A record is the JSON array ``[op, *arguments]`` of the exact engine call (``op``
+is the engine method's name: ``"dispatch"``, ``"set_presence"``, ``"put_shop"``...;
+data dirs written before that used ``"d"``, ``"p"``, ``"e"``, ``"c"`` for the four
+events, and those are still read),
 with the ``at_ms`` the server resolved (never "now"), or, for a
 ``DispatchBatch``/``DispatchStream`` batch the engine read from the wire, a
 binary record holding the request bytes and the batch's ``now`` (one record per
@@ -121,7 +124,7 @@ class JournaledEngine:
     def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int, at_ms: int) -> None:
         self._check()
         self.engine.set_presence(shop_id, agent_id, presence, client, at_ms)
-        self._append(_dumps(["p", shop_id, agent_id, int(presence), int(client), at_ms]).encode())
+        self._append(_dumps(["set_presence", shop_id, agent_id, int(presence), int(client), at_ms]).encode())
 
     def conversation_event(
         self,
@@ -139,14 +142,14 @@ class JournaledEngine:
             shop_id, conversation_id, event, at_ms, buyer_id, agent_id, to_agent_id, to_group_id
         )
         self._append(
-            _dumps(["e", shop_id, conversation_id, int(event), at_ms, buyer_id, agent_id, to_agent_id, to_group_id]).encode()
+            _dumps(["conversation_event", shop_id, conversation_id, int(event), at_ms, buyer_id, agent_id, to_agent_id, to_group_id]).encode()
         )
         return result
 
     def claim_from_pool(self, shop_id: str, agent_id: str, at_ms: int, conversation_id: str = "") -> tuple[str, str]:
         self._check()
         result = self.engine.claim_from_pool(shop_id, agent_id, at_ms, conversation_id)
-        self._append(_dumps(["c", shop_id, agent_id, at_ms, conversation_id]).encode())
+        self._append(_dumps(["claim_from_pool", shop_id, agent_id, at_ms, conversation_id]).encode())
         return result
 
     def dispatch(
@@ -168,7 +171,7 @@ class JournaledEngine:
         if conv_type in _BUYER_TO_SHOP:
             self._append(
                 _dumps(
-                    ["d", shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account]
+                    ["dispatch", shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account]
                 ).encode()
             )
         return result
@@ -213,10 +216,10 @@ def _group(data: dict[str, Any]) -> GroupConfig:
 
 
 _APPLY: Final[dict[str, Callable[[Any, list[Any]], Any]]] = {
-    "d": lambda e, a: e.dispatch(*a),
-    "p": lambda e, a: e.set_presence(*a),
-    "e": lambda e, a: e.conversation_event(*a),
-    "c": lambda e, a: e.claim_from_pool(*a),
+    "dispatch": lambda e, a: e.dispatch(*a),
+    "set_presence": lambda e, a: e.set_presence(*a),
+    "conversation_event": lambda e, a: e.conversation_event(*a),
+    "claim_from_pool": lambda e, a: e.claim_from_pool(*a),
     "put_shop": lambda e, a: e.put_shop(ShopConfig(**a[0])),
     "delete_shop": lambda e, a: e.delete_shop(*a),
     "put_agent": lambda e, a: e.put_agent(AgentConfig(**a[0])),
@@ -226,6 +229,15 @@ _APPLY: Final[dict[str, Callable[[Any, list[Any]], Any]]] = {
     "set_exclusive_agent": lambda e, a: e.set_exclusive_agent(*a),
     "delete_exclusive_agent": lambda e, a: e.delete_exclusive_agent(*a),
 }
+
+_APPLY.update(
+    {  # the one-letter names of data dirs written before the records were named in words
+        "d": _APPLY["dispatch"],
+        "p": _APPLY["set_presence"],
+        "e": _APPLY["conversation_event"],
+        "c": _APPLY["claim_from_pool"],
+    }
+)
 
 _loads = json.JSONDecoder().decode
 
