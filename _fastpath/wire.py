@@ -33,8 +33,9 @@ nothing is declined for its time.
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple
 
+from .contract import DispatchCall, EngineProtocol
 from .model import LATEST_SECONDS, DispatchError, InvalidArgumentError, timestamp_to_ms
 
 __all__ = [
@@ -81,12 +82,16 @@ class WireItem(NamedTuple):
     at: tuple[int, int] | None = None  # (seconds, nanos) when the field is present
     trace: bool = False
 
+    def call(self, now_ms: int) -> DispatchCall:
+        """The engine call of this item; an absent ``at`` is ``now_ms`` (a bad one raises)."""
+        at = timestamp_to_ms(self.at[0], self.at[1], "at") if self.at is not None else now_ms
+        return DispatchCall(
+            self.shop_id, self.buyer_id, self.conversation_id, at, self.type, self.source, self.order_state,
+            self.to_account, self.trace,
+        )  # fmt: skip
 
-class _Dispatcher(Protocol):
-    def dispatch(
-        self, shop_id: str, buyer_id: str, conversation_id: str, at_ms: int, conv_type: int = ..., source: str = ...,
-        order_state: int = ..., to_account: str = ..., trace: bool = ...,
-    ) -> tuple[int, str | None, str | None, list[str] | None]: ...  # fmt: skip
+
+_Dispatcher = EngineProtocol
 
 
 class _Malformed(Exception):
@@ -289,11 +294,7 @@ def dispatch_item(engine: _Dispatcher, item: WireItem, now_ms: int) -> tuple[byt
     """One item, exactly as the object path does it; its error goes in its response.
     Returns the encoded ``DispatchResponse`` and whether it is an error."""
     try:
-        at = timestamp_to_ms(item.at[0], item.at[1], "at") if item.at is not None else now_ms
-        reason, agent_id, group_id, trace = engine.dispatch(
-            item.shop_id, item.buyer_id, item.conversation_id, at, item.type, item.source, item.order_state,
-            item.to_account, item.trace,
-        )  # fmt: skip
+        reason, agent_id, group_id, trace = engine.dispatch(*item.call(now_ms))
     except DispatchError as exc:
         code = GRPC_CODE_NUMBERS.get(exc.grpc_status, GRPC_CODE_NUMBERS["INTERNAL"])
         return encode_response(item.conversation_id, error=(code, str(exc))), True
@@ -332,11 +333,7 @@ def reference_dispatch_wire(
     item = parse_request(bytes(data))
     if item is None or at_beyond(item, max_at_ms):
         return None
-    at = timestamp_to_ms(item.at[0], item.at[1], "at") if item.at is not None else now_ms
-    reason, agent_id, group_id, trace = engine.dispatch(
-        item.shop_id, item.buyer_id, item.conversation_id, at, item.type, item.source, item.order_state,
-        item.to_account, item.trace,
-    )  # fmt: skip
+    reason, agent_id, group_id, trace = engine.dispatch(*item.call(now_ms))
     return encode_response(item.conversation_id, reason, agent_id, group_id, trace)
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from _fastpath import AgentConfig, GroupConfig, Reason, ShopConfig
+from _fastpath.contract import DispatchCall
 from _fastpath.wire import batch_of_one, response_reason
 
 __all__ = ["READ_ONLY", "JournaledEngine", "RecordError", "apply_record", "encode"]
@@ -165,17 +166,13 @@ class JournaledEngine:
         trace: bool = False,
     ) -> tuple[int, str | None, str | None, list[str] | None]:
         self._check()
-        result = self.engine.dispatch(
-            shop_id, buyer_id, conversation_id, at_ms, conv_type, source, order_state, to_account, trace
+        call = DispatchCall(
+            shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account, trace
         )
+        result = self.engine.dispatch(*call)
         if conv_type in _BUYER_TO_SHOP:
-            self._append(
-                _dumps(
-                    ["dispatch", shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account]
-                ).encode()
-            )
+            self._append(_dumps(["dispatch", *call[:-1]]).encode())  # the trace changes nothing: not recorded
         return result
-
 
     def dispatch_batch_wire(
         self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
