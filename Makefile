@@ -60,8 +60,10 @@ bench: $(STAMP) bench-tools
 bench-quick: $(STAMP) bench-tools
 	$(PY) -m bench.run --quick $(BENCH_QUICK_ARGS)
 
+# Removes the build stamp too, so the next make rebuilds the extension (without it a
+# server would fall back to the pure-Python engine; it logs engine.fallback if it does).
 clean:
-	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html
+	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html $(STAMP)
 
 # The gRPC ecosystem (dispatcher/docs/OPERATING.md). The buf CLI is pinned in clients/buf
 # and comes from the npm registry (@bufbuild/buf), installed here on first use.

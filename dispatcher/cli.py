@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import uvloop
@@ -29,7 +31,29 @@ from .logging import configure_logging
 from .security import is_loopback, server_credentials
 from .server import MAX_BATCH, MAX_MESSAGE_BYTES, DispatchServer
 
-__all__ = ["build_parser", "main", "serve"]
+__all__ = [
+    "EXIT_BAD_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_JOURNAL_UNAVAILABLE",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "build_parser",
+    "main",
+    "serve",
+]
+
+EXIT_OK: Final = 0
+"""Stopped by SIGTERM/SIGINT; everything acknowledged is on disk."""
+EXIT_FAILED: Final = 1
+"""Could not listen on the port (or an unexpected error)."""
+EXIT_BAD_CONFIG: Final = 2
+"""Invalid flags, config file, security settings or bootstrap file."""
+EXIT_REFUSED: Final = 3
+"""The data dir cannot be used: damaged, incomplete, missing, locked or unwritable
+(log ``durability.recovery_failed``). No file was changed."""
+EXIT_JOURNAL_UNAVAILABLE: Final = 4
+"""Stopped while the journal could not write (disk full, I/O error, data dir gone): every
+acknowledged call is on disk; calls answered UNAVAILABLE may be missing."""
 
 log = structlog.get_logger("dispatcher")
 
@@ -51,7 +75,42 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "With --generate, makes a new random token and prints it and its hash.",
     )
     hash_parser.add_argument("--generate", action="store_true", help="make a new random token")
+    journal_parser = commands.add_parser(
+        "journal",
+        help="check or repair a data dir (dispatcher/docs/DURABILITY.md)",
+        description="check: what a start would recover, changing nothing (exit 3 if it would refuse). "
+        "repair: the deliberate repair of a data dir the server refused: damaged parts and unreachable "
+        "segments are moved aside (never deleted), MANIFEST is rebuilt, and the dropped seqs are printed. "
+        "Refuses to run while a server holds the data dir.",
+    )
+    journal_parser.add_argument("action", choices=("check", "repair"))
+    journal_parser.add_argument("data_dir", help="the server's --data-dir")
+    journal_parser.add_argument("--seed", type=int, default=0, help="engine seed for a dir without one (default 0)")
     return parser
+
+
+def journal_command(action: str, data_dir: str, seed: int) -> int:
+    """``dispatcher journal check|repair DIR``: one JSON object on stdout."""
+    from pathlib import Path
+
+    from .durability.repair import check, repair
+
+    directory = Path(data_dir)
+    if not directory.is_dir():
+        print(json.dumps({"ok": False, "error": f"{directory} is not a directory"}))
+        return EXIT_REFUSED
+    try:
+        if action == "check":
+            print(json.dumps({"ok": True, **check(directory, lambda: _fastpath.Engine(seed))}))
+            return EXIT_OK
+        report = repair(directory, lambda: _fastpath.Engine(seed))
+    except (RecoveryError, OSError) as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
+        return EXIT_REFUSED
+    dropped = [f"{lo}..{hi if hi is not None else 'unknown'}" for lo, hi in report.dropped]
+    log.warning("journal.repaired", data_dir=str(directory), dropped_seqs=dropped, actions=report.actions)
+    print(json.dumps({"ok": True, "dropped_seqs": dropped, "actions": report.actions, "last_seq": report.last_seq}))
+    return EXIT_OK
 
 
 def hash_token_command(generate: bool) -> int:
@@ -136,7 +195,7 @@ async def serve(settings: ServeSettings) -> int:
             store = DurableStore.open(_durability_options(settings), lambda: _fastpath.Engine(settings.seed))
         except RecoveryError as exc:
             log.error("durability.recovery_failed", data_dir=str(settings.data_dir), error=str(exc))
-            return 3
+            return EXIT_REFUSED
         engine = store.raw_engine
     if settings.bootstrap is not None and (store is None or store.fresh):
         try:
@@ -150,9 +209,22 @@ async def serve(settings: ServeSettings) -> int:
     elif settings.bootstrap is not None:
         log.info("bootstrap.skipped", file=str(settings.bootstrap), reason="the data dir holds state; it wins")
     if store is not None:
-        engine = store.begin()
+        try:
+            engine = store.begin()
+        except RecoveryError as exc:
+            log.error("durability.recovery_failed", data_dir=str(settings.data_dir), error=str(exc))
+            await store.close(snapshot=False)
+            return EXIT_REFUSED
         store.start()
         log.info("durability.recovered", **store.describe(), shop_ids=engine.shop_ids())
+    if _fastpath.ENGINE_KIND != "compiled" and os.environ.get("DISPATCH_ENGINE", "").lower() != "reference":
+        log.warning(
+            "engine.fallback",
+            engine=_fastpath.ENGINE_KIND,
+            reason=_fastpath.COMPILED_IMPORT_ERROR,
+            message="the compiled engine is not built: serving with the pure-Python reference engine "
+            "(much slower); run `make install` to build it",
+        )
     tune_gc()
     server = DispatchServer(
         engine,
@@ -161,6 +233,8 @@ async def serve(settings: ServeSettings) -> int:
         reflection=settings.reflection,
         metrics_port=settings.metrics_port or None,
         metrics_host=settings.metrics_host or settings.host,
+        max_concurrent_streams=settings.max_concurrent_streams,
+        max_clock_skew=settings.max_clock_skew,
     )
     try:
         port = await server.start(settings.host, settings.port)
@@ -181,7 +255,11 @@ async def serve(settings: ServeSettings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     if store is not None and store.journal is not None:
         store.journal.on_fsync = server.ecosystem.metrics.observe_journal_fsync
-        store.journal.on_failure = lambda exc: (received.append("JOURNAL_FAILURE"), stop.set())
+        # A journal that cannot write (disk full, I/O error, data dir gone) does not stop the
+        # server: writes answer UNAVAILABLE, health says NOT_SERVING for them, reads go on.
+        store.journal.on_state = server.ecosystem.journal_state
+        if not store.journal.writable:
+            server.ecosystem.journal_state(False, store.journal.unavailable_reason())
     stats = asyncio.create_task(server.run_stats(settings.stats_interval)) if settings.stats_interval > 0 else None
     # One start line; at warning level when it runs without TLS or without authentication.
     (log.warning if security_warnings else log.info)(
@@ -202,18 +280,27 @@ async def serve(settings: ServeSettings) -> int:
     if stats is not None:
         stats.cancel()
     await server.stop(settings.grace)
+    clean = True
     if store is not None:
-        await store.close()  # the final snapshot
+        clean = await store.close()  # the final snapshot; never raises for an I/O error
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    log.info("server.stopped", **server.counters.snapshot(server.decisions()))
-    return 1 if received[0] == "JOURNAL_FAILURE" else 0
+    code = EXIT_OK if clean else EXIT_JOURNAL_UNAVAILABLE
+    (log.info if clean else log.error)(
+        "server.stopped",
+        exit_code=code,
+        **({} if clean else {"journal": "could not write: calls never acknowledged were dropped; the data dir "
+                             "holds every acknowledged call"}),
+        **server.counters.snapshot(server.decisions()),
+    )
+    return code
 
 
 def _durability_options(settings: ServeSettings) -> DurabilityOptions:
     assert settings.data_dir is not None
     return DurabilityOptions(
         data_dir=settings.data_dir,
+        create=settings.create_data_dir,
         fsync=settings.fsync,
         fsync_interval_ms=settings.fsync_interval_ms,
         snapshot_every=settings.snapshot_every,
@@ -227,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.command == "hash-token":
         return hash_token_command(ns.generate)
+    if ns.command == "journal":
+        configure_logging("json", "warning")
+        return journal_command(ns.action, ns.data_dir, ns.seed)
     settings = settings_from_args(ns)
     try:
         configure_logging(settings.log_format, settings.log_level)

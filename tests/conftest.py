@@ -7,9 +7,22 @@ skip: both engines must implement every rule.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import _fastpath
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``make test`` sets DISPATCH_EXPECT_COMPILED=1: then a run on the pure-Python fallback
+    stops at once instead of passing slowly (and proving nothing about the compiled engine)."""
+    if os.environ.get("DISPATCH_EXPECT_COMPILED") == "1" and _fastpath.ENGINE_KIND != "compiled":
+        pytest.exit(
+            f"DISPATCH_EXPECT_COMPILED=1 but the engine is {_fastpath.ENGINE_KIND!r}: "
+            f"the compiled engine did not import ({_fastpath.COMPILED_IMPORT_ERROR})",
+            returncode=3,
+        )
 
 
 def _compiled() -> type:

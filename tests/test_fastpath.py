@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,16 +16,63 @@ from _fastpath import AgentConfig, ConversationEvent, Presence, ShopConfig
 HOUR = 3_600_000
 
 
-def test_compiled_engine_is_the_default_when_expected() -> None:
-    """`make test` sets DISPATCH_EXPECT_COMPILED=1: a silent fallback to Python fails here."""
-    if os.environ.get("DISPATCH_EXPECT_COMPILED") != "1":
-        # Outside `make test` the expectation is explicit: the extension is built in this repo.
-        assert _fastpath.CompiledEngine is not None, _fastpath.COMPILED_IMPORT_ERROR
-    assert _fastpath.COMPILED_IMPORT_ERROR is None
-    assert _fastpath.ENGINE_KIND == "compiled"
-    assert _fastpath.Engine is _fastpath.CompiledEngine
-    assert _fastpath.Engine().kind == "compiled"
-    assert _fastpath.CompiledEngine.__module__ == "_fastpath._core"
+def test_the_engine_in_use_is_the_one_expected() -> None:
+    """`make test` sets DISPATCH_EXPECT_COMPILED=1: a silent fallback to Python fails here (and
+    in conftest, for the whole session). Without it, the package only has to tell the truth."""
+    if os.environ.get("DISPATCH_EXPECT_COMPILED") == "1":
+        assert _fastpath.COMPILED_IMPORT_ERROR is None
+        assert _fastpath.ENGINE_KIND == "compiled"
+        assert _fastpath.Engine is _fastpath.CompiledEngine
+        assert _fastpath.Engine().kind == "compiled"
+        assert _fastpath.CompiledEngine.__module__ == "_fastpath._core"
+    else:
+        assert _fastpath.Engine().kind == _fastpath.ENGINE_KIND
+        assert (_fastpath.CompiledEngine is None) == (_fastpath.COMPILED_IMPORT_ERROR is not None)
+
+
+BLOCK_COMPILED = """
+import sys
+class _Block:
+    def find_spec(self, name, path, target=None):
+        if name == "_fastpath._core":
+            raise ImportError("the compiled engine is hidden by the test")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _without_compiled(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_COMPILED)
+    return {**os.environ, "PYTHONPATH": str(tmp_path), **env}
+
+
+def test_expect_compiled_turns_a_fallback_into_a_failure(tmp_path: Path) -> None:
+    here = Path(__file__)
+    test = f"{here}::test_the_engine_in_use_is_the_one_expected"
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    expecting = _without_compiled(tmp_path, {"DISPATCH_EXPECT_COMPILED": "1"})
+    failed = subprocess.run(args, env=expecting, capture_output=True, text=True, cwd=here.parents[1])
+    assert failed.returncode != 0 and "compiled engine" in failed.stdout, failed.stdout[-2000:]
+    relaxed = _without_compiled(tmp_path, {"DISPATCH_EXPECT_COMPILED": ""})
+    passed = subprocess.run(args, env=relaxed, capture_output=True, text=True, cwd=here.parents[1])
+    assert passed.returncode == 0, passed.stdout[-2000:]
+
+
+def test_a_server_that_falls_back_to_the_reference_engine_says_so(tmp_path: Path) -> None:
+    from dispatcher.testing import ServerProcess
+
+    for asked, expect_warning in (("", True), ("reference", False)):
+        env = _without_compiled(tmp_path, {"DISPATCH_ENGINE": asked})
+        env.pop("DISPATCH_EXPECT_COMPILED", None)
+        server = ServerProcess("serve", "--port", "0", "--no-auth", "--log-format", "json", env=env)
+        try:
+            server.port()
+            warnings = server.events("engine.fallback")
+            assert bool(warnings) == expect_warning, server.lines
+            if warnings:
+                assert warnings[0]["level"] == "warning" and "hidden by the test" in warnings[0]["reason"]
+            assert server.events("server.started")[0]["engine"] == "reference"
+        finally:
+            server.finish(signal.SIGTERM)
 
 
 def test_environment_variable_forces_the_reference_engine() -> None:
