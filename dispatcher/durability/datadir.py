@@ -34,9 +34,21 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-__all__ = ["MANIFEST", "DataDir", "DataDirError", "DataDirLost", "Manifest", "ManifestError", "read_manifest"]
+__all__ = [
+    "MANIFEST",
+    "DataDir",
+    "DataDirError",
+    "DataDirLost",
+    "Manifest",
+    "ManifestData",
+    "ManifestError",
+    "SegmentEntry",
+    "manifest_from",
+    "parse_manifest",
+    "read_manifest",
+]
 
 MANIFEST: Final = "MANIFEST"
 MANIFEST_FORMAT: Final = 1
@@ -165,14 +177,22 @@ class DataDir:
             self.fd = -1
 
 
+class SegmentEntry(NamedTuple):
+    """A segment the manifest lists: its first seq, and its last once it is sealed (None: open)."""
+
+    first: int
+    last: int | None
+
+
 @dataclasses.dataclass(slots=True)
 class ManifestData:
-    segments: list[list[int | None]]
+    segments: list[SegmentEntry]
     snapshots: list[int]
     floor: int
 
     def to_bytes(self) -> bytes:
-        body = {"format": MANIFEST_FORMAT, "segments": self.segments, "snapshots": self.snapshots, "floor": self.floor}
+        segments = [[s.first, s.last] for s in self.segments]
+        body = {"format": MANIFEST_FORMAT, "segments": segments, "snapshots": self.snapshots, "floor": self.floor}
         return (json.dumps(body, separators=(",", ":")) + "\n").encode()
 
 
@@ -181,14 +201,14 @@ def parse_manifest(raw: bytes) -> ManifestData:
         body = json.loads(raw)
         if body.get("format") != MANIFEST_FORMAT:
             raise ManifestError(f"unknown MANIFEST format {body.get('format')!r}")
-        segments = [[int(a), None if b is None else int(b)] for a, b in body["segments"]]
+        segments = [SegmentEntry(int(a), None if b is None else int(b)) for a, b in body["segments"]]
         snapshots = [int(s) for s in body["snapshots"]]
         floor = int(body["floor"])
     except ManifestError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ManifestError(f"MANIFEST is damaged: {exc}") from None
-    return ManifestData(segments, snapshots, floor)  # type: ignore[arg-type]
+    return ManifestData(segments, snapshots, floor)
 
 
 def read_manifest(directory: Path) -> ManifestData | None:
@@ -218,13 +238,13 @@ class Manifest:
     def segment_opened(self, first_seq: int) -> None:
         """A new segment starting at ``first_seq`` is open; the previous open one is sealed before it."""
         with self._lock:
-            old = [list(s) for s in self.data.segments]
+            old = list(self.data.segments)
             segs = self.data.segments
-            if segs and segs[-1][1] is None:
-                if segs[-1][0] == first_seq:
+            if segs and segs[-1].last is None:
+                if segs[-1].first == first_seq:
                     return  # already the open one (a retried rotation)
-                segs[-1][1] = first_seq - 1
-            segs.append([first_seq, None])
+                segs[-1] = segs[-1]._replace(last=first_seq - 1)
+            segs.append(SegmentEntry(first_seq, None))
             floor = self.data.floor
             self.data.floor = max(floor, first_seq - 1)
             try:
@@ -236,10 +256,10 @@ class Manifest:
     def snapshot_kept(self, seqs: list[int], deleted_segments: list[int]) -> None:
         """The snapshots now kept, and the segments retention is about to delete."""
         with self._lock:
-            old = (list(self.data.snapshots), [list(s) for s in self.data.segments], self.data.floor)
+            old = (list(self.data.snapshots), list(self.data.segments), self.data.floor)
             self.data.snapshots = sorted(seqs)
             gone = set(deleted_segments)
-            self.data.segments = [s for s in self.data.segments if s[0] not in gone]
+            self.data.segments = [s for s in self.data.segments if s.first not in gone]
             if seqs:
                 self.data.floor = max(self.data.floor, max(seqs))
             try:
@@ -262,8 +282,8 @@ class Manifest:
 
 
 def manifest_from(segments: list[tuple[int, int | None]], snapshots: list[int], floor: int) -> ManifestData:
-    return ManifestData([[a, b] for a, b in segments], sorted(snapshots), floor)
+    return ManifestData([SegmentEntry(a, b) for a, b in segments], sorted(snapshots), floor)
 
 
 def describe(data: ManifestData) -> dict[str, Any]:
-    return {"segments": data.segments, "snapshots": data.snapshots, "floor": data.floor}
+    return {"segments": [list(s) for s in data.segments], "snapshots": data.snapshots, "floor": data.floor}

@@ -64,6 +64,7 @@ __all__ = [
     "list_segments",
     "scan_segment",
     "segment_path",
+    "valid_record_at",
 ]
 
 log = structlog.get_logger("dispatcher.durability")
@@ -129,11 +130,15 @@ class SegmentScan:
     def last_seq(self) -> int | None:
         return self.records[-1][0] if self.records else None
 
+    def end_seq(self, first_seq: int) -> int:
+        """The seq of the last good record; ``first_seq - 1`` when there is none."""
+        return self.records[-1][0] if self.records else first_seq - 1
+
 
 _SECTOR: Final = 512
 
 
-def _valid_at(data: bytes, off: int) -> int | None:
+def valid_record_at(data: bytes, off: int) -> int | None:
     """The seq of the valid record at ``off``, or None."""
     hsize = HEADER.size
     if off < 0 or len(data) - off < hsize:
@@ -162,7 +167,7 @@ def _next_valid(data: bytes, start: int, min_seq: int) -> tuple[int, int] | None
             off = i - 8
             if best is not None and off >= best[0]:
                 break
-            seq = _valid_at(data, off)
+            seq = valid_record_at(data, off)
             if seq is not None:
                 best = (off, seq)
                 break

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from _fastpath import AgentConfig, GroupConfig, Reason, ShopConfig
-from _fastpath.contract import DispatchCall
+from _fastpath.contract import DispatchCall, EngineProtocol
 from _fastpath.wire import batch_of_one, response_reason
 
 __all__ = ["READ_ONLY", "JournaledEngine", "RecordError", "apply_record", "encode"]
@@ -63,7 +63,9 @@ class JournaledEngine:
 
     __slots__ = ("engine", "_append", "_check")
 
-    def __init__(self, engine: Any, append: Callable[[bytes], int], check: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, engine: EngineProtocol, append: Callable[[bytes], int], check: Callable[[], None] | None = None
+    ) -> None:
         self.engine = engine
         self._append = append
         self._check = check if check is not None else _writable

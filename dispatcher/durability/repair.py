@@ -28,7 +28,7 @@ from typing import Any
 from .datadir import MANIFEST, DataDir, ManifestData, manifest_from
 from .journal import list_segments
 from .snapshot import list_snapshots
-from .store import Problem, RecoveryError, _last_seq_of, recover
+from .store import Problem, RecoveryError, segment_last_seq, recover
 
 __all__ = ["RepairReport", "check", "rebuild_manifest", "repair"]
 
@@ -61,7 +61,7 @@ def rebuild_manifest(directory: Path) -> ManifestData:
     entries: list[tuple[int, int | None]] = []
     top = 0
     for seg in segments:
-        last = _last_seq_of(seg)
+        last = segment_last_seq(seg)
         end = last if last is not None else seg.first_seq - 1
         top = max(top, end)
         entries.append((seg.first_seq, end))
@@ -93,9 +93,9 @@ def _cut(datadir: DataDir, directory: Path, problem: Problem, report: RepairRepo
             os.fsync(fh.fileno())
         datadir.fsync()
         report.actions.append(f"copied {seg.name} from offset {problem.offset} to {aside} and cut {seg.name} there")
-    for seg in list_segments(directory):
-        if seg.first_seq > keep_up_to + 1:
-            _move_aside(datadir, seg.path.name, seg.path.name + ".damaged", report)
+    for later in list_segments(directory):
+        if later.first_seq > keep_up_to + 1:
+            _move_aside(datadir, later.path.name, later.path.name + ".damaged", report)
     if problem.lost is not None:
         report.dropped.append(problem.lost)
 

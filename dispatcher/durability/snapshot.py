@@ -99,7 +99,8 @@ def read_snapshot(snap: SnapshotFile) -> dict[str, Any]:
         raise SnapshotError(f"{snap.path.name}: undecodable: {exc}") from exc
     if body.get("journal_seq") != seq or not isinstance(body.get("state"), dict):
         raise SnapshotError(f"{snap.path.name}: malformed body")
-    return body["state"]
+    state: dict[str, Any] = body["state"]
+    return state
 
 
 def snapshot_has_manifest(snap: SnapshotFile) -> bool:

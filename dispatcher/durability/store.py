@@ -46,7 +46,7 @@ from .journal import (
     JournalError,
     Segment,
     SegmentScan,
-    _valid_at,
+    valid_record_at,
     list_segments,
     scan_segment,
     segment_path,
@@ -62,7 +62,7 @@ from .snapshot import (
     write_snapshot,
 )
 
-__all__ = ["DurabilityOptions", "DurableStore", "Problem", "Recovery", "RecoveryError", "recover"]
+__all__ = ["DurabilityOptions", "DurableStore", "Problem", "Recovery", "RecoveryError", "recover", "segment_last_seq"]
 
 log = structlog.get_logger("dispatcher.durability")
 
@@ -141,7 +141,7 @@ def _records_after(raw: bytes, offset: int) -> int | None:
     """The last seq of the run of valid records starting at ``offset``."""
     last = None
     while True:
-        seq = _valid_at(raw, offset)
+        seq = valid_record_at(raw, offset)
         if seq is None:
             return last
         last = seq
@@ -149,7 +149,7 @@ def _records_after(raw: bytes, offset: int) -> int | None:
         offset += HEADER.size + length
 
 
-def _last_seq_of(seg: Segment) -> int | None:
+def segment_last_seq(seg: Segment) -> int | None:
     scan = scan_segment(seg)
     last = scan.last_seq
     if scan.resumes_at is not None:
@@ -159,9 +159,10 @@ def _last_seq_of(seg: Segment) -> int | None:
 
 
 def _damage(directory: Path, seg: Segment, scan: SegmentScan, later: list[Segment], why: str) -> RecoveryError:
-    last_good = scan.last_seq if scan.records else seg.first_seq - 1
+    last_good = scan.end_seq(seg.first_seq)
     follow: list[str] = []
     highest: int | None = None
+    top: int | None
     if scan.resumes_at is not None:
         off, seq = scan.resumes_at
         top = _records_after(seg.path.read_bytes(), off) or seq
@@ -181,7 +182,7 @@ def _damage(directory: Path, seg: Segment, scan: SegmentScan, later: list[Segmen
         if off == len(raw) and count:
             highest = last_good + count
     for other in later:
-        top = _last_seq_of(other)
+        top = segment_last_seq(other)
         if top is not None:
             follow.append(f"{other.path.name} holds records up to {top}")
             highest = top if highest is None else max(highest, top)
@@ -266,10 +267,10 @@ def _replay(engine: Any, directory: Path, snap_seq: int, manifest: ManifestData 
                 "offset": scan.good_end,
                 "dropped_bytes": scan.size - scan.good_end,
                 "reason": scan.error,
-                "last_good_seq": scan.last_seq if scan.records else seg.first_seq - 1,
+                "last_good_seq": scan.end_seq(seg.first_seq),
             }
             cut = (seg, scan.good_end, info)
-        seg_last = scan.last_seq if scan.records else seg.first_seq - 1
+        seg_last = scan.end_seq(seg.first_seq)
         if end is not None and seg_last != end:
             raise RecoveryError(
                 f"{seg.path.name} ends at record {seg_last} but MANIFEST says it was sealed at {end}: "
@@ -389,14 +390,14 @@ def recover(directory: Path, engine_factory: Callable[[], Any], *, repair: bool 
         if manifest is None:
             # Build one from what is here (a legacy dir, or the first start that crashed early).
             kept = [s for s in list_segments(directory) if s not in stale]
-            segs = [(s.first_seq, replayed.ends.get(s.first_seq, _last_seq_of(s) or s.first_seq - 1)) for s in kept]
+            segs = [(s.first_seq, replayed.ends.get(s.first_seq, segment_last_seq(s) or s.first_seq - 1)) for s in kept]
             entries: list[tuple[int, int | None]] = [(a, b) for a, b in segs]
             if entries:
                 entries[-1] = (entries[-1][0], None)
             manifest = manifest_from(entries, [s.seq for s in snapshots if s not in discarded], last)
         else:
             gone = {s.first_seq for s in stale}
-            manifest.segments = [list(x) for x in manifest.segments if x[0] not in gone]
+            manifest.segments = [x for x in manifest.segments if x.first not in gone]
             manifest.snapshots = [s.seq for s in snapshots if s not in discarded]
         return Recovery(
             engine,
@@ -498,7 +499,7 @@ class DurableStore:
         return self.engine
 
     def _export(self) -> dict[str, Any]:
-        state = self.raw_engine.export_state()
+        state: dict[str, Any] = self.raw_engine.export_state()
         state["outbox"] = []  # the server drains the outbox after every call
         return state
 
