@@ -270,7 +270,7 @@ def _check_int(value: object, field: str, lo: int, hi: int) -> int:
 
 def _check_enum(value: object, enum_type: type[enum.IntEnum], field: str) -> int:
     try:
-        return int(enum_type(value))
+        return int(enum_type(value))  # type: ignore[arg-type]  # any object: a bad one raises below
     except (ValueError, TypeError):
         raise InvalidArgumentError(f"{field}={value!r} is not a valid {enum_type.__name__}") from None
 

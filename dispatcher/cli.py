@@ -260,7 +260,9 @@ async def serve(settings: ServeSettings) -> int:
         store.journal.on_state = server.ecosystem.journal_state
         if not store.journal.writable:
             server.ecosystem.journal_state(False, store.journal.unavailable_reason())
-    stats = asyncio.create_task(server.run_stats(settings.stats_interval)) if settings.stats_interval > 0 else None
+    stats: asyncio.Task[None] | None = None
+    if settings.stats_interval > 0:
+        stats = asyncio.ensure_future(server.run_stats(settings.stats_interval))
     # One start line; at warning level when it runs without TLS or without authentication.
     (log.warning if security_warnings else log.info)(
         "server.started",

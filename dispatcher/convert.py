@@ -251,7 +251,7 @@ _by_id = operator.itemgetter("agent_id")
 
 def _field_size(message: Any) -> int:
     """Bytes of ``message`` as an element of a repeated message field numbered below 16."""
-    n = message.ByteSize()
+    n: int = message.ByteSize()
     return 1 + max(1, (n.bit_length() + 6) // 7) + n
 
 

@@ -47,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from _fastpath import Reason, Strategy
 
+from .handlers import Handler, replace_handler
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 
 __all__ = [
@@ -141,7 +142,7 @@ class _Timing:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         metrics = self._metrics
         observe = metrics.histogram(method).observe
         clock = time.perf_counter
@@ -155,14 +156,14 @@ class _Timing:
                 finally:
                     observe(clock() - start)
 
-            return handler._replace(unary_unary=unary)
+            return replace_handler(handler, unary_unary=unary)
 
         if handler.unary_stream is not None:
             # Server streams (WatchAssignments, health Watch) live as long as
             # their subscriber: the histogram says how long they stayed open.
             # grpc.aio tells generator handlers from ``context.write`` ones
             # (e.g. health Watch) by isasyncgenfunction: keep the kind.
-            stream_behavior = handler.unary_stream
+            stream_behavior: Any = handler.unary_stream  # grpc.aio: a coroutine or an async generator
             if inspect.isasyncgenfunction(stream_behavior):
 
                 async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -175,17 +176,17 @@ class _Timing:
 
             else:
 
-                async def unary_stream(request: Any, context: Any) -> Any:  # type: ignore[misc]
+                async def unary_stream(request: Any, context: Any) -> Any:  # type: ignore[misc]  # same name, other kind
                     start = clock()
                     try:
                         return await stream_behavior(request, context)
                     finally:
                         observe(clock() - start)
 
-            return handler._replace(unary_stream=unary_stream)
+            return replace_handler(handler, unary_stream=unary_stream)
 
         if handler.stream_stream is not None:
-            bidi = handler.stream_stream
+            bidi: Any = handler.stream_stream  # grpc.aio: a coroutine or an async generator
             if not inspect.isasyncgenfunction(bidi):  # a context.read/write handler (e.g. reflection)
 
                 async def rw_stream(request_iterator: Any, context: Any) -> Any:
@@ -195,7 +196,7 @@ class _Timing:
                     finally:
                         observe(clock() - start)
 
-                return handler._replace(stream_stream=rw_stream)
+                return replace_handler(handler, stream_stream=rw_stream)
 
             async def stream_stream(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
                 start = clock()
@@ -205,12 +206,12 @@ class _Timing:
                 finally:
                     observe(clock() - start)
 
-            return handler._replace(stream_stream=stream_stream)
+            return replace_handler(handler, stream_stream=stream_stream)
 
         return handler  # client streaming: the contract has none
 
 
-class _Health(health_aio.HealthServicer):
+class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health ships no types
     """The stock asyncio health servicer, whose Watch streams end (OK) once draining has been sent."""
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
@@ -391,7 +392,7 @@ class Ecosystem:
         self._http: Any = None
         self._http_thread: Any = None
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         """``handler`` timed into the per-method histogram (unchanged when metrics are off)."""
         return handler if self.timing is None else self.timing.wrap(method, handler)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -141,7 +141,7 @@ class AsyncWatch:
     async def next(self) -> dispatch_pb2.Assignment:
         """The next assignment; StopAsyncIteration when the server ends the stream."""
         item = await self._call.read()
-        if item is grpc.aio.EOF:
+        if item is cast(Any, grpc.aio).EOF:  # the stubs lack grpc.aio.EOF
             raise StopAsyncIteration
         return item  # type: ignore[no-any-return]
 
@@ -215,7 +215,7 @@ class AsyncDispatchClient:
 
     async def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
         """Route one conversation; ``fields`` are dispatch_request's keywords."""
-        return await self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)
 
     async def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
         reply = await self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
@@ -238,7 +238,7 @@ class AsyncDispatchClient:
             yield list(reply.responses)
 
     async def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
-        return await self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)
 
     async def report_conversation(
         self,
@@ -253,11 +253,11 @@ class AsyncDispatchClient:
         at: Time = None,
     ) -> dispatch_pb2.ReportConversationResponse:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
-        return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
     async def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
         request = dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
-        return await self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)
 
     async def watch_assignments(self, *shop_ids: str) -> AsyncWatch:
         """Open a WatchAssignments stream (every shop when none is named) and wait until it is registered."""
@@ -269,7 +269,7 @@ class AsyncDispatchClient:
     async def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         """Create or replace a shop (a ShopConfig or its fields; timedelta for durations). Returns the stored config."""
         reply = await self.admin_stub.PutShop(admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout)
-        return reply.shop  # type: ignore[no-any-return]
+        return reply.shop
 
     async def delete_shop(self, shop_id: str) -> None:
         await self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
@@ -298,7 +298,7 @@ class AsyncDispatchClient:
         """One answer of GetShopState: the whole state of a shop that fits, else a page of
         its agents with ``next_page_token`` (see ``iter_shop_agents`` for all of them)."""
         request = admin_pb2.GetShopStateRequest(shop_id=shop_id, page_size=page_size, page_token=page_token)
-        return await self.admin_stub.GetShopState(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.admin_stub.GetShopState(request, timeout=self.timeout)
 
     async def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> AsyncIterator[admin_pb2.AgentState]:
         """Every agent of the shop, page after page (each agent once)."""
@@ -317,10 +317,10 @@ class AsyncDispatchClient:
 
     async def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
         request = admin_pb2.GetConversationRequest(shop_id=shop_id, conversation_id=conversation_id)
-        return await self.admin_stub.GetConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.admin_stub.GetConversation(request, timeout=self.timeout)
 
     async def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
-        return await self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)  # type: ignore[no-any-return]
+        return await self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)
 
 
 class DispatchClient:
@@ -347,7 +347,7 @@ class DispatchClient:
     # -------------------------------------------------------------- Dispatch
 
     def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
-        return self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)
 
     def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
         reply = self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
@@ -359,7 +359,7 @@ class DispatchClient:
             yield list(reply.responses)
 
     def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
-        return self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)
 
     def report_conversation(
         self,
@@ -374,11 +374,11 @@ class DispatchClient:
         at: Time = None,
     ) -> dispatch_pb2.ReportConversationResponse:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
-        return self.dispatch_stub.ReportConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
     def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
         request = dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
-        return self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)
 
     def watch_assignments(self, *shop_ids: str) -> Watch:
         call = self.dispatch_stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shop_ids))
@@ -388,7 +388,7 @@ class DispatchClient:
 
     def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         reply = self.admin_stub.PutShop(admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout)
-        return reply.shop  # type: ignore[no-any-return]
+        return reply.shop
 
     def delete_shop(self, shop_id: str) -> None:
         self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
@@ -417,7 +417,7 @@ class DispatchClient:
         """One answer of GetShopState: the whole state of a shop that fits, else a page of
         its agents with ``next_page_token`` (see ``iter_shop_agents`` for all of them)."""
         request = admin_pb2.GetShopStateRequest(shop_id=shop_id, page_size=page_size, page_token=page_token)
-        return self.admin_stub.GetShopState(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin_stub.GetShopState(request, timeout=self.timeout)
 
     def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> Iterator[admin_pb2.AgentState]:
         """Every agent of the shop, page after page (each agent once)."""
@@ -434,7 +434,7 @@ class DispatchClient:
 
     def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
         request = admin_pb2.GetConversationRequest(shop_id=shop_id, conversation_id=conversation_id)
-        return self.admin_stub.GetConversation(request, timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin_stub.GetConversation(request, timeout=self.timeout)
 
     def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
-        return self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)  # type: ignore[no-any-return]
+        return self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)
