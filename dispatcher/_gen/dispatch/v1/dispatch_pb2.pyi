@@ -493,3 +493,152 @@ class WatchAssignmentsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAssignmentsRequest: _TypeAlias = WatchAssignmentsRequest  # noqa: Y015
+
+@_typing.final
+class Operation(_message.Message):
+    """One operation of an OperateRequest: exactly one kind is set. The messages
+    are those of the unary calls, with the same meaning and defaults.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_FIELD_NUMBER: _builtins.int
+    SET_PRESENCE_FIELD_NUMBER: _builtins.int
+    REPORT_CONVERSATION_FIELD_NUMBER: _builtins.int
+    CLAIM_FROM_POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispatch(self) -> Global___DispatchRequest:
+        """Dispatch: routes a new conversation."""
+
+    @_builtins.property
+    def set_presence(self) -> Global___SetPresenceRequest:
+        """SetPresence: an agent's presence changed."""
+
+    @_builtins.property
+    def report_conversation(self) -> Global___ReportConversationRequest:
+        """ReportConversation: a conversation event."""
+
+    @_builtins.property
+    def claim_from_pool(self) -> Global___ClaimFromPoolRequest:
+        """ClaimFromPool: an agent takes a conversation from the message pool."""
+
+    def __init__(
+        self,
+        *,
+        dispatch: Global___DispatchRequest | None = ...,
+        set_presence: Global___SetPresenceRequest | None = ...,
+        report_conversation: Global___ReportConversationRequest | None = ...,
+        claim_from_pool: Global___ClaimFromPoolRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_from_pool", b"claim_from_pool", "dispatch", b"dispatch", "kind", b"kind", "report_conversation", b"report_conversation", "set_presence", b"set_presence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_from_pool", b"claim_from_pool", "dispatch", b"dispatch", "kind", b"kind", "report_conversation", b"report_conversation", "set_presence", b"set_presence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["dispatch", "set_presence", "report_conversation", "claim_from_pool"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
+@_typing.final
+class OperationResult(_message.Message):
+    """The answer to one Operation: the response of its kind, or its error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_FIELD_NUMBER: _builtins.int
+    SET_PRESENCE_FIELD_NUMBER: _builtins.int
+    REPORT_CONVERSATION_FIELD_NUMBER: _builtins.int
+    CLAIM_FROM_POOL_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispatch(self) -> Global___DispatchResponse:
+        """The answer of a dispatch operation. Its `error` field is never used
+        here: an operation's error is this message's `error`.
+        """
+
+    @_builtins.property
+    def set_presence(self) -> Global___SetPresenceResponse:
+        """The answer of a set_presence operation."""
+
+    @_builtins.property
+    def report_conversation(self) -> Global___ReportConversationResponse:
+        """The answer of a report_conversation operation."""
+
+    @_builtins.property
+    def claim_from_pool(self) -> Global___ClaimFromPoolResponse:
+        """The answer of a claim_from_pool operation."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Why the operation failed (code is a google.rpc.Code number, e.g. 5
+        NOT_FOUND; the message is the one its unary form would give). Unset on
+        success.
+        """
+
+    def __init__(
+        self,
+        *,
+        dispatch: Global___DispatchResponse | None = ...,
+        set_presence: Global___SetPresenceResponse | None = ...,
+        report_conversation: Global___ReportConversationResponse | None = ...,
+        claim_from_pool: Global___ClaimFromPoolResponse | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_from_pool", b"claim_from_pool", "dispatch", b"dispatch", "error", b"error", "kind", b"kind", "report_conversation", b"report_conversation", "set_presence", b"set_presence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_from_pool", b"claim_from_pool", "dispatch", b"dispatch", "error", b"error", "kind", b"kind", "report_conversation", b"report_conversation", "set_presence", b"set_presence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["dispatch", "set_presence", "report_conversation", "claim_from_pool"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___OperationResult: _TypeAlias = OperationResult  # noqa: Y015
+
+@_typing.final
+class OperateRequest(_message.Message):
+    """Operations to apply in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Operation]:
+        """At most 4096 operations."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___Operation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperateRequest: _TypeAlias = OperateRequest  # noqa: Y015
+
+@_typing.final
+class OperateResponse(_message.Message):
+    """The answers to an OperateRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperationResult]:
+        """One result per operation, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___OperationResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperateResponse: _TypeAlias = OperateResponse  # noqa: Y015

@@ -67,6 +67,16 @@ class DispatchStub(object):
                 request_serializer=dispatch_dot_v1_dot_dispatch__pb2.ClaimFromPoolRequest.SerializeToString,
                 response_deserializer=dispatch_dot_v1_dot_dispatch__pb2.ClaimFromPoolResponse.FromString,
                 _registered_method=True)
+        self.Operate = channel.unary_unary(
+                '/dispatch.v1.Dispatch/Operate',
+                request_serializer=dispatch_dot_v1_dot_dispatch__pb2.OperateRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_dispatch__pb2.OperateResponse.FromString,
+                _registered_method=True)
+        self.OperateStream = channel.stream_stream(
+                '/dispatch.v1.Dispatch/OperateStream',
+                request_serializer=dispatch_dot_v1_dot_dispatch__pb2.OperateRequest.SerializeToString,
+                response_deserializer=dispatch_dot_v1_dot_dispatch__pb2.OperateResponse.FromString,
+                _registered_method=True)
         self.WatchAssignments = channel.unary_stream(
                 '/dispatch.v1.Dispatch/WatchAssignments',
                 request_serializer=dispatch_dot_v1_dot_dispatch__pb2.WatchAssignmentsRequest.SerializeToString,
@@ -132,6 +142,31 @@ class DispatchServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Operate(self, request, context):
+        """Applies a batch of any mix of operations (dispatch, presence, conversation
+        events, pool claims), in order, as if each were its own unary call, and
+        answers every one of them: its result, or its own `error` with the code
+        and message its unary form would have had. A failed operation changes
+        nothing and does not stop the rest. More than 4096 operations answer
+        INVALID_ARGUMENT for the whole call; so does an operation with no kind set.
+        For callers that cannot stream; OperateStream is the same, streamed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OperateStream(self, request_iterator, context):
+        """The long-lived form of Operate: each incoming batch is answered by exactly
+        one outgoing batch, in the order received. The operations of one stream
+        are applied in order. Flow control: a stream may have a bounded number of
+        operations received but not yet answered (and the server as a whole, too);
+        a batch beyond the bound is answered with RESOURCE_EXHAUSTED errors for the
+        operations it could not take, never queued without limit or dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchAssignments(self, request, context):
         """Streams every hand-out that happens after the original Dispatch call
         (queue drain, staging push, pool claim) for the given shops, from the
@@ -175,6 +210,16 @@ def add_DispatchServicer_to_server(servicer, server):
                     servicer.ClaimFromPool,
                     request_deserializer=dispatch_dot_v1_dot_dispatch__pb2.ClaimFromPoolRequest.FromString,
                     response_serializer=dispatch_dot_v1_dot_dispatch__pb2.ClaimFromPoolResponse.SerializeToString,
+            ),
+            'Operate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Operate,
+                    request_deserializer=dispatch_dot_v1_dot_dispatch__pb2.OperateRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_dispatch__pb2.OperateResponse.SerializeToString,
+            ),
+            'OperateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.OperateStream,
+                    request_deserializer=dispatch_dot_v1_dot_dispatch__pb2.OperateRequest.FromString,
+                    response_serializer=dispatch_dot_v1_dot_dispatch__pb2.OperateResponse.SerializeToString,
             ),
             'WatchAssignments': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAssignments,
@@ -347,6 +392,60 @@ class Dispatch(object):
             '/dispatch.v1.Dispatch/ClaimFromPool',
             dispatch_dot_v1_dot_dispatch__pb2.ClaimFromPoolRequest.SerializeToString,
             dispatch_dot_v1_dot_dispatch__pb2.ClaimFromPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Operate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dispatch.v1.Dispatch/Operate',
+            dispatch_dot_v1_dot_dispatch__pb2.OperateRequest.SerializeToString,
+            dispatch_dot_v1_dot_dispatch__pb2.OperateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OperateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dispatch.v1.Dispatch/OperateStream',
+            dispatch_dot_v1_dot_dispatch__pb2.OperateRequest.SerializeToString,
+            dispatch_dot_v1_dot_dispatch__pb2.OperateResponse.FromString,
             options,
             channel_credentials,
             insecure,

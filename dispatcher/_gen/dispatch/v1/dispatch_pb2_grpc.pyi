@@ -78,6 +78,23 @@ class DispatchStub:
     """An agent takes the oldest (or the named) conversation from the shop's
     message pool. FAILED_PRECONDITION when the pool is empty.
     """
+    Operate: _grpc.UnaryUnaryMultiCallable[_dispatch_pb2.OperateRequest, _dispatch_pb2.OperateResponse]
+    """Applies a batch of any mix of operations (dispatch, presence, conversation
+    events, pool claims), in order, as if each were its own unary call, and
+    answers every one of them: its result, or its own `error` with the code
+    and message its unary form would have had. A failed operation changes
+    nothing and does not stop the rest. More than 4096 operations answer
+    INVALID_ARGUMENT for the whole call; so does an operation with no kind set.
+    For callers that cannot stream; OperateStream is the same, streamed.
+    """
+    OperateStream: _grpc.StreamStreamMultiCallable[_dispatch_pb2.OperateRequest, _dispatch_pb2.OperateResponse]
+    """The long-lived form of Operate: each incoming batch is answered by exactly
+    one outgoing batch, in the order received. The operations of one stream
+    are applied in order. Flow control: a stream may have a bounded number of
+    operations received but not yet answered (and the server as a whole, too);
+    a batch beyond the bound is answered with RESOURCE_EXHAUSTED errors for the
+    operations it could not take, never queued without limit or dropped.
+    """
     WatchAssignments: _grpc.UnaryStreamMultiCallable[_dispatch_pb2.WatchAssignmentsRequest, _dispatch_pb2.Assignment]
     """Streams every hand-out that happens after the original Dispatch call
     (queue drain, staging push, pool claim) for the given shops, from the
@@ -121,6 +138,23 @@ class DispatchAsyncStub(DispatchStub):
     ClaimFromPool: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.ClaimFromPoolRequest, _dispatch_pb2.ClaimFromPoolResponse]  # type: ignore[assignment]
     """An agent takes the oldest (or the named) conversation from the shop's
     message pool. FAILED_PRECONDITION when the pool is empty.
+    """
+    Operate: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.OperateRequest, _dispatch_pb2.OperateResponse]  # type: ignore[assignment]
+    """Applies a batch of any mix of operations (dispatch, presence, conversation
+    events, pool claims), in order, as if each were its own unary call, and
+    answers every one of them: its result, or its own `error` with the code
+    and message its unary form would have had. A failed operation changes
+    nothing and does not stop the rest. More than 4096 operations answer
+    INVALID_ARGUMENT for the whole call; so does an operation with no kind set.
+    For callers that cannot stream; OperateStream is the same, streamed.
+    """
+    OperateStream: _aio.StreamStreamMultiCallable[_dispatch_pb2.OperateRequest, _dispatch_pb2.OperateResponse]  # type: ignore[assignment]
+    """The long-lived form of Operate: each incoming batch is answered by exactly
+    one outgoing batch, in the order received. The operations of one stream
+    are applied in order. Flow control: a stream may have a bounded number of
+    operations received but not yet answered (and the server as a whole, too);
+    a batch beyond the bound is answered with RESOURCE_EXHAUSTED errors for the
+    operations it could not take, never queued without limit or dropped.
     """
     WatchAssignments: _aio.UnaryStreamMultiCallable[_dispatch_pb2.WatchAssignmentsRequest, _dispatch_pb2.Assignment]  # type: ignore[assignment]
     """Streams every hand-out that happens after the original Dispatch call
@@ -198,6 +232,35 @@ class DispatchServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_dispatch_pb2.ClaimFromPoolResponse, _abc.Awaitable[_dispatch_pb2.ClaimFromPoolResponse]]:
         """An agent takes the oldest (or the named) conversation from the shop's
         message pool. FAILED_PRECONDITION when the pool is empty.
+        """
+
+    @_abc_1.abstractmethod
+    def Operate(
+        self,
+        request: _dispatch_pb2.OperateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatch_pb2.OperateResponse, _abc.Awaitable[_dispatch_pb2.OperateResponse]]:
+        """Applies a batch of any mix of operations (dispatch, presence, conversation
+        events, pool claims), in order, as if each were its own unary call, and
+        answers every one of them: its result, or its own `error` with the code
+        and message its unary form would have had. A failed operation changes
+        nothing and does not stop the rest. More than 4096 operations answer
+        INVALID_ARGUMENT for the whole call; so does an operation with no kind set.
+        For callers that cannot stream; OperateStream is the same, streamed.
+        """
+
+    @_abc_1.abstractmethod
+    def OperateStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_dispatch_pb2.OperateRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dispatch_pb2.OperateResponse], _abc.AsyncIterator[_dispatch_pb2.OperateResponse]]:
+        """The long-lived form of Operate: each incoming batch is answered by exactly
+        one outgoing batch, in the order received. The operations of one stream
+        are applied in order. Flow control: a stream may have a bounded number of
+        operations received but not yet answered (and the server as a whole, too);
+        a batch beyond the bound is answered with RESOURCE_EXHAUSTED errors for the
+        operations it could not take, never queued without limit or dropped.
         """
 
     @_abc_1.abstractmethod
