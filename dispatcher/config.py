@@ -47,7 +47,9 @@ ENV_VARS: Final = {
     "insecure": "DISPATCH_INSECURE",
     "auth_policy": "DISPATCH_AUTH_POLICY",
     "no_auth": "DISPATCH_NO_AUTH",
+    "max_clock_skew": "DISPATCH_MAX_CLOCK_SKEW",
     "max_concurrent_rpcs": "DISPATCH_MAX_CONCURRENT_RPCS",
+    "max_concurrent_streams": "DISPATCH_MAX_CONCURRENT_STREAMS",
     # Ecosystem (dispatcher/observability.py, dispatcher/docs/OPERATING.md).
     "config": "DISPATCH_CONFIG",
     "reflection": "DISPATCH_REFLECTION",
@@ -56,6 +58,7 @@ ENV_VARS: Final = {
     # Durability (dispatcher/durability/, dispatcher/docs/DURABILITY.md).
     "data_dir": "DISPATCH_DATA_DIR",
     "no_durability": "DISPATCH_NO_DURABILITY",
+    "create_data_dir": "DISPATCH_CREATE_DATA_DIR",
     "fsync": "DISPATCH_FSYNC",
     "fsync_interval_ms": "DISPATCH_FSYNC_INTERVAL_MS",
     "snapshot_every": "DISPATCH_SNAPSHOT_EVERY",
@@ -79,12 +82,15 @@ class ServeSettings:
     insecure: bool = False
     auth_policy: Path | None = None
     no_auth: bool = False
+    max_clock_skew: float = 300.0
     max_concurrent_rpcs: int = 1024
+    max_concurrent_streams: int = 1024
     config: Path | None = None
     reflection: bool = True
     metrics_port: int = 0
     metrics_host: str = ""
     data_dir: Path | None = None
+    create_data_dir: bool = False
     fsync: str = "always"
     fsync_interval_ms: int = 100
     snapshot_every: int = 100_000
@@ -131,6 +137,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _clock_skew(text: str) -> float:
+    """Seconds (>= 0); 0 or "off" turns the bound off."""
+    if str(text).strip().lower() in ("off", "none"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds or off") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds >= 0 (0 or off: no bound)")
+    return value
+
+
 def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     group = parser.add_argument_group("security (dispatcher/docs/SECURITY.md)")
     group.add_argument("--tls-cert", type=Path, default=env.get(ENV_VARS["tls_cert"]), help="PEM server certificate (chain) [$DISPATCH_TLS_CERT]")
@@ -160,10 +179,25 @@ def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, s
         help="accept every caller without credentials (local use only) [$DISPATCH_NO_AUTH]",
     )
     group.add_argument(
+        "--max-clock-skew",
+        type=_clock_skew,
+        default=env.get(ENV_VARS["max_clock_skew"], 300),
+        help="seconds a caller's `at` may be ahead of the server clock; later ones are refused "
+        "(INVALID_ARGUMENT). 0 or off: no bound, for replays of recorded times [$DISPATCH_MAX_CLOCK_SKEW, 300]",
+    )
+    group.add_argument(
         "--max-concurrent-rpcs",
         type=_positive_int,
         default=env.get(ENV_VARS["max_concurrent_rpcs"], 1024),
-        help="RPCs in progress at once, streams included; more answer RESOURCE_EXHAUSTED [$DISPATCH_MAX_CONCURRENT_RPCS, 1024]",
+        help="unary calls (Dispatch and Admin) in progress at once; more answer RESOURCE_EXHAUSTED. "
+        "Streams have --max-concurrent-streams [$DISPATCH_MAX_CONCURRENT_RPCS, 1024]",
+    )
+    group.add_argument(
+        "--max-concurrent-streams",
+        type=_positive_int,
+        default=env.get(ENV_VARS["max_concurrent_streams"], 1024),
+        help="streams (WatchAssignments, DispatchStream) open at once, apart from the unary calls' limit; "
+        "more answer RESOURCE_EXHAUSTED [$DISPATCH_MAX_CONCURRENT_STREAMS, 1024]",
     )
 
 
@@ -215,6 +249,13 @@ def _add_durability_arguments(parser: argparse.ArgumentParser, env: Mapping[str,
         action="store_true",
         default=_flag(env.get(ENV_VARS["no_durability"], "")),
         help="keep the state in memory only, even if --data-dir is set [$DISPATCH_NO_DURABILITY]",
+    )
+    group.add_argument(
+        "--create-data-dir",
+        action="store_true",
+        default=_flag(env.get(ENV_VARS["create_data_dir"], "")),
+        help="create --data-dir if it does not exist; without it a missing data dir refuses to start "
+        "(exit 3), so a moved or unmounted dir never starts empty [$DISPATCH_CREATE_DATA_DIR]",
     )
     group.add_argument(
         "--fsync",
@@ -362,12 +403,15 @@ def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
         insecure=bool(ns.insecure),
         auth_policy=Path(ns.auth_policy) if ns.auth_policy else None,
         no_auth=bool(ns.no_auth),
+        max_clock_skew=float(ns.max_clock_skew),
         max_concurrent_rpcs=int(ns.max_concurrent_rpcs),
+        max_concurrent_streams=int(ns.max_concurrent_streams),
         config=Path(ns.config) if ns.config else None,
         reflection=bool(ns.reflection),
         metrics_port=int(ns.metrics_port),
         metrics_host=ns.metrics_host or "",
         data_dir=Path(ns.data_dir) if ns.data_dir and not ns.no_durability else None,
+        create_data_dir=bool(ns.create_data_dir),
         fsync=ns.fsync,
         fsync_interval_ms=int(ns.fsync_interval_ms),
         snapshot_every=int(ns.snapshot_every),

@@ -14,6 +14,13 @@ lookup and a set membership test, and no grpc.aio interceptor runs per call:
   ListShops answers only the caller's shops; WatchAssignments of every shop
   (no ``shop_ids``) needs ``shops = "*"``.
 
+Concurrency: unary calls and streams have limits of their own. A unary call
+over ``max_concurrent_rpcs`` calls in progress, or a stream (server, client or
+bidirectional: WatchAssignments, DispatchStream, reflection) over
+``max_concurrent_streams`` open streams, answers RESOURCE_EXHAUSTED at once, so
+open streams can never lock out unary and Admin calls. Health is public and
+answers even at both limits.
+
 Nothing is logged per call; denials are counted in the server's counters.
 """
 
@@ -85,6 +92,8 @@ RULES: Final[dict[str, Rule]] = {
     _D + "Dispatch": Rule("dispatch", _none),
     _D + "DispatchBatch": Rule("dispatch", _none),
     _D + "DispatchStream": Rule("dispatch", _none),
+    _D + "Operate": Rule("dispatch", _none),
+    _D + "OperateStream": Rule("dispatch", _none),
     _D + "SetPresence": Rule("dispatch"),
     _D + "ReportConversation": Rule("dispatch"),
     _D + "ClaimFromPool": Rule("dispatch"),
@@ -158,11 +167,14 @@ class SecurityGuard:
         policy: AuthPolicy | None,
         errors: collections.Counter[str] | None = None,
         max_concurrent_rpcs: int | None = None,
+        max_concurrent_streams: int | None = None,
     ) -> None:
         self._policy = policy
         self._errors: collections.Counter[str] = errors if errors is not None else collections.Counter()
         self._limit = max_concurrent_rpcs
-        self.active = 0  # RPCs of this server in progress (streams included)
+        self._stream_limit = max_concurrent_streams
+        self.active = 0  # unary calls of this server in progress
+        self.streams = 0  # streams of this server open (a limit of their own)
 
     # ---------------------------------------------------------------- checks
 
@@ -198,9 +210,9 @@ class SecurityGuard:
         return caller
 
     async def _enter(self, context: grpc.aio.ServicerContext) -> None:
-        """Take a concurrency slot, or answer RESOURCE_EXHAUSTED at once. Every
-        call that enters must ``_leave``; the event loop is single-threaded, so
-        the counter needs no lock."""
+        """Take a unary call's concurrency slot, or answer RESOURCE_EXHAUSTED at
+        once. Every call that enters must ``_leave``; the event loop is
+        single-threaded, so the counter needs no lock."""
         if self._limit is not None and self.active >= self._limit:
             self._errors["RESOURCE_EXHAUSTED"] += 1
             await context.abort(
@@ -211,6 +223,19 @@ class SecurityGuard:
 
     def _leave(self) -> None:
         self.active -= 1
+
+    async def _enter_stream(self, context: grpc.aio.ServicerContext) -> None:
+        """Take a stream's slot (not a unary call's), or answer RESOURCE_EXHAUSTED at once."""
+        if self._stream_limit is not None and self.streams >= self._stream_limit:
+            self._errors["RESOURCE_EXHAUSTED"] += 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is at its limit of {self._stream_limit} open streams; retry with backoff",
+            )
+        self.streams += 1
+
+    def _leave_stream(self) -> None:
+        self.streams -= 1
 
     async def _guard(self, rule: Rule | None, method: str, request: Any, context: grpc.aio.ServicerContext) -> Caller | None:
         """Abort the call when its request is malformed or its caller may not make it."""
@@ -240,7 +265,7 @@ class SecurityGuard:
         serializer = handler.response_serializer
         guard = self._guard
         post = rule.post if rule is not None else None
-        if rule is None:  # public (health) methods answer even at the concurrency limit
+        if rule is None:  # public (health) methods answer even at the concurrency limits
 
             async def enter(context: grpc.aio.ServicerContext) -> None:
                 return None
@@ -248,8 +273,10 @@ class SecurityGuard:
             def leave() -> None:
                 return None
 
-        else:
+        elif handler.unary_unary is not None:
             enter, leave = self._enter, self._leave
+        else:  # streams: a limit of their own, so they never take the unary calls' slots
+            enter, leave = self._enter_stream, self._leave_stream
 
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
@@ -269,6 +296,17 @@ class SecurityGuard:
 
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
+            if inspect.iscoroutinefunction(inner_us):  # writes with context.write (WatchAssignments)
+
+                async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                    await enter(context)
+                    try:
+                        await guard(rule, method, request, context)
+                        await inner_us(request, context)
+                    finally:
+                        leave()
+
+                return grpc.unary_stream_rpc_method_handler(unary_stream_writer, deserializer, serializer)
             if not inspect.isasyncgenfunction(inner_us):
                 return handler  # not a shape this server registers; left as is
 

@@ -4,8 +4,9 @@ The servicers are thin: decode the request, call the engine, encode the
 answer. The engine is single-threaded and synchronous, and every call runs on
 the event loop's thread, so calls never interleave. After each mutating call
 the engine's outbox (hand-outs made after the original Dispatch: queue drains,
-staging pushes, pool claims) is drained and fanned out to WatchAssignments
-subscribers.
+staging pushes, pool claims) is drained and handed to the ``AssignmentHub``
+(dispatcher/watch.py), which fans it out to WatchAssignments subscribers off
+the call path: an answer never waits for watchers.
 
 Errors: the engine's ``DispatchError`` subclasses become the gRPC status they
 name (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ALREADY_EXISTS) with
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -29,9 +30,13 @@ from google.rpc import status_pb2
 
 import _fastpath
 from _fastpath import DispatchError, Reason
+from _fastpath.model import MAX_TIME_MS
 from _fastpath.wire import check_batch_size
 
 from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from .durability.journal import JournalError
+from .operations import KINDS as OPERATION_KINDS
+from .operations import OperationContext, apply_operations
 from .observability import Ecosystem
 from .auth import AuthPolicy
 from .convert import (
@@ -41,15 +46,18 @@ from .convert import (
     now_ms,
     shop_config_to_pb,
     shop_from_pb,
-    shop_state_to_pb,
+    shop_state_page,
     timestamp,
     timestamp_ms,
 )
 from .security import GuardedServer, SecurityGuard, item_scope, malformed_message
+from .watch import WATCH_BACKLOG, AssignmentHub, HandOut
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_CLOCK_SKEW",
     "MAX_CONCURRENT_RPCS",
+    "MAX_CONCURRENT_STREAMS",
     "MAX_MESSAGE_BYTES",
     "WATCH_BACKLOG",
     "AdminServicer",
@@ -62,16 +70,27 @@ __all__ = [
 MAX_BATCH: Final = 4096
 """Most items in one DispatchBatchRequest (also per message of DispatchStream)."""
 
+MAX_CLOCK_SKEW: Final = 300.0
+"""Seconds a caller's ``at`` may be ahead of the server clock (``--max-clock-skew``);
+a later one is refused with INVALID_ARGUMENT. See dispatcher/docs/SECURITY.md."""
+
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 """Largest message received or sent. A full batch of 4096 requests with 128-byte
 ids is about 3 MiB; anything beyond 8 MiB is refused by gRPC with RESOURCE_EXHAUSTED."""
 
-MAX_CONCURRENT_RPCS: Final = 1024
-"""Most RPCs in progress at once (open WatchAssignments/DispatchStream streams
-included); beyond it gRPC answers RESOURCE_EXHAUSTED at once."""
+MAX_OPERATIONS_IN_FLIGHT: Final = 65536
+"""Operate/OperateStream: most operations applied but not yet answered (waiting for the
+journal), server-wide; the excess of a batch answers RESOURCE_EXHAUSTED, unapplied."""
 
-WATCH_BACKLOG: Final = 65536
-"""Assignments a WatchAssignments subscriber may fall behind before it is ended."""
+MAX_CONCURRENT_RPCS: Final = 1024
+"""Most unary calls (Dispatch and Admin) in progress at once; beyond it the
+guard answers RESOURCE_EXHAUSTED at once. Streams have a limit of their own."""
+
+MAX_CONCURRENT_STREAMS: Final = 1024
+"""Most streams (WatchAssignments, DispatchStream, reflection) open at once; beyond
+it the guard answers RESOURCE_EXHAUSTED at once. Open streams never take the
+slots of unary calls. (``WATCH_BACKLOG``, the watchers' queue bound, lives in
+dispatcher/watch.py and is re-exported here.)"""
 
 log = structlog.get_logger("dispatcher.server")
 
@@ -103,6 +122,8 @@ class Counters:
     admin_calls: int = 0
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     internal_errors: int = 0
+    operations: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OPERATION_KINDS, 0))
+    """Operations of Operate/OperateStream batches, by kind."""
 
     def snapshot(self, decisions: list[list[int]]) -> dict[str, Any]:
         """The counters, with ``decisions`` ([reason][strategy], see ``DispatchServer.decisions``) per reason."""
@@ -113,62 +134,8 @@ class Counters:
             "admin_calls": self.admin_calls,
             "errors": dict(sorted(self.errors.items())),
             "internal_errors": self.internal_errors,
+            "operations": {k: v for k, v in self.operations.items() if v},
         }
-
-
-class _Subscriber:
-    __slots__ = ("shops", "items", "wakeup", "closed", "overflowed")
-
-    def __init__(self, shops: frozenset[str]) -> None:
-        self.shops = shops
-        self.items: collections.deque[dispatch_pb2.Assignment] = collections.deque()
-        self.wakeup = asyncio.Event()
-        self.closed = False
-        self.overflowed = False
-
-
-class AssignmentHub:
-    """Fans the engine's hand-outs out to WatchAssignments subscribers.
-
-    Publishing never blocks: a subscriber that falls ``backlog`` items behind
-    is marked and its stream ends with RESOURCE_EXHAUSTED.
-    """
-
-    def __init__(self, backlog: int = WATCH_BACKLOG) -> None:
-        self._backlog = backlog
-        self._subscribers: set[_Subscriber] = set()
-        self._closed = False
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
-    def publish(self, items: Iterable[dispatch_pb2.Assignment]) -> None:
-        for item in items:
-            for sub in self._subscribers:
-                if sub.overflowed or (sub.shops and item.shop_id not in sub.shops):
-                    continue
-                if len(sub.items) >= self._backlog:
-                    sub.overflowed = True
-                else:
-                    sub.items.append(item)
-                sub.wakeup.set()
-
-    def subscribe(self, shops: Iterable[str]) -> _Subscriber:
-        sub = _Subscriber(frozenset(shops))
-        sub.closed = self._closed
-        self._subscribers.add(sub)
-        return sub
-
-    def unsubscribe(self, sub: _Subscriber) -> None:
-        self._subscribers.discard(sub)
-
-    def close(self) -> None:
-        """End every stream (with OK) once it has sent what it holds."""
-        self._closed = True
-        for sub in self._subscribers:
-            sub.closed = True
-            sub.wakeup.set()
 
 
 class _Core:
@@ -180,19 +147,38 @@ class _Core:
         self.counters = counters
         self.journal = journal
         """dispatcher.durability.Journal or None: answers wait for its group commit."""
+        self.max_operations_in_flight = MAX_OPERATIONS_IN_FLIGHT
+        """Operate/OperateStream: most operations applied and not yet answered, server-wide."""
+        self.operations_in_flight = 0
 
-    def flush(self) -> list[dispatch_pb2.Assignment]:
-        """Drain the engine's outbox and publish it; return what it held."""
+    def flush(self) -> int:
+        """Drain the engine's outbox and publish it; return how many hand-outs it held.
+
+        Publishing is one append to the hub (dispatcher/watch.py): the engine's
+        tuples as they are. Its fan-out task turns them into messages, serializes
+        them and distributes them after this call answers, so a call that hands
+        out thousands of queued conversations costs them nothing per watcher,
+        and nothing per hand-out beyond the engine's own work."""
+        out = self.engine.drain_outbox()
+        if out:
+            self._publish(out)
+        return len(out)
+
+    def flush_assignments(self) -> list[dispatch_pb2.Assignment]:
+        """``flush``, returning the hand-outs as messages for an answer that carries them
+        (SetPresence, ReportConversation)."""
         out = self.engine.drain_outbox()
         if not out:
             return []
-        items = [assignment_to_pb(item) for item in out]
-        self.counters.handed_out += len(items)
+        self._publish(out)
+        return [assignment_to_pb(item) for item in out]
+
+    def _publish(self, out: list[HandOut]) -> None:
+        self.counters.handed_out += len(out)
         if self.journal is not None:  # watchers see a hand-out only once it is durable
-            self.journal.after_durable(lambda: self.hub.publish(items))
+            self.journal.after_durable(lambda: self.hub.publish(out))
         else:
-            self.hub.publish(items)
-        return items
+            self.hub.publish(out)
 
     async def call(self, context: grpc.aio.ServicerContext, fn: Callable[[], _Resp]) -> _Resp:
         """Run ``fn``; map its errors to a status (aborting the call); flush the outbox."""
@@ -201,22 +187,34 @@ class _Core:
             # The caller has given up: an expired call must not change state.
             self.counters.errors["DEADLINE_EXCEEDED"] += 1
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired before the call was run")
+        journal = self.journal
+        before = journal.seq if journal is not None else 0
         try:
             result = fn()
         except DispatchError as exc:
             code = _status_code(exc)
             self.counters.errors[code.name] += 1
             message = str(exc)
+        except JournalError as exc:
+            # The journal cannot write (disk full, data dir gone): the call was refused before the
+            # engine ran it, so nothing changed and nothing is acknowledged.
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+            self.counters.errors[code.name] += 1
         except Exception:
             self.counters.internal_errors += 1
             log.exception("internal_error")
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
         else:
             self.flush()
-            if self.journal is not None and (durable := self.journal.barrier()) is not None:
+            if journal is None:
+                return result
+            if journal.seq == before and not journal.writable:
+                return result  # a read (it wrote nothing) is answered from memory while writes are refused
+            if (durable := journal.barrier()) is not None:
                 try:  # group commit: answer once every record so far is durable
                     await durable
-                except Exception as exc:  # noqa: BLE001 - JournalError: nothing can be acknowledged
+                except JournalError as exc:  # nothing can be acknowledged
+                    self.counters.errors["UNAVAILABLE"] += 1
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             return result
         self.flush()
@@ -224,26 +222,38 @@ class _Core:
         raise AssertionError("unreachable")  # abort raises
 
 
-def _at(request: Any, field: str = "at") -> int:
+def _at(request: Any, max_skew_ms: int | None = None, *, now: int | None = None, field: str = "at") -> int:
+    """The request's ``field`` in ms, else the server clock (``now``, read here when
+    None). A time more than ``max_skew_ms`` ahead of the server clock is refused
+    (INVALID_ARGUMENT, naming the bound); ``None``: no bound."""
+    if now is None:
+        now = now_ms()
     if request.HasField(field):
-        return timestamp_ms(getattr(request, field), field)
-    return now_ms()
+        return timestamp_ms(getattr(request, field), field, now=now, max_skew_ms=max_skew_ms)
+    return now
+
+
+def _max_at(now: int, max_skew_ms: int | None) -> int | None:
+    """The latest ``at`` accepted at ``now`` (the wire readers' ``max_at_ms``), or None: no bound."""
+    return None if max_skew_ms is None else now + max_skew_ms
 
 
 class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
     """``dispatch.v1.Dispatch``: the hot path and the IM-side events."""
 
-    def __init__(self, core: _Core, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, core: _Core, max_batch: int = MAX_BATCH, max_clock_skew_ms: int | None = None) -> None:
         self._core = core
         self._engine = core.engine
         self._max_batch = max_batch
+        self._max_skew_ms = max_clock_skew_ms
+        """How far ahead of the server clock a caller's ``at`` may be (ms); None: no bound."""
 
-    def _dispatch(self, request: dispatch_pb2.DispatchRequest) -> dispatch_pb2.DispatchResponse:
+    def _dispatch(self, request: dispatch_pb2.DispatchRequest, now: int | None = None) -> dispatch_pb2.DispatchResponse:
         reason, agent_id, group_id, trace = self._engine.dispatch(
             request.shop_id,
             request.buyer_id,
             request.conversation_id,
-            _at(request),
+            _at(request, self._max_skew_ms, now=now),
             request.type,
             request.source,
             request.order_state,
@@ -266,11 +276,12 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         (``dispatch_batch_wire``: no protobuf objects per item); items without
         ``at`` share one reading of the clock. Callers limited to some shops,
         and bytes the engine's reader declines (``None``), take the object
-        path, which parses with the protobuf runtime."""
+        path, which parses with the protobuf runtime. So does a batch with an
+        item whose ``at`` is beyond the clock bound: that item alone is refused."""
         now = now_ms()
         scope = item_scope()  # None unless the caller is limited to some shops
         if scope is None:
-            answer = self._engine.dispatch_batch_wire(raw, now, self._max_batch)
+            answer = self._engine.dispatch_batch_wire(raw, now, self._max_batch, _max_at(now, self._max_skew_ms))
             if answer is not None:
                 out, failed = answer
                 if failed:  # rare: count the refused items by status
@@ -295,6 +306,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         add = out.responses.add
         dispatch = self._engine.dispatch
         counters = self._core.counters
+        max_skew_ms = self._max_skew_ms
         for request in requests:
             conversation_id = request.conversation_id
             try:
@@ -304,7 +316,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                     request.shop_id,
                     request.buyer_id,
                     conversation_id,
-                    timestamp_ms(request.at, "at") if request.HasField("at") else now,
+                    timestamp_ms(request.at, "at", now=now, max_skew_ms=max_skew_ms) if request.HasField("at") else now,
                     request.type,
                     request.source,
                     request.order_state,
@@ -332,9 +344,10 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         the rest (``None``: another conversation type, a trace, anything it would
         refuse, bytes its reader declines), and callers limited to some shops,
         take the object path, which parses with the protobuf runtime."""
+        now = now_ms()
         scope = item_scope()  # None unless the caller is limited to some shops
         if scope is None:
-            answer = self._engine.dispatch_wire(raw, now_ms())
+            answer = self._engine.dispatch_wire(raw, now, _max_at(now, self._max_skew_ms))
             if answer is not None:
                 return answer  # _Core.call flushes the outbox
         try:
@@ -343,7 +356,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             raise _fastpath.InvalidArgumentError(malformed_message(dispatch_pb2.DispatchRequest)) from None
         if scope is not None and request.shop_id not in scope.shops:  # type: ignore[operator]
             scope.check_shop(request.shop_id)
-        return self._dispatch(request).SerializeToString()
+        return self._dispatch(request, now).SerializeToString()
 
     async def DispatchBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
         # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
@@ -357,15 +370,76 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         async for batch in request_iterator:
             yield await self._core.call(context, lambda: self._batch(batch))
 
+    # ------------------------------------------------------------ Operate / OperateStream (issue 13)
+
+    def _operate(self, raw: bytes, taken: list[int]) -> bytes:
+        """A serialized OperateRequest in, its OperateResponse out: every operation in order,
+        each with its own result or error (dispatcher/operations.py).
+
+        Flow control: the operations of this batch that would take the server past
+        ``max_operations_in_flight`` (applied, not yet durable and answered) are not applied
+        and answer RESOURCE_EXHAUSTED; the rest run as usual."""
+        now = now_ms()
+        core = self._core
+        try:
+            request = dispatch_pb2.OperateRequest.FromString(raw)
+        except DecodeError:
+            raise _fastpath.InvalidArgumentError(malformed_message(dispatch_pb2.OperateRequest)) from None
+        operations = request.operations
+        check_batch_size(len(operations), self._max_batch)
+        scope = item_scope()  # None unless the caller is limited to some shops
+        check_shop = None
+        if scope is not None:
+            shops = scope.shops
+
+            def check_shop(shop_id: str) -> None:
+                if shops is not None and shop_id not in shops:
+                    scope.check_shop(shop_id)
+
+        room = max(0, core.max_operations_in_flight - core.operations_in_flight)
+        counts = core.counters.operations
+        before = counts["dispatch"]
+        total = sum(counts.values())
+        ctx = OperationContext(self._engine, core.flush_assignments, self._max_skew_ms, check_shop, counts, core.counters.errors)
+        response = apply_operations(ctx, operations, now, limit=room)
+        events = sum(counts.values()) - total - (counts["dispatch"] - before)
+        core.counters.events += events
+        applied = min(len(operations), room)
+        core.operations_in_flight += applied
+        taken.append(applied)
+        return response.SerializeToString()
+
+    async def _operate_call(self, context: grpc.aio.ServicerContext, raw: bytes) -> bytes:
+        core = self._core
+        taken: list[int] = []
+        try:
+            return await core.call(context, lambda: self._operate(raw, taken))
+        finally:
+            core.operations_in_flight -= sum(taken)  # answered (or failed): no longer in flight
+
+    async def Operate(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
+        # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
+        return await self._operate_call(context, request)
+
+    async def OperateStream(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
+        # One batch at a time per stream: the next is read only once this one is durable and
+        # answered, so a stream never has more than one batch (max_batch operations) in flight.
+        async for batch in request_iterator:
+            yield await self._operate_call(context, batch)
+
     async def SetPresence(
         self, request: dispatch_pb2.SetPresenceRequest, context: grpc.aio.ServicerContext
     ) -> dispatch_pb2.SetPresenceResponse:
         def run() -> dispatch_pb2.SetPresenceResponse:
             self._core.counters.events += 1
             self._engine.set_presence(
-                request.shop_id, request.agent_id, request.presence, request.client, _at(request)
+                request.shop_id, request.agent_id, request.presence, request.client, _at(request, self._max_skew_ms)
             )
-            return dispatch_pb2.SetPresenceResponse(assignments=self._core.flush())
+            return dispatch_pb2.SetPresenceResponse(assignments=self._core.flush_assignments())
 
         return await self._core.call(context, run)
 
@@ -378,13 +452,15 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 request.shop_id,
                 request.conversation_id,
                 request.event,
-                _at(request),
+                _at(request, self._max_skew_ms),
                 buyer_id=request.buyer_id,
                 agent_id=request.agent_id,
                 to_agent_id=request.to_agent_id,
                 to_group_id=request.to_group_id,
             )
-            return dispatch_pb2.ReportConversationResponse(agent_id=agent_id or "", assignments=self._core.flush())
+            return dispatch_pb2.ReportConversationResponse(
+                agent_id=agent_id or "", assignments=self._core.flush_assignments()
+            )
 
         return await self._core.call(context, run)
 
@@ -394,7 +470,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         def run() -> dispatch_pb2.ClaimFromPoolResponse:
             self._core.counters.events += 1
             conversation_id, buyer_id = self._engine.claim_from_pool(
-                request.shop_id, request.agent_id, _at(request), request.conversation_id
+                request.shop_id, request.agent_id, _at(request, self._max_skew_ms), request.conversation_id
             )
             return dispatch_pb2.ClaimFromPoolResponse(
                 conversation_id=conversation_id, buyer_id=buyer_id, agent_id=request.agent_id
@@ -402,9 +478,11 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
 
         return await self._core.call(context, run)
 
-    async def WatchAssignments(
+    async def WatchAssignments(  # type: ignore[override]  # context.write of bytes, not a generator
         self, request: dispatch_pb2.WatchAssignmentsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[dispatch_pb2.Assignment]:
+    ) -> None:
+        # Registered with an identity response serializer (add_dispatch_servicer):
+        # the hub writes each hand-out's bytes, serialized once for every watcher.
         shops = list(request.shop_ids)
         for i, shop_id in enumerate(shops):
             try:
@@ -417,20 +495,10 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             # The headers tell the caller that the subscription is registered:
             # every hand-out after they arrive is delivered.
             await context.send_initial_metadata((("dispatch-watch", "subscribed"),))
-            while True:
-                if sub.overflowed:
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"the subscriber fell more than {WATCH_BACKLOG} assignments behind; watch again",
-                    )
-                while sub.items:
-                    yield sub.items.popleft()
-                if sub.closed:
-                    return
-                sub.wakeup.clear()
-                if not (sub.items or sub.closed or sub.overflowed):
-                    await sub.wakeup.wait()
+            await hub.serve(sub, context)  # ends with OK at shutdown, RESOURCE_EXHAUSTED if it falls behind
         finally:
+            if sub.overflowed:
+                self._core.counters.errors["RESOURCE_EXHAUSTED"] += 1
             hub.unsubscribe(sub)
 
 
@@ -528,9 +596,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._mutate(context, "exclusive.deleted", fields, run)
 
     async def GetShopState(self, request: admin_pb2.GetShopStateRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ShopState:
+        # Pages of agents for big shops (GetShopStateRequest.page_size); small shops whole, as before.
         return await self._core.call(
             context,
-            lambda: shop_state_to_pb(self._engine.shop_state(request.shop_id), self._engine.shop_config(request.shop_id)),
+            lambda: shop_state_page(
+                self._engine.shop_state(request.shop_id),
+                self._engine.shop_config(request.shop_id),
+                request.page_size,
+                request.page_token,
+            ),
         )
 
     async def ListShops(
@@ -570,8 +644,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 exclusive_agent=self._engine.exclusive_agent(request.shop_id, request.buyer_id) or ""
             )
             if contact is not None:
+                # The contact holds while the shop's clock is less than the window past it.
+                window = self._engine.shop_config(request.shop_id).affinity_window_ms
                 response.recent_contact = contact[0]
-                response.recent_contact_expires_at.CopyFrom(timestamp(contact[1]))
+                response.recent_contact_expires_at.CopyFrom(timestamp(min(contact[1] + window, MAX_TIME_MS)))
             return response
 
         return await self._core.call(context, run)
@@ -589,9 +665,11 @@ class _Registration:
         self.service, self.handlers = service, dict(handlers)
 
 
-RAW_BYTES_METHODS: Final = ("Dispatch", "DispatchBatch", "DispatchStream")
+RAW_BYTES_METHODS: Final = ("Dispatch", "DispatchBatch", "DispatchStream", "Operate", "OperateStream")
 """Methods registered without protobuf (de)serializers: the engine reads and
-writes their messages itself (``dispatch_wire``, ``dispatch_batch_wire``)."""
+writes their messages itself (``dispatch_wire``, ``dispatch_batch_wire``).
+WatchAssignments decodes its request with protobuf but writes bytes: each
+hand-out is serialized once, by the hub, for all its watchers."""
 
 
 def add_dispatch_servicer(servicer: DispatchServicer, server: Any) -> None:
@@ -602,6 +680,11 @@ def add_dispatch_servicer(servicer: DispatchServicer, server: Any) -> None:
     handlers["Dispatch"] = grpc.unary_unary_rpc_method_handler(servicer.Dispatch)
     handlers["DispatchBatch"] = grpc.unary_unary_rpc_method_handler(servicer.DispatchBatch)
     handlers["DispatchStream"] = grpc.stream_stream_rpc_method_handler(servicer.DispatchStream)
+    handlers["Operate"] = grpc.unary_unary_rpc_method_handler(servicer.Operate)
+    handlers["OperateStream"] = grpc.stream_stream_rpc_method_handler(servicer.OperateStream)
+    handlers["WatchAssignments"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchAssignments, request_deserializer=dispatch_pb2.WatchAssignmentsRequest.FromString
+    )  # no response serializer: the hub writes serialized dispatch.v1.Assignment bytes
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, handlers),))
     server.add_registered_method_handlers(caught.service, handlers)
 
@@ -612,6 +695,8 @@ class DispatchServer:
     ``await start()`` binds and returns the port (0 picks a free one);
     ``await stop(grace)`` stops accepting, ends watch streams, lets in-flight
     calls finish for up to ``grace`` seconds, and logs the counters.
+    ``max_clock_skew`` (seconds; ``None`` or 0: no bound) is how far a caller's
+    ``at`` may be ahead of the server clock (dispatcher/docs/SECURITY.md).
     """
 
     def __init__(
@@ -629,7 +714,9 @@ class DispatchServer:
         no_auth: bool = False,
         credentials: grpc.ServerCredentials | None = None,
         max_concurrent_rpcs: int | None = MAX_CONCURRENT_RPCS,
+        max_concurrent_streams: int | None = MAX_CONCURRENT_STREAMS,
         journal: Any | None = None,
+        max_clock_skew: float | None = MAX_CLOCK_SKEW,
     ) -> None:
         # Security options (see dispatcher/security.py): callers are
         # authenticated by ``auth`` unless ``no_auth`` is asked for explicitly;
@@ -639,6 +726,7 @@ class DispatchServer:
         self.auth = auth
         self.credentials = credentials
         self._max_concurrent_rpcs = max_concurrent_rpcs
+        self._max_concurrent_streams = max_concurrent_streams  # a limit of their own (security.py)
         self.engine = engine if engine is not None else _fastpath.Engine(seed)
         self.counters = Counters()
         # The engine counts decisions; those it made before this server (journal replay) are not ours.
@@ -646,6 +734,10 @@ class DispatchServer:
         self.hub = AssignmentHub(watch_backlog)
         self._core = _Core(self.engine, self.hub, self.counters, journal)
         self._max_batch = max_batch
+        # A caller's ``at`` may be this far ahead of the server clock; None or 0: no bound.
+        if max_clock_skew is not None and max_clock_skew < 0:
+            raise ValueError(f"max_clock_skew={max_clock_skew} is negative (0 or None: no bound)")
+        self.max_clock_skew_ms = round(max_clock_skew * 1000) if max_clock_skew else None
         self._max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -665,12 +757,13 @@ class DispatchServer:
         # Every method handler is wrapped once, here, not by grpc.aio interceptors
         # (their per-call cost was more than the servicer's). The security guard is
         # outermost: malformed, unauthenticated, denied and over-limit calls end
-        # there, untimed. It also bounds concurrent RPCs (grpc.aio's
-        # maximum_concurrent_rpcs miscounts rejected calls in grpcio 1.76).
-        guard = SecurityGuard(self.auth, self.counters.errors, self._max_concurrent_rpcs)
+        # there, untimed. It also bounds concurrent unary calls and, separately,
+        # open streams (grpc.aio's maximum_concurrent_rpcs miscounts rejected
+        # calls in grpcio 1.76, and would let streams lock out the calls).
+        guard = SecurityGuard(self.auth, self.counters.errors, self._max_concurrent_rpcs, self._max_concurrent_streams)
         timing = self.ecosystem.wrap
         registering = GuardedServer(server, lambda method, handler: guard.wrap(method, timing(method, handler)))
-        add_dispatch_servicer(DispatchServicer(self._core, self._max_batch), registering)
+        add_dispatch_servicer(DispatchServicer(self._core, self._max_batch, self.max_clock_skew_ms), registering)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), registering)
         await self.ecosystem.attach(registering)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -82,7 +82,7 @@ def _item_or_call(fn: Callable[[], dispatch_pb2.DispatchBatchResponse]) -> grpc.
         response = fn()
     except grpc.RpcError as exc:
         return exc.code()  # type: ignore[no-any-return]
-    (item,) = response.responses
+    (item,) = response.results if hasattr(response, "results") else response.responses
     if item.HasField("error"):
         return next(c for c in grpc.StatusCode if c.value[0] == item.error.code)
     return grpc.StatusCode.OK
@@ -102,11 +102,18 @@ def _batch(shop: str) -> dispatch_pb2.DispatchBatchRequest:
     )
 
 
+def _operations(shop: str) -> dispatch_pb2.OperateRequest:
+    op = dispatch_pb2.Operation(dispatch=dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"c{next(_ids)}"))
+    return dispatch_pb2.OperateRequest(operations=[op])
+
+
 # Each RPC with a harmless request on shop `shop`: (method, call(stubs, shop, metadata) -> code).
 CALLS: dict[str, Callable[[Stubs, str, Any], grpc.StatusCode]] = {
     "Dispatch": lambda s, shop, m: _code(lambda: s.d.Dispatch(dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"c{next(_ids)}"), metadata=m)),
     "DispatchBatch": lambda s, shop, m: _item_or_call(lambda: s.d.DispatchBatch(_batch(shop), metadata=m)),
     "DispatchStream": lambda s, shop, m: _item_or_call(lambda: next(iter(s.d.DispatchStream(iter([_batch(shop)]), metadata=m)))),
+    "Operate": lambda s, shop, m: _item_or_call(lambda: s.d.Operate(_operations(shop), metadata=m)),
+    "OperateStream": lambda s, shop, m: _item_or_call(lambda: next(iter(s.d.OperateStream(iter([_operations(shop)]), metadata=m)))),
     "SetPresence": lambda s, shop, m: _code(lambda: s.d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:x", presence=ONLINE), metadata=m)),
     "ReportConversation": lambda s, shop, m: _code(lambda: s.d.ReportConversation(dispatch_pb2.ReportConversationRequest(shop_id=shop, conversation_id="nope", event=3), metadata=m)),
     "ClaimFromPool": lambda s, shop, m: _code(lambda: s.d.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest(shop_id=shop, agent_id=f"{shop}:x"), metadata=m)),
@@ -125,7 +132,10 @@ CALLS: dict[str, Callable[[Stubs, str, Any], grpc.StatusCode]] = {
     "GetBuyer": lambda s, shop, m: _code(lambda: s.a.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop, buyer_id="seed-buyer"), metadata=m)),
 }
 ROLE_OF = {
-    **dict.fromkeys(["Dispatch", "DispatchBatch", "DispatchStream", "SetPresence", "ReportConversation", "ClaimFromPool"], "dispatch"),
+    **dict.fromkeys(
+        ["Dispatch", "DispatchBatch", "DispatchStream", "Operate", "OperateStream", "SetPresence", "ReportConversation", "ClaimFromPool"],
+        "dispatch",
+    ),
     **dict.fromkeys(["PutShop", "DeleteShop", "PutAgent", "DeleteAgent", "PutGroup", "DeleteGroup", "SetExclusiveAgent", "DeleteExclusiveAgent"], "admin"),
     **dict.fromkeys(["GetShopState", "ListShops", "GetConversation", "GetBuyer", "WatchAssignments"], "read"),
 }

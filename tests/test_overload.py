@@ -1,9 +1,11 @@
 """Overload: a flood against a server with a low concurrency bound.
 
-``dispatcher serve --max-concurrent-rpcs 8`` runs as a subprocess on
-loopback (so its memory is its own). Rounds of 1500 concurrent calls must see
-RESOURCE_EXHAUSTED answered early (not latency piling up), some calls still
-served, the open watch streams kept, a call within the bound served after
+``dispatcher serve --max-concurrent-rpcs 8 --max-concurrent-streams 8`` runs
+as a subprocess on loopback (so its memory is its own). Rounds of 1500
+concurrent calls and 100 streams must see the streams over their own bound
+refused with RESOURCE_EXHAUSTED early (not latency piling up), unary calls
+still served (streams have a limit of their own and never take the calls'
+slots), the open watch streams kept, a call within the bound served after
 each round, and the server's RSS settling instead of growing round after round.
 Loops are bounded in count and time.
 """
@@ -38,7 +40,7 @@ async def _flood(target: str, pid: int) -> None:
     async with grpc.aio.insecure_channel(target) as ch:
         d, a = dispatch_pb2_grpc.DispatchStub(ch), admin_pb2_grpc.AdminStub(ch)
         await a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s")), timeout=10)
-        # Two long-lived streams hold 2 of the 8 slots through every round.
+        # Two long-lived streams hold 2 of the 8 stream slots through every round.
         watches = [d.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=["s"]), timeout=120) for _ in range(2)]
         for w in watches:
             assert ("dispatch-watch", "subscribed") in tuple(await w.initial_metadata())
@@ -75,7 +77,8 @@ async def _flood(target: str, pid: int) -> None:
             totals.update(codes)
             assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "stream:HELD", "stream:RESOURCE_EXHAUSTED"}, codes
             assert codes["stream:HELD"] == BOUND - len(watches), codes  # exactly the free slots
-            assert codes["RESOURCE_EXHAUSTED"] > 0 and codes["stream:RESOURCE_EXHAUSTED"] > 0 and codes["OK"] > 0, codes
+            # Streams beyond their own bound are refused; the unary calls are not locked out by them.
+            assert codes["stream:RESOURCE_EXHAUSTED"] > 0 and codes["OK"] >= FLOOD // 3, codes
             assert took < 15, took  # refused early, not queued without limit
             for status, call in held:
                 call.cancel()
@@ -101,7 +104,7 @@ async def _flood(target: str, pid: int) -> None:
 def test_flood_gets_resource_exhausted_and_memory_settles() -> None:
     proc = Proc(
         "serve", "--port", "0", "--log-format", "json", "--stats-interval", "0",
-        "--max-concurrent-rpcs", str(BOUND),
+        "--max-concurrent-rpcs", str(BOUND), "--max-concurrent-streams", str(BOUND),
     )  # fmt: skip  (Proc passes DISPATCH_NO_AUTH=1)
     try:
         target = f"127.0.0.1:{proc.port()}"
