@@ -90,6 +90,8 @@ def _assignments(items: Any) -> list[tuple[str, str, int]]:
 async def on_server(stubs: Stubs, op: tuple[Any, ...]) -> Any:
     """Run ``op`` over gRPC; its answer, or ("error", code) for an engine error. Other errors raise."""
     kind, shop = op[0], op[1]
+    if kind in ("presence", "event", "claim") and zlib.crc32(repr(op).encode()) % 3 == 0:
+        return await _as_operation(stubs, op)  # a third of the events go through Operate
     try:
         if kind == "put_shop":
             await stubs.admin.PutShop(admin_pb2.PutShopRequest(shop=op[2]))
@@ -127,6 +129,35 @@ async def on_server(stubs: Stubs, op: tuple[Any, ...]) -> Any:
             return ("error", exc.code().name)
         raise
     raise AssertionError(op)
+
+
+async def _as_operation(stubs: Stubs, op: tuple[Any, ...]) -> Any:
+    """An event as the one operation of an Operate call, answered as on_server answers it."""
+    kind, shop = op[0], op[1]
+    if kind == "presence":
+        operation = dispatch_pb2.Operation(
+            set_presence=dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=op[2], presence=op[3], at=timestamp(op[4]))
+        )
+    elif kind == "event":
+        operation = dispatch_pb2.Operation(
+            report_conversation=dispatch_pb2.ReportConversationRequest(
+                shop_id=shop, conversation_id=op[2], event=op[3], at=timestamp(op[4])
+            )
+        )
+    else:
+        operation = dispatch_pb2.Operation(
+            claim_from_pool=dispatch_pb2.ClaimFromPoolRequest(shop_id=shop, agent_id=op[2], at=timestamp(op[3]))
+        )
+    (result,) = (await stubs.dispatch.Operate(dispatch_pb2.OperateRequest(operations=[operation]))).results
+    if result.HasField("error"):
+        name = _CODE_BY_NUMBER[result.error.code].name
+        assert name in APP_ERRORS, result.error
+        return ("error", name)
+    if kind == "presence":
+        return _assignments(result.set_presence.assignments)
+    if kind == "event":
+        return (result.report_conversation.agent_id, _assignments(result.report_conversation.assignments))
+    return (result.claim_from_pool.conversation_id, result.claim_from_pool.buyer_id)
 
 
 def on_reference(engine: Any, op: tuple[Any, ...]) -> Any:
