@@ -40,7 +40,28 @@ from .model import LATEST_SECONDS, DispatchError, InvalidArgumentError, timestam
 
 __all__ = [
     "GRPC_CODE_NUMBERS",
+    "OPERATION_KINDS",
+    "OP_CLAIM_FROM_POOL",
+    "OP_DISPATCH",
+    "OP_REPORT_CONVERSATION",
+    "OP_SET_PRESENCE",
+    "WireClaim",
+    "WireEvent",
     "WireItem",
+    "WireOperation",
+    "WirePresence",
+    "check_operations_size",
+    "encode_assignment",
+    "encode_claim_response",
+    "encode_event_response",
+    "encode_operate_response",
+    "encode_presence_response",
+    "encode_result",
+    "encode_result_error",
+    "error_code",
+    "operation_at",
+    "operations_beyond",
+    "parse_operate_request",
     "at_beyond",
     "batch_of_one",
     "check_batch_size",
@@ -348,3 +369,223 @@ def reference_dispatch_batch_wire(
     check_batch_size(len(items), max_items)
     answers = [dispatch_item(engine, item, now_ms) for item in items]
     return encode_batch_response([raw for raw, _ in answers]), sum(failed for _, failed in answers)
+
+
+# --------------------------------------------------------------------- Operate (issue 13)
+#
+# ``OperateRequest``: 1 = repeated ``Operation``; an ``Operation`` sets exactly one of
+# 1 dispatch (DispatchRequest), 2 set_presence, 3 report_conversation, 4 claim_from_pool.
+# The reader declines (``None``) an operation with no kind or more than one (the object
+# path refuses the first, and protobuf's last-one-wins settles the second), exactly as it
+# declines anything unusual in a DispatchRequest.
+
+OP_DISPATCH: Final = 1
+OP_SET_PRESENCE: Final = 2
+OP_REPORT_CONVERSATION: Final = 3
+OP_CLAIM_FROM_POOL: Final = 4
+OPERATION_KINDS: Final = ("", "dispatch", "set_presence", "report_conversation", "claim_from_pool")
+"""The ``Operation.kind`` names by field number (index 0 unused)."""
+
+
+class WirePresence(NamedTuple):
+    """A ``SetPresenceRequest``: 1 shop_id, 2 agent_id, 3 presence, 4 client, 5 at."""
+
+    shop_id: str = ""
+    agent_id: str = ""
+    presence: int = 0
+    client: int = 0
+    at: tuple[int, int] | None = None
+
+
+class WireEvent(NamedTuple):
+    """A ``ReportConversationRequest``: 1 shop_id, 2 conversation_id, 3 buyer_id, 4 event,
+    5 agent_id, 6 to_agent_id, 7 to_group_id, 8 at."""
+
+    shop_id: str = ""
+    conversation_id: str = ""
+    buyer_id: str = ""
+    event: int = 0
+    agent_id: str = ""
+    to_agent_id: str = ""
+    to_group_id: str = ""
+    at: tuple[int, int] | None = None
+
+
+class WireClaim(NamedTuple):
+    """A ``ClaimFromPoolRequest``: 1 shop_id, 2 agent_id, 3 conversation_id, 4 at."""
+
+    shop_id: str = ""
+    agent_id: str = ""
+    conversation_id: str = ""
+    at: tuple[int, int] | None = None
+
+
+WireOperation = tuple[int, "WireItem | WirePresence | WireEvent | WireClaim"]
+"""(kind: OP_*, the request)."""
+
+# For each message: its string fields, enum (varint) fields, and the number of its ``at``.
+_LAYOUTS: Final = {
+    OP_SET_PRESENCE: (WirePresence, {1: "shop_id", 2: "agent_id"}, {3: "presence", 4: "client"}, 5),
+    OP_REPORT_CONVERSATION: (
+        WireEvent,
+        {1: "shop_id", 2: "conversation_id", 3: "buyer_id", 5: "agent_id", 6: "to_agent_id", 7: "to_group_id"},
+        {4: "event"},
+        8,
+    ),
+    OP_CLAIM_FROM_POOL: (WireClaim, {1: "shop_id", 2: "agent_id", 3: "conversation_id"}, {}, 4),
+}
+
+
+def _message(kind: int, data: bytes, pos: int, end: int) -> WirePresence | WireEvent | WireClaim:
+    cls, strings, enums, at_number = _LAYOUTS[kind]
+    fields: dict[str, Any] = {}
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if number in strings and wire_type == _LEN:
+            stop, start = _length(data, pos, end)
+            try:
+                fields[strings[number]] = data[start:stop].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Malformed from None
+            pos = stop
+        elif number in enums and wire_type == _VARINT:
+            v, pos = _varint(data, pos)
+            fields[enums[number]] = _int32(v)
+        elif number == at_number and wire_type == _LEN:
+            if "at" in fields:
+                raise _Malformed
+            stop, start = _length(data, pos, end)
+            fields["at"] = _timestamp(data, start, stop)
+            pos = stop
+        else:
+            raise _Malformed
+    if pos != end:
+        raise _Malformed
+    return cls(**fields)  # type: ignore[no-any-return]
+
+
+def _operation(data: bytes, pos: int, end: int) -> WireOperation:
+    found: WireOperation | None = None
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if found is not None or wire_type != _LEN or not OP_DISPATCH <= number <= OP_CLAIM_FROM_POOL:
+            raise _Malformed  # a second kind, an unknown field
+        stop, start = _length(data, pos, end)
+        found = (number, _item(data, start, stop) if number == OP_DISPATCH else _message(number, data, start, stop))
+        pos = stop
+    if found is None or pos != end:
+        raise _Malformed  # no kind: the object path refuses the whole call
+    return found
+
+
+def parse_operate_request(data: bytes) -> list[WireOperation] | None:
+    """The operations of an ``OperateRequest``, or ``None`` if this reader declines the bytes."""
+    ops = []
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            key, pos = _varint(data, pos)
+            if key != (1 << 3) | _LEN:
+                return None
+            stop, start = _length(data, pos, end)
+            ops.append(_operation(data, start, stop))
+            pos = stop
+    except _Malformed:
+        return None
+    return ops
+
+
+def operation_at(item: WireItem | WirePresence | WireEvent | WireClaim, now_ms: int) -> int:
+    """The operation's time: its ``at`` (a bad one raises, as in the object path) or ``now_ms``."""
+    return timestamp_to_ms(item.at[0], item.at[1], "at") if item.at is not None else now_ms
+
+
+def operations_beyond(ops: list[WireOperation], max_at_ms: int | None) -> bool:
+    """Whether any operation's ``at`` is a valid time later than ``max_at_ms`` (see ``at_beyond``)."""
+    return max_at_ms is not None and any(at_beyond(item, max_at_ms) for _, item in ops)  # type: ignore[arg-type]
+
+
+def _put_message(out: bytearray, number: int, raw: bytes) -> None:
+    """A message field that is set: written even when empty."""
+    _put_varint(out, (number << 3) | _LEN)
+    _put_varint(out, len(raw))
+    out += raw
+
+
+def encode_assignment(item: tuple[str, str, str, str, int, int]) -> bytes:
+    """An ``Assignment`` from an outbox hand-out (shop, conversation, buyer, agent, reason, at_ms)."""
+    shop_id, conversation_id, buyer_id, agent_id, reason, at_ms = item
+    out = bytearray()
+    _put_bytes(out, 1, shop_id.encode("utf-8"))
+    _put_bytes(out, 2, conversation_id.encode("utf-8"))
+    _put_bytes(out, 3, buyer_id.encode("utf-8"))
+    _put_bytes(out, 4, agent_id.encode("utf-8"))
+    if reason:
+        _put_varint(out, (5 << 3) | _VARINT)
+        _put_varint(out, reason)
+    seconds, millis = divmod(at_ms, 1000)
+    ts = bytearray()
+    if seconds:
+        _put_varint(ts, (1 << 3) | _VARINT)
+        _put_varint(ts, seconds)
+    if millis:
+        _put_varint(ts, (2 << 3) | _VARINT)
+        _put_varint(ts, millis * 1_000_000)
+    _put_message(out, 6, bytes(ts))
+    return bytes(out)
+
+
+def encode_presence_response(handed: list[tuple[str, str, str, str, int, int]]) -> bytes:
+    """A ``SetPresenceResponse``: 1 = repeated Assignment."""
+    out = bytearray()
+    for item in handed:
+        _put_message(out, 1, encode_assignment(item))
+    return bytes(out)
+
+
+def encode_event_response(agent_id: str | None, handed: list[tuple[str, str, str, str, int, int]]) -> bytes:
+    """A ``ReportConversationResponse``: 1 agent_id, 2 = repeated Assignment."""
+    out = bytearray()
+    _put_bytes(out, 1, (agent_id or "").encode("utf-8"))
+    for item in handed:
+        _put_message(out, 2, encode_assignment(item))
+    return bytes(out)
+
+
+def encode_claim_response(conversation_id: str, buyer_id: str, agent_id: str) -> bytes:
+    """A ``ClaimFromPoolResponse``: 1 conversation_id, 2 buyer_id, 3 agent_id."""
+    out = bytearray()
+    _put_bytes(out, 1, conversation_id.encode("utf-8"))
+    _put_bytes(out, 2, buyer_id.encode("utf-8"))
+    _put_bytes(out, 3, agent_id.encode("utf-8"))
+    return bytes(out)
+
+
+def encode_result(kind: int, body: bytes) -> bytes:
+    """An ``OperationResult`` holding the response of its kind (field = the kind's number)."""
+    out = bytearray()
+    _put_message(out, kind, body)
+    return bytes(out)
+
+
+def encode_result_error(code: int, message: str) -> bytes:
+    """An ``OperationResult`` holding only its ``error`` (5)."""
+    out = bytearray()
+    _put_message(out, 5, encode_status(code, message))
+    return bytes(out)
+
+
+def encode_operate_response(results: list[bytes]) -> bytes:
+    """An ``OperateResponse``: 1 = repeated OperationResult."""
+    return encode_batch_response(results)  # the same framing: field 1, repeated, length-delimited
+
+
+def check_operations_size(n: int, max_items: int) -> None:
+    if n > max_items:
+        raise InvalidArgumentError(f"operations has {n} items; the limit is {max_items} per batch")
+
+
+def error_code(exc: DispatchError) -> int:
+    return GRPC_CODE_NUMBERS.get(exc.grpc_status, GRPC_CODE_NUMBERS["INTERNAL"])

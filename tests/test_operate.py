@@ -181,3 +181,75 @@ def test_hand_outs_caused_by_operations_reach_the_answer_and_the_watchers(pair: 
     seen = [next(watch).conversation_id for _ in handed]
     assert seen == handed
     watch.cancel()
+
+
+# ------------------------------------------------------------------ the engine reads the bytes
+
+
+def _engine(cls: type) -> Any:
+    import _fastpath
+
+    e = cls(5)
+    for shop in SHOPS:
+        e.put_shop(_fastpath.ShopConfig(shop, f"{shop}:main", offline_rule=RULES[shop]))
+        for i in range(3):
+            e.put_agent(_fastpath.AgentConfig(shop, f"{shop}:a{i}", max_capacity=2))
+    return e
+
+
+def _wire_engines() -> list[type]:
+    import _fastpath
+
+    engines: list[type] = [_fastpath.ReferenceEngine]
+    if _fastpath.CompiledEngine is not None and hasattr(_fastpath.CompiledEngine, "operate_wire"):
+        engines.append(_fastpath.CompiledEngine)
+    return engines
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_operate_wire_writes_the_bytes_of_the_object_path(seed: int) -> None:
+    """Every engine's ``operate_wire`` answers byte for byte what the object path
+    (dispatcher/operations.py, protobuf messages) answers, and leaves the same state and hand-outs;
+    on bytes it declines (None) it changes nothing."""
+    from dispatcher.convert import assignment_to_pb
+    from dispatcher.operations import OperationContext, apply_operations
+
+    import _fastpath
+
+    rng = random.Random(seed)
+    for cls in _wire_engines():
+        wire, objects = _engine(cls), _engine(_fastpath.ReferenceEngine)
+        convs: list[tuple[str, str]] = []
+        step = 0
+        for _ in range(30):
+            ops = []
+            for _ in range(rng.randint(1, 30)):
+                step += 1
+                ops.append(random_operation(rng, step, convs))
+            raw = dispatch_pb2.OperateRequest(operations=ops).SerializeToString()
+            now = T0 + 1000 * step
+            if rng.random() < 0.2:  # mutated bytes: declined and unchanged, or read as protobuf reads them
+                mutated = bytearray(raw)
+                mutated[rng.randrange(len(mutated))] ^= 1 << rng.randrange(8)
+                before = wire.export_state()
+                try:
+                    answer = wire.operate_wire(bytes(mutated), now, 4096)
+                except _fastpath.DispatchError:
+                    answer = None
+                if answer is None:
+                    assert wire.export_state() == before
+                    continue
+                wire = _engine(cls)  # read: compare the rest from a fresh pair
+                objects = _engine(_fastpath.ReferenceEngine)
+                continue
+            engine = objects
+            ctx = OperationContext(engine, lambda: [assignment_to_pb(x) for x in engine.drain_outbox()], None)
+            expected = apply_operations(ctx, ops, now).SerializeToString()
+            answer = wire.operate_wire(raw, now, 4096)
+            assert answer is not None
+            out, count, failed = answer
+            assert out == expected, cls
+            assert count == len(ops)
+            assert failed == sum(r.HasField("error") for r in dispatch_pb2.OperateResponse.FromString(out).results)
+            wire.drain_outbox()
+            assert wire.export_state() == objects.export_state()

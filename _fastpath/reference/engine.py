@@ -25,6 +25,7 @@ from ..model import (
     Client,
     ConversationEvent,
     ConversationType,
+    DispatchError,
     FailedPreconditionError,
     GroupConfig,
     InvalidArgumentError,
@@ -37,7 +38,29 @@ from ..model import (
     WaitKind,
     shop_seed,
 )
-from ..wire import reference_dispatch_batch_wire, reference_dispatch_wire
+from ..wire import (
+    OP_DISPATCH,
+    OP_REPORT_CONVERSATION,
+    OP_SET_PRESENCE,
+    WireClaim,
+    WireEvent,
+    WireItem,
+    WirePresence,
+    check_operations_size,
+    encode_claim_response,
+    encode_event_response,
+    encode_operate_response,
+    encode_presence_response,
+    encode_response,
+    encode_result,
+    encode_result_error,
+    error_code,
+    operation_at,
+    operations_beyond,
+    parse_operate_request,
+    reference_dispatch_batch_wire,
+    reference_dispatch_wire,
+)
 from . import snapshot
 from .eligibility import eligible, group_roster
 from .routing import NO_STRATEGY, Decision, Router
@@ -474,6 +497,64 @@ class ReferenceEngine(Router):
         than ``max_at_ms``, ``None``: no bound). Refusals raise
         the typed error ``dispatch`` raises. A request without ``at`` takes ``now_ms``."""
         return reference_dispatch_wire(self, data, now_ms, max_at_ms)
+
+    def operate_wire(
+        self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
+    ) -> tuple[bytes, int, int] | None:
+        """A serialized ``OperateRequest`` in, its ``OperateResponse`` out (issue 13).
+
+        Returns (response bytes, operations, operations that failed), or ``None``,
+        with nothing changed, when the bytes are not a batch this codec reads (see
+        ``_fastpath.wire``: an operation with no kind or two, anything unusual) or an
+        operation's ``at`` is later than ``max_at_ms``. More than ``max_items``
+        operations: InvalidArgumentError, nothing changed. Each operation runs as its
+        unary call does; its error (the typed error's code and message) becomes its
+        own result. Its hand-outs are its answer's ``assignments`` and stay in the
+        outbox for the caller's ``drain_outbox`` (the watchers)."""
+        ops = parse_operate_request(bytes(data))
+        if ops is None or operations_beyond(ops, max_at_ms):
+            return None
+        check_operations_size(len(ops), max_items)
+        results = []
+        failed = 0
+        outbox = self._outbox
+        for kind, item in ops:
+            self._operations[kind] += 1
+            start = len(outbox)
+            try:
+                if kind == OP_DISPATCH:
+                    assert isinstance(item, WireItem)
+                    reason, agent_id, group_id, trace = self.dispatch(*item.call(now_ms))
+                    body = encode_response(item.conversation_id, reason, agent_id, group_id, trace)
+                elif kind == OP_SET_PRESENCE:
+                    assert isinstance(item, WirePresence)
+                    at = operation_at(item, now_ms)
+                    self.set_presence(item.shop_id, item.agent_id, item.presence, item.client, at)
+                    body = encode_presence_response(outbox[start:])
+                elif kind == OP_REPORT_CONVERSATION:
+                    assert isinstance(item, WireEvent)
+                    at = operation_at(item, now_ms)
+                    served = self.conversation_event(
+                        item.shop_id, item.conversation_id, item.event, at, item.buyer_id, item.agent_id,
+                        item.to_agent_id, item.to_group_id,
+                    )  # fmt: skip
+                    body = encode_event_response(served, outbox[start:])
+                else:
+                    assert isinstance(item, WireClaim)
+                    at = operation_at(item, now_ms)
+                    conversation_id, buyer_id = self.claim_from_pool(item.shop_id, item.agent_id, at, item.conversation_id)
+                    body = encode_claim_response(conversation_id, buyer_id, item.agent_id)
+            except DispatchError as exc:
+                results.append(encode_result_error(error_code(exc), str(exc)))
+                failed += 1
+                continue
+            results.append(encode_result(kind, body))
+        return encode_operate_response(results), len(ops), failed
+
+    def operation_counts(self) -> list[int]:
+        """Operations this object applied through ``operate_wire``, by kind (``wire.OP_*``;
+        index 0 unused): a copy. Counters, not state."""
+        return list(self._operations)
 
     def decision_counts(self) -> list[list[int]]:
         """Decisions this object made, ``[reason][strategy]``: a copy. Replayed

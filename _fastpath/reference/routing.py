@@ -105,6 +105,7 @@ class Router:
         self._exclusive_agents: dict[BuyerKey, str] = {}
         self._outbox: list[HandOut] = []
         self._decisions = [[0] * N_STRATEGIES for _ in range(N_REASONS)]
+        self._operations = [0] * 5  # operate_wire operations by kind (wire.OP_*): counters, not state
 
     # ------------------------------------------------------------ lookups (spec §9: NOT_FOUND)
 

@@ -197,9 +197,26 @@ class JournaledEngine:
         return answer
 
 
+    def operate_wire(
+        self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
+    ) -> tuple[bytes, int, int] | None:
+        self._check()
+        # One record per batch, as for dispatch_batch_wire: failed operations fail again on
+        # replay, identically, and change nothing either time; max_at_ms is not recorded (a
+        # batch with an operation beyond it is declined, None, and not journaled).
+        answer = self.engine.operate_wire(data, now_ms, max_items, max_at_ms)  # type: ignore[attr-defined]
+        if answer is not None:
+            self._append(b"".join((_OPERATE_BATCH, now_ms.to_bytes(8, "big", signed=True), data)))
+        return answer  # type: ignore[no-any-return]
+
+
 def _writable() -> None:
     return None
 
+
+_OPERATE_BATCH: Final = b"\x00O"
+"""Binary record: an OperateRequest as received, replayed with operate_wire (same header
+as ``_WIRE_BATCH``: the batch's ``now_ms``, 8 bytes big-endian, then the request bytes)."""
 
 _WIRE_BATCH: Final = b"\x00B"
 """Binary record: a DispatchBatchRequest as received, replayed with dispatch_batch_wire.
@@ -246,6 +263,9 @@ def apply_record(engine: Any, payload: bytes | memoryview) -> None:
     if payload[:2] == _WIRE_BATCH:
         _apply_wire_batch(engine, bytes(payload[2:]))
         return
+    if payload[:2] == _OPERATE_BATCH:
+        _apply_operate_batch(engine, bytes(payload[2:]))
+        return
     try:
         record = _loads(str(payload, "utf-8"))
         fn = _APPLY[record[0]]
@@ -266,3 +286,14 @@ def _apply_wire_batch(engine: Any, body: bytes) -> None:
         raise RecordError(f"record 'wire batch' does not apply: {type(exc).__name__}: {exc}") from exc
     if answer is None:
         raise RecordError("record 'wire batch' does not apply: the engine did not read the batch")
+
+
+def _apply_operate_batch(engine: Any, body: bytes) -> None:
+    if len(body) < 8:
+        raise RecordError("undecodable record: an operate batch record shorter than its header")
+    try:
+        answer = engine.operate_wire(body[8:], int.from_bytes(body[:8], "big", signed=True), sys.maxsize)
+    except Exception as exc:
+        raise RecordError(f"record 'operate batch' does not apply: {type(exc).__name__}: {exc}") from exc
+    if answer is None:
+        raise RecordError("record 'operate batch' does not apply: the engine did not read the batch")
