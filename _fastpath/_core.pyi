@@ -4,7 +4,7 @@ from typing import Any, ClassVar
 
 from .model import AgentConfig, GroupConfig, ShopConfig
 
-__all__ = ["CompiledEngine"]
+__all__ = ["CompiledEngine", "c_constants"]
 
 Decision = tuple[int, str | None, str | None, list[str] | None]
 Assignment = tuple[str, str, str, str, int, int]
@@ -69,5 +69,8 @@ class CompiledEngine:
     # snapshots
     def export_state(self) -> dict[str, Any]: ...
     def import_state(self, state: dict[str, Any]) -> None: ...
+
+# The C enums and limits by their C names (tests/test_constants.py checks them against model).
+def c_constants() -> dict[str, int]: ...
 
 def _colliding_keys_roundtrip(keys: list[str], forced_hash: int) -> list[tuple[str, int | None]]: ...

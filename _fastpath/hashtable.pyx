@@ -1,4 +1,5 @@
-# ByteMap: the engine's C-level hash tables (included by _core.pyx).
+# hashtable: ByteMap, the engine's C hash tables (included by _core.pyx; the
+# Entry layout and the table's invariants are in hashtable.pxd).
 #
 # Keys are (namespace, bytes); lookups take a borrowed UTF-8 pointer, so a
 # decision never builds a Python object to find a shop, a conversation, a
@@ -18,12 +19,13 @@ cdef inline uint64_t fmix64(uint64_t k) noexcept nogil:
 
 
 cdef inline uint64_t hash_key(int32_t ns, const char* key, Py_ssize_t klen) noexcept nogil:
-    cdef uint64_t h = <uint64_t>0xcbf29ce484222325 ^ (<uint64_t><uint32_t>ns * <uint64_t>0x9E3779B97F4A7C15)
+    # FNV-1a 64 over the key bytes, seeded with the namespace, then fmix64.
+    cdef uint64_t acc = <uint64_t>0xcbf29ce484222325 ^ (<uint64_t><uint32_t>ns * <uint64_t>0x9E3779B97F4A7C15)
     cdef Py_ssize_t i
     for i in range(klen):
-        h ^= <uint8_t>key[i]
-        h *= <uint64_t>0x100000001b3
-    return fmix64(h)
+        acc ^= <uint8_t>key[i]
+        acc *= <uint64_t>0x100000001b3
+    return fmix64(acc)
 
 
 cdef inline char* entry_bytes(Entry* e) noexcept nogil:
@@ -61,8 +63,8 @@ cdef class ByteMap:
     def __len__(self):
         return self.n
 
-    cdef Py_ssize_t find(self, int32_t ns, const char* key, Py_ssize_t klen, uint64_t h) noexcept:
-        cdef Py_ssize_t i = <Py_ssize_t>(h & <uint64_t>self.mask)
+    cdef Py_ssize_t find(self, int32_t ns, const char* key, Py_ssize_t klen, uint64_t key_hash) noexcept:
+        cdef Py_ssize_t i = <Py_ssize_t>(key_hash & <uint64_t>self.mask)
         cdef uint32_t s
         cdef Entry* e
         while True:
@@ -70,18 +72,18 @@ cdef class ByteMap:
             if s == 0:
                 return -1
             e = &self.entries[s - 1]
-            if (e.hash == <uint32_t>h and e.ns == ns and e.klen == klen
+            if (e.hash == <uint32_t>key_hash and e.ns == ns and e.klen == klen
                     and memcmp(entry_bytes(e), key, klen) == 0):
                 return s - 1
             i = (i + 1) & self.mask
 
-    cdef void prefetch(self, uint64_t h) noexcept:
-        """Start loading the index slot a lookup of hash ``h`` reads first."""
-        __builtin_prefetch(&self.index[h & <uint64_t>self.mask])
+    cdef void prefetch(self, uint64_t key_hash) noexcept:
+        """Start loading the index slot a lookup of ``key_hash`` reads first."""
+        __builtin_prefetch(&self.index[key_hash & <uint64_t>self.mask])
 
-    cdef void prefetch_entry(self, uint64_t h) noexcept:
-        """Start loading the entry that index slot of hash ``h`` points to (if any)."""
-        cdef uint32_t s = self.index[h & <uint64_t>self.mask]
+    cdef void prefetch_entry(self, uint64_t key_hash) noexcept:
+        """Start loading the entry that index slot of ``key_hash`` points to (if any)."""
+        cdef uint32_t s = self.index[key_hash & <uint64_t>self.mask]
         if s != 0:
             __builtin_prefetch(&self.entries[s - 1])
 
@@ -108,7 +110,7 @@ cdef class ByteMap:
         return 0
 
     cdef Py_ssize_t insert(self, int32_t ns, const char* key, Py_ssize_t klen,
-                           const char* val, Py_ssize_t vlen, uint64_t h) except -1:
+                           const char* val, Py_ssize_t vlen, uint64_t key_hash) except -1:
         # The caller has checked that the key is absent; klen, vlen <= 255.
         cdef Entry* grown
         cdef Entry* e
@@ -135,12 +137,12 @@ cdef class ByteMap:
         memcpy(data, key, klen)
         if vlen:
             memcpy(data + klen, val, vlen)
-        e.hash = <uint32_t>h
+        e.hash = <uint32_t>key_hash
         e.ns = ns
-        e.t = 0
-        e.a = -1
-        e.b = 0
-        i = <Py_ssize_t>(h & <uint64_t>self.mask)
+        e.at_ms = 0
+        e.handle = -1
+        e.flags = 0
+        i = <Py_ssize_t>(key_hash & <uint64_t>self.mask)
         while self.index[i] != 0:
             i = (i + 1) & self.mask
         self.index[i] = <uint32_t>(idx + 1)
@@ -192,7 +194,7 @@ cdef class ByteMap:
 def _colliding_keys_roundtrip(list keys, uint64_t forced_hash):
     """Test hook: store every key under the same hash, then look each one up.
 
-    Returns [(key, payload found)] after inserting all keys with payload = index
+    Returns [(key, payload found)] after inserting all keys with handle = index
     and removing every third one: proves lookups verify the full key, so a
     64-bit hash collision can never return another key's entry.
     """
@@ -203,7 +205,7 @@ def _colliding_keys_roundtrip(list keys, uint64_t forced_hash):
     for i in range(len(encoded)):
         p = encoded[i]
         n = len(encoded[i])
-        m.entries[m.insert(7, p, n, NULL, 0, forced_hash)].a = <int32_t>i
+        m.entries[m.insert(7, p, n, NULL, 0, forced_hash)].handle = <int32_t>i
     for i in range(0, len(encoded), 3):
         p = encoded[i]
         n = len(encoded[i])
@@ -213,5 +215,5 @@ def _colliding_keys_roundtrip(list keys, uint64_t forced_hash):
         p = encoded[i]
         n = len(encoded[i])
         idx = m.find(7, p, n, forced_hash)
-        out.append((keys[i], m.entries[idx].a if idx >= 0 else None))
+        out.append((keys[i], m.entries[idx].handle if idx >= 0 else None))
     return out

@@ -1,22 +1,17 @@
-# The protobuf wire format of DispatchBatchRequest / DispatchBatchResponse in C
-# (included by _core.pyx). _fastpath/wire.py is the reference: the same reader
-# (same accepted inputs, same None for everything else) and the same writer
-# (fields in number order, proto3 defaults omitted), so that the compiled and
-# the reference dispatch_batch_wire answer byte for byte alike.
+# wire: the protobuf wire format of DispatchRequest / DispatchBatchRequest and
+# their responses in C, and the glue that decides ordinary requests straight
+# from the bytes (spec §3 point-to-point, §4 through Router.decide). Included
+# by _core.pyx; WireItem and WireBuffer are in wire.pxd.
+#
+# _fastpath/wire.py is the reference: the same reader (same accepted inputs,
+# same None for everything else) and the same writer (fields in number order,
+# proto3 defaults omitted), so that the compiled and the reference
+# dispatch_batch_wire / dispatch_wire answer byte for byte alike.
 #
 # Reader invariants: every function takes [pos, end) inside the request bytes
 # and never reads at or past end; it returns the new position, or -1 when the
 # bytes are not something this reader accepts (the caller then returns None
 # and nothing has changed: parsing finishes before any dispatch).
-
-cdef enum:
-    WIRE_SHOP = 0
-    WIRE_BUYER = 1
-    WIRE_CONVERSATION = 2
-    WIRE_SOURCE = 3
-    WIRE_TO_ACCOUNT = 4
-
-cdef int64_t LATEST_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 
 
 cdef inline Py_ssize_t read_varint(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end,
@@ -237,3 +232,200 @@ cdef inline void wb_string(WireBuffer* b, unsigned char key, const char* p, Py_s
     wb_header(b, key, n)
     memcpy(b.p + b.n, p, n)
     b.n += n
+
+
+# --------------------------------------------------------------------- the glue
+# CompiledEngine.dispatch_batch_wire and dispatch_wire (engine.pyx) call these.
+# The decision itself takes a Router-typed receiver, so that Cython calls
+# Router's final methods directly (through a CompiledEngine it would go
+# through the vtable).
+
+cdef object batch_wire(CompiledEngine engine, object data, int64_t now_ms, Py_ssize_t max_items,
+                       object max_at_ms):
+    """CompiledEngine.dispatch_batch_wire: (response bytes, items that failed), or
+    None, with nothing changed, when the bytes are not a batch this codec reads
+    (see _fastpath.wire) or an item's ``at`` is later than ``max_at_ms`` (None:
+    no bound; _fastpath.wire.at_beyond). Items without ``at`` take ``now_ms``;
+    more than ``max_items`` items: InvalidArgumentError, nothing changed.
+
+    The whole request is read first (into engine.wire_items); then each item
+    is decided in order and its response appended to the reused engine.out.
+    Ordinary items touch no Python object; the rest (another conversation
+    type, a trace, anything the engine rejects) go through ``dispatch``
+    exactly as the reference does (wire_item_slow)."""
+    cdef const unsigned char* d
+    cdef Py_ssize_t end, pos = 0, n = 0, stop, i
+    cdef uint64_t key, v
+    cdef WireItem* grown
+    cdef int64_t failed = 0
+    cdef bint bounded
+    cdef int64_t max_at = at_bound(max_at_ms, &bounded)
+    if type(data) is not bytes:
+        data = bytes(data)
+    d = <const unsigned char*>PyBytes_AS_STRING(data)
+    end = PyBytes_GET_SIZE(data)
+    while pos < end:
+        pos = read_varint(d, pos, end, &key)
+        if pos < 0 or key != 0x0A:
+            return None
+        pos = read_varint(d, pos, end, &v)
+        if pos < 0 or v > <uint64_t>(end - pos):
+            return None
+        stop = pos + <Py_ssize_t>v
+        if n == engine.cap_wire_items:
+            grown = <WireItem*>realloc(engine.wire_items, (n * 2 + 64) * sizeof(WireItem))
+            if grown == NULL:
+                raise MemoryError()
+            engine.wire_items = grown
+            engine.cap_wire_items = n * 2 + 64
+        if read_item(d, pos, stop, &engine.wire_items[n]) != stop:
+            return None
+        if bounded and at_beyond(&engine.wire_items[n], max_at):
+            return None
+        n += 1
+        pos = stop
+    check_batch_size(n, max_items)
+    engine.out.n = 0
+    for i in range(n):
+        failed += wire_item(engine, <const char*>d, &engine.wire_items[i], now_ms)
+    return PyBytes_FromStringAndSize(engine.out.p, engine.out.n), failed
+
+
+cdef object unary_wire(CompiledEngine engine, object data, int64_t now_ms, object max_at_ms):
+    """CompiledEngine.dispatch_wire: the response bytes, or None, with nothing
+    changed, when the request is not an ordinary one this codec decides: bytes
+    the reader declines, another conversation type, a trace, an unknown shop,
+    an existing conversation, any value ``dispatch`` would refuse, an ``at``
+    later than ``max_at_ms``. A request without ``at`` takes ``now_ms``."""
+    cdef const unsigned char* d
+    cdef Py_ssize_t end
+    cdef WireItem item
+    cdef bint bounded
+    cdef int64_t max_at = at_bound(max_at_ms, &bounded)
+    if type(data) is not bytes:
+        data = bytes(data)
+    d = <const unsigned char*>PyBytes_AS_STRING(data)
+    end = PyBytes_GET_SIZE(data)
+    if read_item(d, 0, end, &item) != end or (bounded and at_beyond(&item, max_at)):
+        return None
+    engine.out.n = 0
+    if not wire_decide(engine, &engine.out, <const char*>d, &item, now_ms, False):
+        return None
+    return PyBytes_FromStringAndSize(engine.out.p, engine.out.n)
+
+
+cdef int wire_item(CompiledEngine engine, const char* data, WireItem* it, int64_t now_ms) except -1:
+    """Decide one batch item and append its DispatchResponse; 1 if it failed, else 0."""
+    if wire_decide(engine, &engine.out, data, it, now_ms, True):
+        return 0
+    return wire_item_slow(engine, &engine.out, data, it, now_ms)
+
+
+cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem* it, int64_t now_ms,
+                      bint element) except -1:
+    """The fast path of one item: the ordinary case, decided without Python objects.
+
+    Returns 1 after appending the item's DispatchResponse to ``out`` (as a
+    DispatchBatchResponse element when ``element``, else bare), or 0, with
+    nothing changed and nothing appended, when the item is not ordinary
+    (the caller then lets ``dispatch()`` decide or refuse it)."""
+    cdef const char* sp = data + it.off[WIRE_SHOP]
+    cdef const char* tp = data + it.off[WIRE_TO_ACCOUNT]
+    cdef Py_ssize_t sn = it.len[WIRE_SHOP], tn = it.len[WIRE_TO_ACCOUNT], idx, an, gn
+    cdef Request rq
+    cdef Decision d
+    cdef int32_t reason
+    cdef const char* ap = NULL
+    cdef const char* gp = NULL
+    cdef Shop shop
+    rq.buyer = data + it.off[WIRE_BUYER]
+    rq.buyer_len = it.len[WIRE_BUYER]
+    rq.conversation = data + it.off[WIRE_CONVERSATION]
+    rq.conversation_len = it.len[WIRE_CONVERSATION]
+    rq.source = data + it.off[WIRE_SOURCE]
+    rq.source_len = it.len[WIRE_SOURCE]
+    rq.order_state = it.order_state
+    rq.at_ms = now_ms
+    rq.py_conversation = rq.py_buyer = rq.py_source = NULL
+    # Declines (return 0) come before any change: the caller's dispatch() then
+    # decides or refuses the item with its own checks and messages.
+    if it.trace or not 0 <= it.type <= TYPE_MAX or not 0 < sn <= MAX_ID or has_control_byte(sp, sn):
+        return 0
+    if it.has_at:
+        if not (0 <= it.nanos < 1000000000 and 0 <= it.seconds <= LATEST_SECONDS):
+            return 0
+        rq.at_ms = it.seconds * 1000 + it.nanos // 1000000
+    if not 0 <= rq.at_ms <= MAX_TIME:
+        return 0
+    if it.type > TYPE_BUYER_TO_SHOP:
+        # Section 3, as dispatch(): point to point, to_account gets it, no state change.
+        if not 0 < tn <= MAX_ID or has_control_byte(tp, tn):
+            return 0
+        router.decisions[REASON_DIRECT][0] += 1
+        write_response(out, tp, tn, REASON_DIRECT, NULL, 0, rq.conversation, rq.conversation_len, element)
+        return 1
+    if (not 0 < rq.buyer_len <= MAX_ID or not 0 < rq.conversation_len <= MAX_ID or rq.source_len > MAX_ID
+            or has_control_byte(rq.buyer, rq.buyer_len) or has_control_byte(rq.conversation, rq.conversation_len)
+            or has_control_byte(rq.source, rq.source_len) or not 0 <= rq.order_state <= ORDER_STATE_MAX):
+        return 0
+    idx = router.shop_map.find(0, sp, sn, hash_key(0, sp, sn))
+    if idx < 0:
+        return 0
+    shop = router.shop_at(router.shop_map.entries[idx].handle)
+    rq.conversation_hash = hash_key(shop.handle, rq.conversation, rq.conversation_len)
+    router.prefetch_decision(shop, &rq)
+    if router.conversations.find(shop.handle, rq.conversation, rq.conversation_len, rq.conversation_hash) >= 0:
+        return 0
+
+    reason = router.decide(shop, &rq, None, &d)
+    an = gn = 0
+    if d.slot >= 0:
+        ap = PyUnicode_AsUTF8AndSize(<object>shop.agents[d.slot].id, &an)
+    if d.group >= 0:
+        gp = PyUnicode_AsUTF8AndSize(<object>shop.groups[d.group].id, &gn)
+    write_response(out, ap, an, reason, gp, gn, rq.conversation, rq.conversation_len, element)
+    return 1
+
+
+cdef int write_response(WireBuffer* out, const char* ap, Py_ssize_t an, int32_t reason, const char* gp,
+                        Py_ssize_t gn, const char* cp, Py_ssize_t cn, bint element) except -1:
+    """Append a DispatchResponse (agent_id = 1, reason = 2, group_id = 3,
+    conversation_id = 6) to ``out``, as a DispatchBatchResponse element
+    (responses = 1) when ``element``."""
+    cdef Py_ssize_t size = (string_field_size(an) + 1 + varint_size(<uint64_t>reason) + string_field_size(gn)
+                            + string_field_size(cn))
+    wb_reserve(out, 1 + varint_size(<uint64_t>size) + size)
+    if element:
+        wb_header(out, 0x0A, size)
+    wb_string(out, 0x0A, ap, an)
+    out.p[out.n] = 0x10
+    out.n += 1
+    wb_varint(out, <uint64_t>reason)
+    wb_string(out, 0x1A, gp, gn)
+    wb_string(out, 0x32, cp, cn)
+    return 0
+
+
+cdef int wire_item_slow(object engine, WireBuffer* out, const char* data, WireItem* it,
+                        int64_t now_ms) except -1:
+    """An item the fast path does not take: the reference's own per-item code
+    (wire.dispatch_item: Python strings, engine.dispatch(), its error as a Status)."""
+    cdef Py_ssize_t size
+    item = PyWireItem(
+        PyUnicode_DecodeUTF8(data + it.off[WIRE_SHOP], it.len[WIRE_SHOP], NULL),
+        PyUnicode_DecodeUTF8(data + it.off[WIRE_BUYER], it.len[WIRE_BUYER], NULL),
+        PyUnicode_DecodeUTF8(data + it.off[WIRE_CONVERSATION], it.len[WIRE_CONVERSATION], NULL),
+        it.type,
+        PyUnicode_DecodeUTF8(data + it.off[WIRE_SOURCE], it.len[WIRE_SOURCE], NULL),
+        it.order_state,
+        PyUnicode_DecodeUTF8(data + it.off[WIRE_TO_ACCOUNT], it.len[WIRE_TO_ACCOUNT], NULL),
+        (it.seconds, it.nanos) if it.has_at else None,
+        bool(it.trace),
+    )
+    raw, failed = dispatch_item(engine, item, now_ms)
+    size = PyBytes_GET_SIZE(raw)
+    wb_reserve(out, 1 + varint_size(<uint64_t>size) + size)
+    wb_header(out, 0x0A, size)  # an element even if empty: not wb_string, which skips those
+    memcpy(out.p + out.n, PyBytes_AS_STRING(raw), size)
+    out.n += size
+    return 1 if failed else 0

@@ -1,0 +1,118 @@
+# shop: one tenant's storage (spec §2): agents, groups, the rosters of who may
+# receive by strategy, the local-day cache for "today" counts, and the seeded
+# PRNG that breaks "random" ties reproducibly (spec §9).
+
+cdef enum:
+    PREFETCH_BYTES = 2048  # per array: Shop.prefetch's hint stops there (big shops touch little of it)
+
+
+# An agent of a shop. Invariants: slot == registration ordinal; a deleted agent
+# keeps its slot (re-adding the same id reuses it); `avail` == available(shop,
+# slot) as of the agent's last refresh (the rosters' n_avail count it).
+ctypedef struct Agent:
+    PyObject* id            # the agent id str (a strong reference)
+    int64_t created_at_ms   # account creation time (FEWEST_UNREAD ties)
+    int64_t offline_at_ms   # when it last went OFFLINE; -1: never since it was added
+    int32_t role            # ROLE_*
+    int32_t weight          # >= 1 (WEIGHTED_BUSYNESS)
+    int32_t max_capacity    # >= 1, or 0 for a robot without limit
+    int32_t presence        # PRESENCE_*
+    int32_t client          # CLIENT_*
+    int32_t active          # conversations it serves now (spec §2 load)
+    int32_t unread          # of those, the ones whose buyer awaits a reply
+    int32_t today           # conversations received on local day today_day
+    int32_t today_day       # local day ordinal that `today` counts
+    int32_t n_groups        # groups it is a member of (configuration)
+    uint8_t chat_permission # 0: never receives
+    uint8_t deleted         # 1: deleted (the slot stays)
+    uint8_t avail           # cached available() (see above)
+
+
+# A group, in configuration order (Shop.group_configs[i] is groups[i]).
+ctypedef struct Group:
+    PyObject* id            # the group id str (a strong reference)
+    int32_t roster          # its members' roster: index into Shop.rosters (== group index + 1)
+    int32_t robot_enabled   # its robot takes its conversations (spec §4 step 5)
+    int32_t robot_slot      # the group's robot, else the shop's, else -1
+    int32_t strategy        # 0: the shop's
+    uint32_t order_mask     # bit (1 << order_state) per bound order state
+    int32_t* sources        # bound source handles (Router.source_map)
+    int32_t n_sources       # length of sources
+
+
+# A roster: the agents a strategy may pick from. Roster 0 is the shop-wide one
+# (who falls back, or everyone when the shop has no groups); roster g + 1 holds
+# group g's members (spec §7 decides whether the main account is one).
+# Invariants: members[0:n_members] are the members in slot order; is_member[slot]
+# says the same per slot; both heaps hold exactly the members that are
+# eligible (available and not full); n_avail counts the members that are
+# available (ONLINE on a counted client, with permission), full or not.
+ctypedef struct Roster:
+    int32_t* members        # member slots, ascending
+    int32_t n_members       # length of members
+    uint8_t* is_member      # per agent slot: 1 if a member
+    int32_t n_avail         # members available now
+    Heap sat                # eligible members by saturation
+    Heap unread             # eligible members by unread
+    RoundRobin rr           # the CAPACITY_ROUND_ROBIN cycle (strategies.pxd)
+
+
+# One tenant. Configuration fields mirror the normalized ShopConfig (set by
+# apply_config); groups and rosters are rebuilt from
+# group_configs on every configuration change (rebuild), while load and
+# presence changes go through refresh(), which keeps every roster exact.
+# Invariant: live == conversations of the shop in the conversation table
+# (served or waiting); each waiting deque holds the waiting conversations of
+# its kind, oldest first.
+@cython.final
+cdef class Shop:
+    cdef readonly object shop_id    # the shop id str
+    cdef object config              # the normalized ShopConfig
+    cdef int32_t handle             # engine-wide shop handle (namespace in the ByteMaps)
+    cdef int32_t strategy           # the shop's strategy (STRATEGY_*)
+    cdef int32_t offline_rule       # OFFLINE_*
+    cdef int32_t mode               # MODE_* (main account participation)
+    cdef int32_t staging_cap        # staging_first_cap (spec §6 STAGING)
+    cdef int32_t busy_threshold     # unread above it is busy (WEIGHTED_BUSYNESS)
+    cdef int64_t window_ms          # affinity window
+    cdef int64_t grace_ms           # offline grace (0: none)
+    cdef bint may_exceed            # affinity may exceed max capacity
+    cdef bint exclusive_direct      # step 3 on
+    cdef bint robot_first           # step 4 on
+    cdef bint mobile_dispatch       # a MOBILE client counts as online
+    cdef int32_t main_slot          # the main account's slot
+    cdef int32_t robot_slot         # the shop's robot, or -1
+    cdef int32_t proxy_slot         # the proxy account, or -1
+    cdef uint64_t rng               # SplitMix64 state (rand_below)
+    cdef int64_t clock              # latest event time seen; never goes back
+    cdef int32_t day                # cached local day ordinal (day_of), valid in [day_start, day_end)
+    cdef int64_t day_start          # its first ms (0 with day_end 0: nothing cached)
+    cdef int64_t day_end            # the first ms after it
+    cdef Agent* agents              # agents[0:n_agents] by slot
+    cdef int32_t n_agents           # slots handed out (deleted agents included)
+    cdef int32_t cap_agents         # agents allocated (scratch holds 2 * cap_agents)
+    cdef dict agent_slot            # agent id -> slot (configuration and events only)
+    cdef Group* groups              # groups[0:n_groups], configuration order
+    cdef int32_t n_groups           # == len(group_configs) after rebuild
+    cdef list group_configs         # GroupConfig per group, same order as groups
+    cdef list group_sources         # per group: the bound source handles (ints)
+    cdef Roster* rosters            # rosters[0:n_rosters]: 0 = shop-wide, g + 1 = group g
+    cdef int32_t n_rosters          # n_groups + 1 after rebuild
+    cdef int32_t* scratch           # 2 * cap_agents ints for the strategies' tie collection
+    cdef object waiting_queue       # deques of (conversation, buyer, source, order_state, since):
+    cdef object waiting_staging     # step 7 queue, §6 staging pool,
+    cdef object waiting_message_pool  # §6 leave-a-message pool (claim_from_pool)
+    cdef int64_t live               # conversations in the table (served or waiting)
+
+    cdef int add_agent_slot(self, object agent_id) except -1
+    cdef int add_main_account(self, object agent_id) except -1
+    cdef int apply_config(self, object config) except -1
+    cdef int rebuild(self) except -1
+    cdef void free_rosters(self) noexcept
+    cdef void refresh(self, int32_t slot) noexcept
+    cdef void prefetch(self) noexcept
+    cdef int64_t advance(self, int64_t at_ms) noexcept
+    cdef int32_t day_of(self, int64_t now) except -1
+    cdef int32_t today_of(self, int32_t slot, int64_t now) except -1
+    cdef int bump_today(self, int32_t slot, int64_t now) except -1
+    cdef int32_t rand_below(self, int32_t n) noexcept
