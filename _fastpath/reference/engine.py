@@ -38,30 +38,8 @@ from ..model import (
     WaitKind,
     shop_seed,
 )
-from ..wire import (
-    OP_DISPATCH,
-    OP_REPORT_CONVERSATION,
-    OP_SET_PRESENCE,
-    WireClaim,
-    WireEvent,
-    WireItem,
-    WirePresence,
-    check_operations_size,
-    encode_claim_response,
-    encode_event_response,
-    encode_operate_response,
-    encode_presence_response,
-    encode_response,
-    encode_result,
-    encode_result_error,
-    error_code,
-    operation_at,
-    operations_beyond,
-    parse_operate_request,
-    reference_dispatch_batch_wire,
-    reference_dispatch_wire,
-)
-from . import snapshot
+from ..wire import reference_dispatch_batch_wire, reference_dispatch_wire
+from . import operations, snapshot
 from .eligibility import eligible, group_roster
 from .routing import NO_STRATEGY, Decision, Router
 from .shop import NO_DAY, NO_TIME, Agent, Conversation, Group, HandOut, Shop
@@ -511,45 +489,7 @@ class ReferenceEngine(Router):
         unary call does; its error (the typed error's code and message) becomes its
         own result. Its hand-outs are its answer's ``assignments`` and stay in the
         outbox for the caller's ``drain_outbox`` (the watchers)."""
-        ops = parse_operate_request(bytes(data))
-        if ops is None or operations_beyond(ops, max_at_ms):
-            return None
-        check_operations_size(len(ops), max_items)
-        results = []
-        failed = 0
-        outbox = self._outbox
-        for kind, item in ops:
-            self._operations[kind] += 1
-            start = len(outbox)
-            try:
-                if kind == OP_DISPATCH:
-                    assert isinstance(item, WireItem)
-                    reason, agent_id, group_id, trace = self.dispatch(*item.call(now_ms))
-                    body = encode_response(item.conversation_id, reason, agent_id, group_id, trace)
-                elif kind == OP_SET_PRESENCE:
-                    assert isinstance(item, WirePresence)
-                    at = operation_at(item, now_ms)
-                    self.set_presence(item.shop_id, item.agent_id, item.presence, item.client, at)
-                    body = encode_presence_response(outbox[start:])
-                elif kind == OP_REPORT_CONVERSATION:
-                    assert isinstance(item, WireEvent)
-                    at = operation_at(item, now_ms)
-                    served = self.conversation_event(
-                        item.shop_id, item.conversation_id, item.event, at, item.buyer_id, item.agent_id,
-                        item.to_agent_id, item.to_group_id,
-                    )  # fmt: skip
-                    body = encode_event_response(served, outbox[start:])
-                else:
-                    assert isinstance(item, WireClaim)
-                    at = operation_at(item, now_ms)
-                    conversation_id, buyer_id = self.claim_from_pool(item.shop_id, item.agent_id, at, item.conversation_id)
-                    body = encode_claim_response(conversation_id, buyer_id, item.agent_id)
-            except DispatchError as exc:
-                results.append(encode_result_error(error_code(exc), str(exc)))
-                failed += 1
-                continue
-            results.append(encode_result(kind, body))
-        return encode_operate_response(results), len(ops), failed
+        return operations.operate_wire(self, data, now_ms, max_items, max_at_ms)
 
     def operation_counts(self) -> list[int]:
         """Operations this object applied through ``operate_wire``, by kind (``wire.OP_*``;
