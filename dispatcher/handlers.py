@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 
-__all__ = ["Handler", "replace_handler"]
+__all__ = ["Context", "Handler", "replace_handler"]
 
 if TYPE_CHECKING:  # generic only in the stubs
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
     """A method handler of any request and response type."""
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    """The context of a grpc.aio call of any request and response type."""
 else:
     Handler = grpc.RpcMethodHandler
+    Context = grpc.aio.ServicerContext
 
 
 def replace_handler(handler: Handler, **behaviours: Any) -> Handler:

@@ -33,10 +33,11 @@ import inspect
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import grpc
 
+from .handlers import Context, Handler, replace_handler
 from .auth import AuthPolicy, Caller, PermissionDeniedError, UnauthenticatedError
 
 __all__ = [
@@ -178,10 +179,11 @@ class SecurityGuard:
 
     # ---------------------------------------------------------------- checks
 
-    def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+    def _authenticate(self, context: Context) -> Caller:
         policy = self._policy
         assert policy is not None
-        for key, value in context.invocation_metadata() or ():
+        metadata: Any = context.invocation_metadata() or ()
+        for key, value in metadata:
             if key == "authorization":
                 if not isinstance(value, str) or value[:7].lower() != "bearer ":
                     raise UnauthenticatedError("the authorization metadata must be 'Bearer <token>'")
@@ -200,7 +202,7 @@ class SecurityGuard:
                 raise UnauthenticatedError("the client certificate's identity is not in the auth policy")
         raise UnauthenticatedError("no credentials: send 'authorization: Bearer <token>' metadata or a client certificate")
 
-    def _authorize(self, rule: Rule, method: str, request: Any, context: grpc.aio.ServicerContext) -> Caller:
+    def _authorize(self, rule: Rule, method: str, request: Any, context: Context) -> Caller:
         caller = self._authenticate(context)
         caller.check_role(rule.role, method)
         if rule.watch and not request.shop_ids and caller.shops is not None:
@@ -209,7 +211,7 @@ class SecurityGuard:
             caller.check_shop(shop_id)
         return caller
 
-    async def _enter(self, context: grpc.aio.ServicerContext) -> None:
+    async def _enter(self, context: Context) -> None:
         """Take a unary call's concurrency slot, or answer RESOURCE_EXHAUSTED at
         once. Every call that enters must ``_leave``; the event loop is
         single-threaded, so the counter needs no lock."""
@@ -224,7 +226,7 @@ class SecurityGuard:
     def _leave(self) -> None:
         self.active -= 1
 
-    async def _enter_stream(self, context: grpc.aio.ServicerContext) -> None:
+    async def _enter_stream(self, context: Context) -> None:
         """Take a stream's slot (not a unary call's), or answer RESOURCE_EXHAUSTED at once."""
         if self._stream_limit is not None and self.streams >= self._stream_limit:
             self._errors["RESOURCE_EXHAUSTED"] += 1
@@ -237,7 +239,7 @@ class SecurityGuard:
     def _leave_stream(self) -> None:
         self.streams -= 1
 
-    async def _guard(self, rule: Rule | None, method: str, request: Any, context: grpc.aio.ServicerContext) -> Caller | None:
+    async def _guard(self, rule: Rule | None, method: str, request: Any, context: Context) -> Caller | None:
         """Abort the call when its request is malformed or its caller may not make it."""
         if type(request) is _Malformed:
             self._errors["INVALID_ARGUMENT"] += 1
@@ -255,7 +257,7 @@ class SecurityGuard:
 
     # ---------------------------------------------------------------- wrapping
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         """``handler`` of ``method`` (\"/package.Service/Method\") behind the guard."""
         if method.startswith(PUBLIC_SERVICES):
             rule: Rule | None = None
@@ -267,7 +269,7 @@ class SecurityGuard:
         post = rule.post if rule is not None else None
         if rule is None:  # public (health) methods answer even at the concurrency limits
 
-            async def enter(context: grpc.aio.ServicerContext) -> None:
+            async def enter(context: Context) -> None:
                 return None
 
             def leave() -> None:
@@ -279,9 +281,9 @@ class SecurityGuard:
             enter, leave = self._enter_stream, self._leave_stream
 
         if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+            inner_uu: Any = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: Context) -> Any:
                 await enter(context)
                 try:
                     caller = await guard(rule, method, request, context)
@@ -295,10 +297,10 @@ class SecurityGuard:
             return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
 
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            inner_us: Any = handler.unary_stream
             if inspect.iscoroutinefunction(inner_us):  # writes with context.write (WatchAssignments)
 
-                async def unary_stream_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                async def unary_stream_writer(request: Any, context: Context) -> None:
                     await enter(context)
                     try:
                         await guard(rule, method, request, context)
@@ -310,7 +312,7 @@ class SecurityGuard:
             if not inspect.isasyncgenfunction(inner_us):
                 return handler  # not a shape this server registers; left as is
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 await enter(context)
                 try:
                     await guard(rule, method, request, context)
@@ -321,7 +323,7 @@ class SecurityGuard:
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
 
-        async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             async for request in requests:
                 if type(request) is _Malformed:
                     self._errors["INVALID_ARGUMENT"] += 1
@@ -329,11 +331,11 @@ class SecurityGuard:
                 yield request
 
         if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
+            inner_ss: Any = handler.stream_stream
             if not inspect.isasyncgenfunction(inner_ss):
                 return handler
 
-            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
                 await enter(context)
                 try:
                     await guard(rule, method, None, context)
@@ -344,11 +346,11 @@ class SecurityGuard:
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
 
-        inner_su = handler.stream_unary
+        inner_su: Any = handler.stream_unary
         if inner_su is None or not inspect.iscoroutinefunction(inner_su):
             return handler
 
-        async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
             await enter(context)
             try:
                 await guard(rule, method, None, context)
@@ -361,7 +363,7 @@ class SecurityGuard:
 
 # -------------------------------------------------------------------- registration
 
-HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+HandlerWrapper = Callable[[str, Handler], Handler]
 
 
 class _WrappedGeneric(grpc.GenericRpcHandler):
@@ -370,9 +372,9 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, wrap: HandlerWrapper) -> None:
         self._inner = inner
         self._wrap = wrap
-        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+        self._cache: dict[str, Handler] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         method = handler_call_details.method
         wrapped = self._cache.get(method)
         if wrapped is None:
@@ -399,9 +401,9 @@ class GuardedServer:
         self.server = server
         self._wrap = wrap
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         wrap = self._wrap
-        self.server.add_registered_method_handlers(
+        cast(Any, self.server).add_registered_method_handlers(  # grpc.aio has it; the stubs lack it
             service, {name: wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()}
         )
 

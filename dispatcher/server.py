@@ -21,7 +21,7 @@ import asyncio
 import collections
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 import structlog
@@ -31,10 +31,12 @@ from google.rpc import status_pb2
 import _fastpath
 from _fastpath import DispatchError, Reason
 from _fastpath.model import MAX_TIME_MS
+from _fastpath.contract import EngineProtocol
 from _fastpath.wire import check_batch_size, check_operations_size
 
+from .handlers import Context, Handler, replace_handler
 from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
-from .durability.journal import JournalError
+from .durability.journal import Journal, JournalError
 from .operations import KINDS as OPERATION_KINDS
 from .operations import OperationContext, apply_operations
 from .observability import Ecosystem
@@ -141,7 +143,9 @@ class Counters:
 class _Core:
     """The engine plus what every servicer needs around it."""
 
-    def __init__(self, engine: Any, hub: AssignmentHub, counters: Counters, journal: Any | None = None) -> None:
+    def __init__(
+        self, engine: EngineProtocol, hub: AssignmentHub, counters: Counters, journal: Journal | None = None
+    ) -> None:
         self.engine = engine
         self.hub = hub
         self.counters = counters
@@ -180,7 +184,7 @@ class _Core:
         else:
             self.hub.publish(out)
 
-    async def call(self, context: grpc.aio.ServicerContext, fn: Callable[[], _Resp]) -> _Resp:
+    async def call(self, context: Context, fn: Callable[[], _Resp]) -> _Resp:
         """Run ``fn``; map its errors to a status (aborting the call); flush the outbox."""
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
@@ -248,7 +252,9 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         self._max_skew_ms = max_clock_skew_ms
         """How far ahead of the server clock a caller's ``at`` may be (ms); None: no bound."""
         inner = getattr(self._engine, "engine", self._engine)  # under a JournaledEngine
-        self._operate_wire = self._engine.operate_wire if hasattr(inner, "operate_wire") else None
+        self._operate_wire: Callable[..., tuple[bytes, int, int] | None] | None = (
+            getattr(self._engine, "operate_wire") if hasattr(inner, "operate_wire") else None
+        )
         """The engine's reader of OperateRequest bytes (``operate_wire``), when it has one."""
 
     def _dispatch(self, request: dispatch_pb2.DispatchRequest, now: int | None = None) -> dispatch_pb2.DispatchResponse:
@@ -265,7 +271,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         )
         return dispatch_pb2.DispatchResponse(
             agent_id=agent_id or "",
-            reason=reason,
+            reason=reason,  # type: ignore[arg-type]  # an int from the engine; mypy-protobuf wants its NewType
             group_id=group_id or "",
             trace=trace,
             conversation_id=request.conversation_id,
@@ -313,7 +319,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         for request in requests:
             conversation_id = request.conversation_id
             try:
-                if scope is not None and request.shop_id not in scope.shops:  # type: ignore[operator]
+                if scope is not None and request.shop_id not in scope.shops:
                     scope.check_shop(request.shop_id)
                 reason, agent_id, group_id, trace = dispatch(
                     request.shop_id,
@@ -336,7 +342,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 response.trace.extend(trace)
         return out
 
-    async def Dispatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
+    async def Dispatch(self, request: bytes, context: Context) -> bytes:  # type: ignore[override]
         # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
         return await self._core.call(context, lambda: self._unary(request))
 
@@ -361,14 +367,14 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             scope.check_shop(request.shop_id)
         return self._dispatch(request, now).SerializeToString()
 
-    async def DispatchBatch(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
+    async def DispatchBatch(self, request: bytes, context: Context) -> bytes:  # type: ignore[override]
         # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
         return await self._core.call(context, lambda: self._batch(request))
 
     async def DispatchStream(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[bytes]:
         async for batch in request_iterator:
             yield await self._core.call(context, lambda: self._batch(batch))
@@ -428,7 +434,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             if result.HasField("error"):
                 errors[_CODE_BY_NUMBER.get(result.error.code, grpc.StatusCode.UNKNOWN).name] += 1
 
-    async def _operate_call(self, context: grpc.aio.ServicerContext, raw: bytes) -> bytes:
+    async def _operate_call(self, context: Context, raw: bytes) -> bytes:
         core = self._core
         taken: list[int] = []
         try:
@@ -436,14 +442,14 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         finally:
             core.operations_in_flight -= sum(taken)  # answered (or failed): no longer in flight
 
-    async def Operate(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # type: ignore[override]
+    async def Operate(self, request: bytes, context: Context) -> bytes:  # type: ignore[override]
         # Registered without (de)serializers (add_dispatch_servicer): raw bytes both ways.
         return await self._operate_call(context, request)
 
     async def OperateStream(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[bytes]:
         # One batch at a time per stream: the next is read only once this one is durable and
         # answered, so a stream never has more than one batch (max_batch operations) in flight.
@@ -451,7 +457,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             yield await self._operate_call(context, batch)
 
     async def SetPresence(
-        self, request: dispatch_pb2.SetPresenceRequest, context: grpc.aio.ServicerContext
+        self, request: dispatch_pb2.SetPresenceRequest, context: Context
     ) -> dispatch_pb2.SetPresenceResponse:
         def run() -> dispatch_pb2.SetPresenceResponse:
             self._core.counters.events += 1
@@ -463,7 +469,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         return await self._core.call(context, run)
 
     async def ReportConversation(
-        self, request: dispatch_pb2.ReportConversationRequest, context: grpc.aio.ServicerContext
+        self, request: dispatch_pb2.ReportConversationRequest, context: Context
     ) -> dispatch_pb2.ReportConversationResponse:
         def run() -> dispatch_pb2.ReportConversationResponse:
             self._core.counters.events += 1
@@ -484,7 +490,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         return await self._core.call(context, run)
 
     async def ClaimFromPool(
-        self, request: dispatch_pb2.ClaimFromPoolRequest, context: grpc.aio.ServicerContext
+        self, request: dispatch_pb2.ClaimFromPoolRequest, context: Context
     ) -> dispatch_pb2.ClaimFromPoolResponse:
         def run() -> dispatch_pb2.ClaimFromPoolResponse:
             self._core.counters.events += 1
@@ -498,7 +504,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         return await self._core.call(context, run)
 
     async def WatchAssignments(  # type: ignore[override]  # context.write of bytes, not a generator
-        self, request: dispatch_pb2.WatchAssignmentsRequest, context: grpc.aio.ServicerContext
+        self, request: dispatch_pb2.WatchAssignmentsRequest, context: Context
     ) -> None:
         # Registered with an identity response serializer (add_dispatch_servicer):
         # the hub writes each hand-out's bytes, serialized once for every watcher.
@@ -529,14 +535,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._engine = core.engine
 
     async def _mutate(
-        self, context: grpc.aio.ServicerContext, event: str, fields: dict[str, str], fn: Callable[[], _Resp]
+        self, context: Context, event: str, fields: dict[str, str], fn: Callable[[], _Resp]
     ) -> _Resp:
         self._core.counters.admin_calls += 1
         result = await self._core.call(context, fn)
         log.info(event, **fields)
         return result
 
-    async def PutShop(self, request: admin_pb2.PutShopRequest, context: grpc.aio.ServicerContext) -> admin_pb2.PutShopResponse:
+    async def PutShop(self, request: admin_pb2.PutShopRequest, context: Context) -> admin_pb2.PutShopResponse:
         def run() -> admin_pb2.PutShopResponse:
             if not request.HasField("shop"):
                 raise _fastpath.InvalidArgumentError("shop is required")
@@ -546,7 +552,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._mutate(context, "shop.put", {"shop_id": request.shop.shop_id}, run)
 
     async def DeleteShop(
-        self, request: admin_pb2.DeleteShopRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.DeleteShopRequest, context: Context
     ) -> admin_pb2.DeleteShopResponse:
         def run() -> admin_pb2.DeleteShopResponse:
             self._engine.delete_shop(request.shop_id)
@@ -554,7 +560,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
         return await self._mutate(context, "shop.deleted", {"shop_id": request.shop_id}, run)
 
-    async def PutAgent(self, request: admin_pb2.PutAgentRequest, context: grpc.aio.ServicerContext) -> admin_pb2.PutAgentResponse:
+    async def PutAgent(self, request: admin_pb2.PutAgentRequest, context: Context) -> admin_pb2.PutAgentResponse:
         def run() -> admin_pb2.PutAgentResponse:
             if not request.HasField("agent"):
                 raise _fastpath.InvalidArgumentError("agent is required")
@@ -565,7 +571,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._mutate(context, "agent.put", fields, run)
 
     async def DeleteAgent(
-        self, request: admin_pb2.DeleteAgentRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.DeleteAgentRequest, context: Context
     ) -> admin_pb2.DeleteAgentResponse:
         def run() -> admin_pb2.DeleteAgentResponse:
             self._engine.delete_agent(request.shop_id, request.agent_id)
@@ -574,7 +580,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         fields = {"shop_id": request.shop_id, "agent_id": request.agent_id}
         return await self._mutate(context, "agent.deleted", fields, run)
 
-    async def PutGroup(self, request: admin_pb2.PutGroupRequest, context: grpc.aio.ServicerContext) -> admin_pb2.PutGroupResponse:
+    async def PutGroup(self, request: admin_pb2.PutGroupRequest, context: Context) -> admin_pb2.PutGroupResponse:
         def run() -> admin_pb2.PutGroupResponse:
             if not request.HasField("group"):
                 raise _fastpath.InvalidArgumentError("group is required")
@@ -585,7 +591,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._mutate(context, "group.put", fields, run)
 
     async def DeleteGroup(
-        self, request: admin_pb2.DeleteGroupRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.DeleteGroupRequest, context: Context
     ) -> admin_pb2.DeleteGroupResponse:
         def run() -> admin_pb2.DeleteGroupResponse:
             self._engine.delete_group(request.shop_id, request.group_id)
@@ -595,7 +601,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._mutate(context, "group.deleted", fields, run)
 
     async def SetExclusiveAgent(
-        self, request: admin_pb2.SetExclusiveAgentRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.SetExclusiveAgentRequest, context: Context
     ) -> admin_pb2.SetExclusiveAgentResponse:
         def run() -> admin_pb2.SetExclusiveAgentResponse:
             self._engine.set_exclusive_agent(request.shop_id, request.buyer_id, request.agent_id)
@@ -605,7 +611,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._mutate(context, "exclusive.set", fields, run)
 
     async def DeleteExclusiveAgent(
-        self, request: admin_pb2.DeleteExclusiveAgentRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.DeleteExclusiveAgentRequest, context: Context
     ) -> admin_pb2.DeleteExclusiveAgentResponse:
         def run() -> admin_pb2.DeleteExclusiveAgentResponse:
             self._engine.delete_exclusive_agent(request.shop_id, request.buyer_id)
@@ -614,7 +620,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         fields = {"shop_id": request.shop_id, "buyer_id": request.buyer_id}
         return await self._mutate(context, "exclusive.deleted", fields, run)
 
-    async def GetShopState(self, request: admin_pb2.GetShopStateRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ShopState:
+    async def GetShopState(self, request: admin_pb2.GetShopStateRequest, context: Context) -> admin_pb2.ShopState:
         # Pages of agents for big shops (GetShopStateRequest.page_size); small shops whole, as before.
         return await self._core.call(
             context,
@@ -627,12 +633,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         )
 
     async def ListShops(
-        self, request: admin_pb2.ListShopsRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ListShopsRequest, context: Context
     ) -> admin_pb2.ListShopsResponse:
         return await self._core.call(context, lambda: admin_pb2.ListShopsResponse(shop_ids=self._engine.shop_ids()))
 
     async def GetConversation(
-        self, request: admin_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.GetConversationRequest, context: Context
     ) -> admin_pb2.GetConversationResponse:
         def run() -> admin_pb2.GetConversationResponse:
             if not self._engine.has_shop(request.shop_id):
@@ -655,7 +661,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
         return await self._core.call(context, run)
 
-    async def GetBuyer(self, request: admin_pb2.GetBuyerRequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetBuyerResponse:
+    async def GetBuyer(self, request: admin_pb2.GetBuyerRequest, context: Context) -> admin_pb2.GetBuyerResponse:
         def run() -> admin_pb2.GetBuyerResponse:
             _fastpath.model.check_id(request.buyer_id, "buyer_id")
             contact = self._engine.recent_contact(request.shop_id, request.buyer_id)
@@ -675,12 +681,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 class _Registration:
     """Stands in for a server to catch the method handlers a generated ``add_*_to_server`` builds."""
 
-    handlers: dict[str, grpc.RpcMethodHandler]
+    handlers: dict[str, Handler]
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         self.service, self.handlers = service, dict(handlers)
 
 
@@ -694,7 +700,7 @@ hand-out is serialized once, by the hub, for all its watchers."""
 def add_dispatch_servicer(servicer: DispatchServicer, server: Any) -> None:
     """The generated registration of ``dispatch.v1.Dispatch``, with raw bytes for RAW_BYTES_METHODS."""
     caught = _Registration()
-    dispatch_pb2_grpc.add_DispatchServicer_to_server(servicer, caught)
+    dispatch_pb2_grpc.add_DispatchServicer_to_server(servicer, cast(Any, caught))  # it only needs the two add_* methods
     handlers = caught.handlers
     handlers["Dispatch"] = grpc.unary_unary_rpc_method_handler(servicer.Dispatch)
     handlers["DispatchBatch"] = grpc.unary_unary_rpc_method_handler(servicer.DispatchBatch)
@@ -783,7 +789,7 @@ class DispatchServer:
         timing = self.ecosystem.wrap
         registering = GuardedServer(server, lambda method, handler: guard.wrap(method, timing(method, handler)))
         add_dispatch_servicer(DispatchServicer(self._core, self._max_batch, self.max_clock_skew_ms), registering)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), registering)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), cast(Any, registering))
         await self.ecosystem.attach(registering)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.credentials is not None:
