@@ -13,6 +13,8 @@ import pytest
 
 import _fastpath
 
+pytest_plugins = ["server_fixtures"]  # the shared helpers' fixtures: server, client, sync_client, demo_server
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """``make test`` sets DISPATCH_EXPECT_COMPILED=1: then a run on the pure-Python fallback

@@ -1,10 +1,15 @@
-"""A real Dispatch server on a free port, for the end-to-end tests.
+"""Helpers and fixtures shared by the tests (loaded by ``conftest.py`` as a plugin).
 
-The server runs in its own thread with its own uvloop event loop (as in
-production), so both the async client (in the test's loop) and the blocking
-client can call it. Import the fixtures into a test module:
+- ``ThreadedServer``: a real Dispatch server on a free port, in its own thread
+  with its own uvloop event loop (as in production), so both the async client
+  (in the test's loop) and the blocking client can call it; the fixtures
+  ``server``, ``client`` and ``sync_client`` start one per test.
+- ``Proc``: ``dispatcher serve`` as a subprocess (no authentication, explicitly);
+  ``demo_server`` runs it on the demo bootstrap.
+- ``T0``: a fixed event time.
 
-    from server_fixtures import client, server, sync_client  # noqa: F401
+Tests import the helpers (``from server_fixtures import T0, Proc``); the
+fixtures need no import.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uvloop
 
 import _fastpath
 from dispatcher.server import DispatchServer
+from dispatcher.testing import ServerProcess
 
 try:
     import dispatch_client
@@ -28,7 +34,7 @@ except ImportError:  # a checkout whose venv predates the client's install line
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "python"))
     import dispatch_client
 
-__all__ = ["T0", "ThreadedServer", "client", "server", "sync_client"]
+__all__ = ["DEMO", "ROOT", "T0", "Proc", "ThreadedServer", "client", "demo_server", "server", "sync_client"]
 
 T0 = 1_700_000_000_000
 """A fixed event time (2023-11-14T22:13:20Z) in milliseconds; tests pass `at` explicitly."""
@@ -88,3 +94,25 @@ async def client(server: ThreadedServer) -> AsyncIterator[dispatch_client.AsyncD
 def sync_client(server: ThreadedServer) -> Iterator[dispatch_client.DispatchClient]:
     with dispatch_client.DispatchClient(server.target, timeout=30) as c:
         yield c
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "dispatcher" / "demo_bootstrap.json"
+
+
+class Proc(ServerProcess):
+    """A server subprocess; these tests run without authentication, explicitly."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(*args, env={"DISPATCH_NO_AUTH": "1", **(env or {})})
+
+
+@pytest.fixture
+def demo_server() -> Iterator[Proc]:
+    proc = Proc("serve", "--port", "0", "--bootstrap", str(DEMO), "--log-format", "json")
+    try:
+        yield proc
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait(10)

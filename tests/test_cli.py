@@ -14,29 +14,7 @@ import pytest
 from dispatch_client import DispatchClient, pb
 from dispatcher.cli import build_parser
 from dispatcher.config import ENV_VARS, settings_from_args
-from dispatcher.testing import ServerProcess
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "dispatcher" / "demo_bootstrap.json"
-
-
-class Proc(ServerProcess):
-    """A server subprocess; these tests run without authentication, explicitly."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(*args, env={"DISPATCH_NO_AUTH": "1", **(env or {})})
-
-
-@pytest.fixture
-def demo_server() -> Iterator[Proc]:
-    proc = Proc("serve", "--port", "0", "--bootstrap", str(DEMO), "--log-format", "json")
-    try:
-        yield proc
-    finally:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-            proc.popen.wait(10)
-
+from server_fixtures import DEMO, Proc
 
 def test_serve_demo_then_sigterm_ends_streams_cleanly_and_exits_zero(demo_server: Proc) -> None:
     port = demo_server.port()

@@ -6,7 +6,7 @@ import datetime as dt
 
 import grpc
 import pytest
-from server_fixtures import T0, ThreadedServer, server, sync_client  # noqa: F401
+from server_fixtures import T0, ThreadedServer
 
 from dispatch_client import DispatchClient, dispatch_request, pb, to_timestamp
 

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_cli import DEMO, Proc
+from server_fixtures import DEMO, Proc
 
 from dispatch_client import DispatchClient, pb
 from dispatcher.cli import build_parser

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
-from test_cli import Proc
+from server_fixtures import Proc
 
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 

@@ -26,8 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from server_fixtures import T0, ThreadedServer
-from test_cli import Proc
+from server_fixtures import Proc, T0, ThreadedServer
 
 from dispatcher._gen.dispatch.v1 import common_pb2, admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 from dispatcher.auth import hash_token

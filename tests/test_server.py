@@ -13,7 +13,7 @@ from collections import Counter
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from server_fixtures import T0, ThreadedServer, client, server  # noqa: F401
+from server_fixtures import T0, ThreadedServer
 
 from dispatch_client import AsyncDispatchClient, AsyncWatch, dispatch_request, pb
 from dispatcher._gen.dispatch.v1 import admin_pb2, dispatch_pb2, dispatch_pb2_grpc

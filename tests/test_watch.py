@@ -26,8 +26,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_fixtures import ThreadedServer
-from test_cli import Proc
+from server_fixtures import Proc, ThreadedServer
 
 from dispatcher._gen.dispatch.v1 import (
     admin_pb2,
