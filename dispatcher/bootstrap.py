@@ -155,7 +155,7 @@ def _time_ms(obj: Mapping[str, Any], key: str, where: str) -> int:
     else:
         raise BootstrapError(f"{where}.{key}: an ISO-8601 time (or use {key}_ms)")
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
+        moment = moment.replace(tzinfo=_dt.UTC)
     return int(moment.timestamp() * 1000)
 
 

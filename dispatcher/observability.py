@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import concurrent.futures
+import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Final
 
-import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -47,8 +46,8 @@ from prometheus_client.registry import Collector
 
 from _fastpath import Reason, Strategy
 
-from .handlers import Handler, replace_handler
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
+from .handlers import Handler, replace_handler
 
 __all__ = [
     "DISPATCH_SERVICES",
@@ -239,7 +238,7 @@ class _Health(health_aio.HealthServicer):  # type: ignore[misc]  # grpc_health s
     async def drain(self) -> None:
         await self.enter_graceful_shutdown()
         # Wake the watchers of services that never had a status of their own.
-        for service, condition in list(self._server_watchers.items()):
+        for condition in list(self._server_watchers.values()):
             async with condition:
                 condition.notify_all()
 

@@ -37,8 +37,8 @@ from typing import Any, Final, cast
 
 import grpc
 
-from .handlers import Context, Handler, replace_handler
 from .auth import AuthPolicy, Caller, PermissionDeniedError, UnauthenticatedError
+from .handlers import Context, Handler
 
 __all__ = [
     "PUBLIC_SERVICES",

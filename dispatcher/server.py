@@ -30,16 +30,11 @@ from google.rpc import status_pb2
 
 import _fastpath
 from _fastpath import DispatchError, Reason
-from _fastpath.model import MAX_TIME_MS
 from _fastpath.contract import EngineProtocol
+from _fastpath.model import MAX_TIME_MS
 from _fastpath.wire import check_batch_size, check_operations_size
 
-from .handlers import Context, Handler, replace_handler
 from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
-from .durability.journal import Journal, JournalError
-from .operations import KINDS as OPERATION_KINDS
-from .operations import OperationContext, apply_operations
-from .observability import Ecosystem
 from .auth import AuthPolicy
 from .convert import (
     agent_from_pb,
@@ -52,6 +47,11 @@ from .convert import (
     timestamp,
     timestamp_ms,
 )
+from .durability.journal import Journal, JournalError
+from .handlers import Context, Handler
+from .observability import Ecosystem
+from .operations import KINDS as OPERATION_KINDS
+from .operations import OperationContext, apply_operations
 from .security import GuardedServer, SecurityGuard, item_scope, malformed_message
 from .watch import WATCH_BACKLOG, AssignmentHub, HandOut
 
@@ -253,7 +253,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         """How far ahead of the server clock a caller's ``at`` may be (ms); None: no bound."""
         inner = getattr(self._engine, "engine", self._engine)  # under a JournaledEngine
         self._operate_wire: Callable[..., tuple[bytes, int, int] | None] | None = (
-            getattr(self._engine, "operate_wire") if hasattr(inner, "operate_wire") else None
+            self._engine.operate_wire if hasattr(inner, "operate_wire") else None
         )
         """The engine's reader of OperateRequest bytes (``operate_wire``), when it has one."""
 
@@ -377,7 +377,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         context: Context,
     ) -> AsyncIterator[bytes]:
         async for batch in request_iterator:
-            yield await self._core.call(context, lambda: self._batch(batch))
+            yield await self._core.call(context, lambda raw=batch: self._batch(raw))
 
     # ------------------------------------------------------------ Operate / OperateStream (issue 13)
 
@@ -819,7 +819,7 @@ class DispatchServer:
     def decisions(self) -> list[list[int]]:
         """Decisions answered by this server, ``[reason][strategy]`` (strategy 0: none picked the agent)."""
         now = self.engine.decision_counts()
-        return [[n - b for n, b in zip(row, base)] for row, base in zip(now, self._decisions_base)]
+        return [[n - b for n, b in zip(row, base, strict=False)] for row, base in zip(now, self._decisions_base, strict=False)]
 
     def run_stats(self, interval: float) -> Awaitable[None]:
         """A task body that logs the counters every ``interval`` seconds when they change."""

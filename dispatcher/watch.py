@@ -226,7 +226,7 @@ class AssignmentHub:
         if not index:
             return
         by_shop: dict[str, list[bytes]] = {}
-        for item, frame in zip(chunk, frames):
+        for item, frame in zip(chunk, frames, strict=False):
             shop_id = item[0]
             if shop_id in index:
                 same = by_shop.get(shop_id)
@@ -247,7 +247,7 @@ class AssignmentHub:
             if only is not None:
                 batch = shared_by_shop[only]
             else:  # a multi-shop subscription: its shops' hand-outs, in publish order
-                batch = tuple(frame for item, frame in zip(chunk, frames) if item[0] in key)
+                batch = tuple(frame for item, frame in zip(chunk, frames, strict=False) if item[0] in key)
             group = self._groups.get(key)
             if group:
                 for sub in tuple(group):

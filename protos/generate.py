@@ -66,9 +66,8 @@ def _rewrite(path: Path) -> None:
 def generate(out_root: Path) -> Path:
     """Write the package tree (``dispatch/v1/*``) under ``out_root``; return it."""
     _check_pins()
-    from grpc_tools import protoc
-
     import grpc_tools
+    from grpc_tools import protoc
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     out_root.mkdir(parents=True, exist_ok=True)

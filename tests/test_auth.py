@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from server_fixtures import T0, ThreadedServer
+from server_fixtures import ThreadedServer
 
 from dispatcher import auth as auth_mod
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
@@ -230,8 +230,8 @@ def test_denials_are_counted_not_logged(srv: tuple[ThreadedServer, Stubs]) -> No
 def test_policy_files_toml_and_json_and_their_errors(tmp_path: Path) -> None:
     toml = tmp_path / "p.toml"
     toml.write_text(
-        '[[callers]]\nname = "gw"\ntoken_sha256 = "%s"\nroles = ["dispatch"]\nshops = ["a", "b"]\n'
-        '[[callers]]\nname = "mtls"\ncert = "gateway.example"\nroles = ["read"]\nshops = "*"\n' % hash_token("t1")
+        f'[[callers]]\nname = "gw"\ntoken_sha256 = "{hash_token("t1")}"\nroles = ["dispatch"]\nshops = ["a", "b"]\n'
+        '[[callers]]\nname = "mtls"\ncert = "gateway.example"\nroles = ["read"]\nshops = "*"\n'
     )
     policy = AuthPolicy.load(toml)
     gw = policy.by_token("t1")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from server_fixtures import DEMO, Proc
 
 from dispatch_client import DispatchClient, pb
 from dispatcher.cli import build_parser
-from dispatcher.config import ENV_VARS, settings_from_args
-from server_fixtures import DEMO, Proc
+from dispatcher.config import settings_from_args
+
 
 def test_serve_demo_then_sigterm_ends_streams_cleanly_and_exits_zero(demo_server: Proc) -> None:
     port = demo_server.port()

@@ -131,7 +131,7 @@ class _Draw:
         return self.data.draw(st.sampled_from(seq))
 
     def choices(self, seq: list, weights: list[int]) -> list:
-        expanded = [item for item, w in zip(seq, weights) for _ in range(w)]
+        expanded = [item for item, w in zip(seq, weights, strict=False) for _ in range(w)]
         return [self.data.draw(st.sampled_from(expanded))]
 
     def random(self) -> float:

@@ -30,7 +30,6 @@ import pytest
 import _fastpath
 from _fastpath import DispatchError
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
-from dispatcher.config import ENV_VARS
 from dispatcher.convert import agent_from_pb, shop_from_pb, shop_state_to_pb, timestamp, timestamp_ms
 from dispatcher.durability.journal import HEADER, list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots

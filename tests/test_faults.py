@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 from dispatcher.cli import EXIT_JOURNAL_UNAVAILABLE, EXIT_OK, EXIT_REFUSED
-from dispatcher.durability.journal import HEADER, list_segments, scan_segment
+from dispatcher.durability.journal import list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots
 from dispatcher.testing import ServerProcess
 

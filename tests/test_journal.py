@@ -14,7 +14,7 @@ from _fastpath import AgentConfig, ConversationEvent, DispatchError, Presence, S
 from dispatcher._gen.dispatch.v1 import dispatch_pb2
 from dispatcher.durability import DurabilityOptions, DurableStore, JournaledEngine, JournalError, RecoveryError, recover
 from dispatcher.durability.datadir import manifest_from
-from dispatcher.durability.journal import HEADER, Journal, Segment, frame, list_segments, scan_segment
+from dispatcher.durability.journal import HEADER, Segment, frame, list_segments, scan_segment
 from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot
 
 T0 = 1_700_000_000_000
@@ -358,6 +358,53 @@ def test_journaled_engine_records_replay_every_mutation(tmp_path: Path) -> None:
     assert state(replayed) == state(live)
     assert len(records) == 25
     assert sum(p[:1] == b"\x00" for p in records) == 2
+
+
+def test_operate_batches_are_one_record_each_and_replay_to_the_same_state(tmp_path: Path, engine_cls: type) -> None:
+    """operate_wire through the wrapper (issue 13): one binary record per batch it read, none for a
+    batch it declined; replay re-applies every operation (failed ones fail again, changing nothing)
+    to the same state, on both engines."""
+    from dispatcher.durability import apply_record
+
+    def op(**kind: Any) -> dispatch_pb2.Operation:
+        return dispatch_pb2.Operation(**kind)
+
+    def event(conv: str, ev: int, **kw: Any) -> dispatch_pb2.Operation:
+        return op(report_conversation=dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id=conv, event=ev, **kw))  # type: ignore[arg-type]
+
+    records: list[bytes] = []
+    live = JournaledEngine(engine_cls(7), lambda p: records.append(p) or len(records))
+    setup_shop(live)
+    live.put_agent(AgentConfig("s", "s:bot", role=4, max_capacity=0))
+    batches = []
+    for n in range(6):  # lifecycles: dispatch, 3 messages, 3 replies, close; presence churn, errors
+        ops = []
+        for i in range(4):
+            c = f"c{n}-{i}"
+            ops.append(op(dispatch=dispatch_pb2.DispatchRequest(shop_id="s", buyer_id=f"b{(n + i) % 5}", conversation_id=c)))
+            for _ in range(3):
+                ops += [event(c, ConversationEvent.BUYER_MESSAGE), event(c, ConversationEvent.AGENT_REPLY)]
+            if i % 2:
+                ops.append(event(c, ConversationEvent.CLOSED))
+        ops.append(op(set_presence=dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id=f"s:a{n % 3}", presence=1 + n % 3)))  # type: ignore[arg-type]
+        ops.append(op(set_presence=dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id="s:bot", presence=1)))  # type: ignore[arg-type]
+        ops.append(event("nope", ConversationEvent.CLOSED))  # NOT_FOUND
+        ops.append(event(f"c{n}-0", ConversationEvent.TRANSFERRED, to_agent_id="s:a2"))
+        ops.append(op(claim_from_pool=dispatch_pb2.ClaimFromPoolRequest(shop_id="s", agent_id="s:a0")))  # the pool is empty
+        batches.append(dispatch_pb2.OperateRequest(operations=ops).SerializeToString())
+    failed = 0
+    for n, raw in enumerate(batches):
+        answer = live.operate_wire(raw, T0 + 1000 * (n + 1), 4096)
+        assert answer is not None
+        failed += answer[2]
+        assert live.operate_wire(raw + b"\x0a\x00", T0, 4096) is None  # an operation of no kind: declined, no record
+    assert failed >= 12
+    replayed = engine_cls(7)
+    for payload in records:
+        apply_record(replayed, payload)
+    assert state(replayed) == state(live)
+    assert sum(p[:2] == b"\x00O" for p in records) == len(batches)
+    assert replayed.operation_counts() == live.engine.operation_counts()
 
 
 # ------------------------------------------------------------------ write errors: stall, retry, resume

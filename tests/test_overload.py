@@ -80,7 +80,7 @@ async def _flood(target: str, pid: int) -> None:
             # Streams beyond their own bound are refused; the unary calls are not locked out by them.
             assert codes["stream:RESOURCE_EXHAUSTED"] > 0 and codes["OK"] >= FLOOD // 3, codes
             assert took < 15, took  # refused early, not queued without limit
-            for status, call in held:
+            for _, call in held:
                 call.cancel()
             await asyncio.sleep(0.1)
             # Within the bound again: served at once, every time.

@@ -33,9 +33,8 @@ def test_generated_imports_use_the_package_path() -> None:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[descriptor_pb2.FileDescriptorProto]:
-    from grpc_tools import protoc
-
     import grpc_tools
+    from grpc_tools import protoc
 
     out = tmp_path_factory.mktemp("fds") / "set.pb"
     well_known = Path(grpc_tools.__file__).parent / "_proto"

@@ -81,7 +81,7 @@ def test_every_part_in_the_part_table_exists() -> None:
     rows = _table("## The rules and where they live")
     parts = [r for r in rows if r[0] in {"constants", "validation", "eligibility", "strategies", "shop", "routing", "engine", "operations", "wire", "snapshot"}]
     assert len(parts) == 10
-    for part, compiled, reference, _ in parts:
+    for _part, compiled, reference, _ in parts:
         for name in re.findall(r"`([^`]+)`", compiled):
             if not name.startswith("."):  # `constants.pyx`/`.pxd`
                 assert (FASTPATH / name).exists(), name

@@ -26,9 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from server_fixtures import Proc, T0, ThreadedServer
+from server_fixtures import T0, Proc, ThreadedServer
 
-from dispatcher._gen.dispatch.v1 import common_pb2, admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, dispatch_pb2, dispatch_pb2_grpc
 from dispatcher.auth import hash_token
 from dispatcher.security import server_credentials
 from dispatcher.server import AssignmentHub, Counters, _Core
@@ -60,7 +60,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_ca(cn: str) -> tuple[Pem, Any, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
@@ -80,7 +80,7 @@ def make_ca(cn: str) -> tuple[Pem, Any, x509.Certificate]:
 
 def make_leaf(ca_key: Any, ca_cert: x509.Certificate, cn: str, *, server: bool) -> Pem:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))

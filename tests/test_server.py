@@ -87,8 +87,8 @@ async def test_capacity_round_robin_30_20_10(client: AsyncDispatchClient) -> Non
 
 async def test_fewest_unread_tie_goes_to_the_earliest_created(client: AsyncDispatchClient) -> None:
     await client.put_shop(shop_id="s", main_account="s", strategy=pb.Strategy.STRATEGY_FEWEST_UNREAD)
-    await client.put_agent(shop_id="s", agent_id="s:new", max_capacity=5, created_at=dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc))
-    await client.put_agent(shop_id="s", agent_id="s:old", max_capacity=5, created_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    await client.put_agent(shop_id="s", agent_id="s:new", max_capacity=5, created_at=dt.datetime(2024, 5, 1, tzinfo=dt.UTC))
+    await client.put_agent(shop_id="s", agent_id="s:old", max_capacity=5, created_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     for agent in ("s:new", "s:old"):
         await client.set_presence("s", agent, ONLINE, at=T0)
     assert (await client.dispatch("s", "b1", "c1", at=T0)).agent_id == "s:old"

@@ -96,8 +96,8 @@ def test_each_hand_out_is_serialized_once_and_its_bytes_are_shared() -> None:
         assert len(s_frames) == 20 and len(_frames(only_t)) == 10
         # The watchers of one shop share the batches themselves, and every
         # watcher that gets a hand-out holds the very same bytes object.
-        assert [b is c for b, c in zip(s1.queue, s2.queue)] == [True] * len(s1.queue)
-        assert all(x is y for x, y in zip(s_frames, _frames(s3)))
+        assert [b is c for b, c in zip(s1.queue, s2.queue, strict=False)] == [True] * len(s1.queue)
+        assert all(x is y for x, y in zip(s_frames, _frames(s3), strict=False))
         by_id = {id(f) for f in _frames(everyone)}
         assert len(_frames(everyone)) == 30 and all(id(f) in by_id for f in s_frames + _frames(only_t))
         # A two-shop watcher gets both shops' hand-outs, in publish order.
@@ -217,7 +217,7 @@ def test_a_slow_watcher_is_ended_with_resource_exhausted_while_a_fast_one_gets_e
             for call in (fast, slow):
                 assert ("dispatch-watch", "subscribed") in tuple(call.initial_metadata() or ())
             got: list[str] = []
-            reader = threading.Thread(target=lambda: got.extend(x.conversation_id for _, x in zip(range(6000), fast)))
+            reader = threading.Thread(target=lambda: got.extend(x.conversation_id for _, x in zip(range(6000), fast, strict=False)))
             reader.start()
             hub = running.server.hub
             for step in range(1, 13):  # 12 calls of 500 hand-outs, each within the bound of a reader that keeps up

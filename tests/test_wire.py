@@ -22,7 +22,9 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,8 +32,6 @@ import _fastpath
 from _fastpath import AgentConfig, CompiledEngine, GroupConfig, InvalidArgumentError, ReferenceEngine, ShopConfig
 from _fastpath.wire import at_beyond, batch_of_one, encode_response, parse_batch_request, parse_request, response_reason
 from dispatcher._gen.dispatch.v1 import dispatch_pb2
-from google.protobuf import timestamp_pb2
-from google.rpc import status_pb2
 
 T0 = 1_700_000_000_000
 ENGINES = [CompiledEngine, ReferenceEngine]
@@ -307,7 +307,7 @@ def test_unary_dispatch_answers_like_the_object_path_on_both_engines(seq: list[t
             raw = mutate(raw, random.Random(seed))
         with mock.patch.object(server_module, "now_ms", lambda n=n: T0 + 1000 * n):
             want = unary_outcome(expected, raw)
-            for e, servicer in zip(engines, servicers):
+            for e, servicer in zip(engines, servicers, strict=False):
                 assert unary_outcome(servicer, raw) == want, type(e).__name__
     for e in engines:
         assert e.export_state() == expected_engine.export_state()
@@ -437,7 +437,7 @@ def test_with_a_bound_the_servicer_answers_like_the_object_path_on_both_engines(
             else:
                 raw = dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString()
                 want = outcome(expected, lambda: expected._batch(raw))
-                for r, answer in zip(items, dispatch_pb2.DispatchBatchResponse.FromString(want).responses):
+                for r, answer in zip(items, dispatch_pb2.DispatchBatchResponse.FromString(want).responses, strict=False):
                     if beyond(r, T0 + 1000 * n + SKEW):
                         assert answer.error.code == 3 and "the bound is 3 s (--max-clock-skew)" in answer.error.message
                 for s in servicers:

@@ -25,7 +25,6 @@ from ..model import (
     Client,
     ConversationEvent,
     ConversationType,
-    DispatchError,
     FailedPreconditionError,
     GroupConfig,
     InvalidArgumentError,

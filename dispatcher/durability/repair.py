@@ -28,7 +28,7 @@ from typing import Any
 from .datadir import MANIFEST, DataDir, ManifestData, manifest_from
 from .journal import list_segments
 from .snapshot import list_snapshots
-from .store import Problem, RecoveryError, segment_last_seq, recover
+from .store import Problem, RecoveryError, recover, segment_last_seq
 
 __all__ = ["RepairReport", "check", "rebuild_manifest", "repair"]
 

@@ -46,10 +46,10 @@ from .journal import (
     JournalError,
     Segment,
     SegmentScan,
-    valid_record_at,
     list_segments,
     scan_segment,
     segment_path,
+    valid_record_at,
 )
 from .records import JournaledEngine, RecordError, apply_record
 from .snapshot import (
@@ -585,7 +585,7 @@ class DurableStore:
         drop_segments: list[int] = []
         if len(keep) == 2:
             previous = keep[0]
-            drop_segments = [a for a, b in zip(segments, segments[1:]) if b - 1 <= previous]
+            drop_segments = [a for a, b in zip(segments, segments[1:], strict=False) if b - 1 <= previous]
         self.manifest.snapshot_kept(keep, drop_segments)
         deleted = []
         for seq in snaps[:-2]:
