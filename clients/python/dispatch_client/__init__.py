@@ -6,18 +6,30 @@
         answer = client.dispatch("demo", buyer_id="buyer-1", conversation_id="conv-1")
         print(pb.Reason.Name(answer.reason), answer.agent_id)
 
-``AsyncDispatchClient`` has the same methods as coroutines. Errors are the
-call's ``grpc.RpcError`` (``.code()``, ``.details()``). ``pb`` gathers the
+``AsyncDispatchClient`` has the same methods as coroutines; its ``dispatch``,
+``set_presence``, ``report_conversation`` and ``claim_from_pool`` calls made in the
+same loop iteration go as one batch on a shared OperateStream (``auto_batch=False``
+for unary calls). ``DispatchClient.pipeline()`` batches explicitly; both clients have
+``operate()`` for ready-made ``pb.Operation`` lists. Errors are the call's
+``grpc.RpcError`` (``.code()``, ``.details()``); a batched call's is an
+``OperationError`` with the code and details its unary form would have had. ``pb`` gathers the
 generated messages and enums of ``dispatch.v1``; ``dispatch_request`` builds a
 DispatchRequest for batches and streams.
 """
 
-from ._client import AsyncDispatchClient, AsyncWatch, DispatchClient, Watch, dispatch_request, pb, to_timestamp
+from ._batching import MAX_BATCH, AutoBatcher, BatchStats, OperationError, OperationFuture
+from ._client import AsyncDispatchClient, AsyncWatch, DispatchClient, Pipeline, Watch, dispatch_request, pb, to_timestamp
 
 __all__ = [
+    "MAX_BATCH",
     "AsyncDispatchClient",
     "AsyncWatch",
+    "AutoBatcher",
+    "BatchStats",
     "DispatchClient",
+    "OperationError",
+    "OperationFuture",
+    "Pipeline",
     "Watch",
     "dispatch_request",
     "pb",

@@ -1,9 +1,15 @@
-"""The clients. Both wrap one channel and the two generated stubs."""
+"""The clients. Both wrap one channel and the two generated stubs.
+
+The async client sends ``dispatch``, ``set_presence``, ``report_conversation`` and
+``claim_from_pool`` in automatic batches on one OperateStream (``_batching.AutoBatcher``);
+the blocking client has explicit batches (``pipeline()``). See clients/python/README.md.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -14,8 +20,18 @@ from google.protobuf.message import Message
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 
 from . import pb
+from ._batching import MAX_BATCH, AutoBatcher, BatchStats, OperationError, OperationFuture, error_of
 
-__all__ = ["AsyncDispatchClient", "AsyncWatch", "DispatchClient", "Watch", "dispatch_request", "pb", "to_timestamp"]
+__all__ = [
+    "AsyncDispatchClient",
+    "AsyncWatch",
+    "DispatchClient",
+    "Pipeline",
+    "Watch",
+    "dispatch_request",
+    "pb",
+    "to_timestamp",
+]
 
 Time = _dt.datetime | int | timestamp_pb2.Timestamp | None
 """A point in time: an aware datetime, integer milliseconds since the epoch, a Timestamp, or None (server clock)."""
@@ -93,6 +109,10 @@ def dispatch_request(
         at=to_timestamp(at),
         trace=trace,
     )
+
+
+def _claim(shop_id: str, agent_id: str, conversation_id: str, at: Time) -> dispatch_pb2.ClaimFromPoolRequest:
+    return dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
 
 
 def _presence(shop_id: str, agent_id: str, presence: int, client: int, at: Time) -> dispatch_pb2.SetPresenceRequest:
@@ -188,13 +208,88 @@ class Watch:
 
 
 class AsyncDispatchClient:
-    """The dispatch.v1 API over a grpc.aio channel. Use ``async with`` or ``await close()``."""
+    """The dispatch.v1 API over a grpc.aio channel. Use ``async with`` or ``await close()``.
 
-    def __init__(self, target: str, *, channel: grpc.aio.Channel | None = None, timeout: float | None = 30.0) -> None:
+    **Automatic batching** (on by default; ``auto_batch=False`` for one unary RPC per call):
+    ``dispatch``, ``set_presence``, ``report_conversation`` and ``claim_from_pool`` go on one
+    shared ``OperateStream``. The calls made in the same loop iteration are sent as one
+    batch (``max_batch_size`` at most, 1..4096) as soon as the loop is idle, or after
+    ``max_batch_delay`` seconds when that is set; a lone call adds no waiting. Each call
+    returns its own response or raises its own error, with the code and details of its
+    unary form (an ``OperationError``, a ``grpc.aio.AioRpcError``). The calls of one client
+    are applied in the order they were made. At most ``max_batches_in_flight`` batches are
+    unanswered at once; later calls wait in the next (growing) batch. If the stream breaks,
+    the calls in flight raise UNAVAILABLE (applied or not: see the README for what is safe
+    to retry) and the next call opens a new stream. ``timeout`` bounds each batch's answer
+    (DEADLINE_EXCEEDED; the stream is then reset). ``batch_stats`` counts what was sent.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = 30.0,
+        auto_batch: bool = True,
+        max_batch_size: int = 1024,
+        max_batch_delay: float = 0.0,
+        max_batches_in_flight: int = 8,
+    ) -> None:
         self.channel = channel if channel is not None else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self.dispatch_stub = dispatch_pb2_grpc.DispatchStub(self.channel)
         self.admin_stub = admin_pb2_grpc.AdminStub(self.channel)
+        self._batcher: AutoBatcher | None = None
         self.timeout = timeout
+        if auto_batch:
+            self._batcher = AutoBatcher(
+                self.channel,
+                max_batch_size=max_batch_size,
+                max_delay=max_batch_delay,
+                max_batches_in_flight=max_batches_in_flight,
+                timeout=timeout,
+                unimplemented=self._unary,
+            )
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each call (each batch, when batching) may take; None: no deadline."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._timeout = value
+        if self._batcher is not None:
+            self._batcher.timeout = value
+
+    @property
+    def auto_batch(self) -> bool:
+        """Whether the four hot-path calls go in automatic batches."""
+        return self._batcher is not None
+
+    @property
+    def batch_stats(self) -> BatchStats | None:
+        """Batches, operations and streams sent by automatic batching (None when it is off)."""
+        return self._batcher.stats if self._batcher is not None else None
+
+    @property
+    def batcher(self) -> AutoBatcher | None:
+        """The automatic batcher (None when off): ``reset()`` breaks its stream on purpose."""
+        return self._batcher
+
+    def _unary(self, kind: str, payload: bytes) -> asyncio.Future[Any]:
+        """One call as its unary RPC (for a server without OperateStream)."""
+        stub = self.dispatch_stub
+        call: Any
+        if kind == "dispatch":
+            call = stub.Dispatch(dispatch_pb2.DispatchRequest.FromString(payload), timeout=self.timeout)
+        elif kind == "set_presence":
+            call = stub.SetPresence(dispatch_pb2.SetPresenceRequest.FromString(payload), timeout=self.timeout)
+        elif kind == "report_conversation":
+            call = stub.ReportConversation(dispatch_pb2.ReportConversationRequest.FromString(payload), timeout=self.timeout)
+        else:
+            call = stub.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest.FromString(payload), timeout=self.timeout)
+        future: asyncio.Future[Any] = asyncio.ensure_future(call)
+        return future
 
     async def __aenter__(self) -> AsyncDispatchClient:
         return self
@@ -203,6 +298,9 @@ class AsyncDispatchClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the channel. Calls not answered yet raise CANCELLED."""
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self.channel.close()
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
@@ -215,7 +313,10 @@ class AsyncDispatchClient:
 
     async def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
         """Route one conversation; ``fields`` are dispatch_request's keywords."""
-        return await self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)
+        request = dispatch_request(shop_id, buyer_id, conversation_id, **fields)
+        if self._batcher is not None:
+            return cast(dispatch_pb2.DispatchResponse, await self._batcher.submit("dispatch", request))
+        return await self.dispatch_stub.Dispatch(request, timeout=self.timeout)
 
     async def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
         reply = await self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
@@ -238,7 +339,10 @@ class AsyncDispatchClient:
             yield list(reply.responses)
 
     async def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
-        return await self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)
+        request = _presence(shop_id, agent_id, presence, client, at)
+        if self._batcher is not None:
+            return cast(dispatch_pb2.SetPresenceResponse, await self._batcher.submit("set_presence", request))
+        return await self.dispatch_stub.SetPresence(request, timeout=self.timeout)
 
     async def report_conversation(
         self,
@@ -253,11 +357,36 @@ class AsyncDispatchClient:
         at: Time = None,
     ) -> dispatch_pb2.ReportConversationResponse:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
+        if self._batcher is not None:
+            return cast(dispatch_pb2.ReportConversationResponse, await self._batcher.submit("report_conversation", request))
         return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
     async def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
-        request = dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
+        request = _claim(shop_id, agent_id, conversation_id, at)
+        if self._batcher is not None:
+            return cast(dispatch_pb2.ClaimFromPoolResponse, await self._batcher.submit("claim_from_pool", request))
         return await self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)
+
+    async def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
+        """One unary ``Operate`` call: the operations (at most 4096) applied in order, one
+        ``OperationResult`` each. Not ordered with automatic batches still in flight."""
+        return await self.dispatch_stub.Operate(dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout)
+
+    async def operate_stream(
+        self, batches: AsyncIterable[Sequence[dispatch_pb2.Operation]] | Iterable[Sequence[dispatch_pb2.Operation]]
+    ) -> AsyncIterator[dispatch_pb2.OperateResponse]:
+        """Send batches of operations on a stream of their own; yield each answer in order."""
+
+        async def requests() -> AsyncIterator[dispatch_pb2.OperateRequest]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield dispatch_pb2.OperateRequest(operations=batch)
+            else:
+                for batch in batches:
+                    yield dispatch_pb2.OperateRequest(operations=batch)
+
+        async for reply in self.dispatch_stub.OperateStream(requests()):
+            yield reply
 
     async def watch_assignments(self, *shop_ids: str) -> AsyncWatch:
         """Open a WatchAssignments stream (every shop when none is named) and wait until it is registered."""
@@ -377,8 +506,23 @@ class DispatchClient:
         return self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
     def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
-        request = dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
-        return self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)
+        return self.dispatch_stub.ClaimFromPool(_claim(shop_id, agent_id, conversation_id, at), timeout=self.timeout)
+
+    def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
+        """One ``Operate`` call: the operations (at most 4096) applied in order, one
+        ``OperationResult`` each (its result, or its own ``error``)."""
+        return self.dispatch_stub.Operate(dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout)
+
+    def operate_stream(self, batches: Iterable[Sequence[dispatch_pb2.Operation]]) -> Iterator[dispatch_pb2.OperateResponse]:
+        """Send batches of operations on one OperateStream; yield each answer in order."""
+        yield from self.dispatch_stub.OperateStream(dispatch_pb2.OperateRequest(operations=batch) for batch in batches)
+
+    def pipeline(self) -> Pipeline:
+        """An explicit batch: ``with client.pipeline() as p: f = p.dispatch(...)``; the block's
+        operations go as one ``Operate`` call when it ends, then ``f.result()`` is the answer
+        (or raises that operation's error). ``p.execute()`` sends them and returns every
+        response or error in order."""
+        return Pipeline(lambda request: self.dispatch_stub.Operate(request, timeout=self.timeout))
 
     def watch_assignments(self, *shop_ids: str) -> Watch:
         call = self.dispatch_stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shop_ids))
@@ -438,3 +582,110 @@ class DispatchClient:
 
     def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
         return self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)
+
+
+class Pipeline:
+    """Operations collected by the blocking client and sent as one ``Operate`` call (more than
+    4096 go as several calls, in order). Use it as a context manager (the block's operations
+    are sent when it ends without an exception; nothing is sent when it raises) or call
+    ``execute()``. Each method returns an ``OperationFuture`` whose ``result()`` is, once the
+    pipeline has run, the same response the unary method returns, or raises its error (an
+    ``OperationError``: ``code()``/``details()`` as the unary call's)."""
+
+    def __init__(self, operate: Callable[[dispatch_pb2.OperateRequest], dispatch_pb2.OperateResponse]) -> None:
+        self._operate = operate
+        self._operations: list[dispatch_pb2.Operation] = []
+        self._futures: list[OperationFuture[Any]] = []
+        self.calls = 0
+        """Operate calls made so far."""
+
+    def __len__(self) -> int:
+        return len(self._operations)
+
+    def add(self, operation: dispatch_pb2.Operation) -> OperationFuture[Message]:
+        """Queue an Operation (exactly one kind set); its future gives the response of its kind."""
+        if operation.WhichOneof("kind") is None:
+            raise ValueError("the operation has no kind set")
+        future: OperationFuture[Message] = OperationFuture()
+        self._operations.append(operation)
+        self._futures.append(future)
+        return future
+
+    def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> OperationFuture[dispatch_pb2.DispatchResponse]:
+        future: OperationFuture[dispatch_pb2.DispatchResponse] = OperationFuture()
+        self._operations.append(dispatch_pb2.Operation(dispatch=dispatch_request(shop_id, buyer_id, conversation_id, **fields)))
+        self._futures.append(future)
+        return future
+
+    def set_presence(
+        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+    ) -> OperationFuture[dispatch_pb2.SetPresenceResponse]:
+        future: OperationFuture[dispatch_pb2.SetPresenceResponse] = OperationFuture()
+        self._operations.append(dispatch_pb2.Operation(set_presence=_presence(shop_id, agent_id, presence, client, at)))
+        self._futures.append(future)
+        return future
+
+    def report_conversation(
+        self,
+        shop_id: str,
+        conversation_id: str,
+        event: int,
+        *,
+        buyer_id: str = "",
+        agent_id: str = "",
+        to_agent_id: str = "",
+        to_group_id: str = "",
+        at: Time = None,
+    ) -> OperationFuture[dispatch_pb2.ReportConversationResponse]:
+        future: OperationFuture[dispatch_pb2.ReportConversationResponse] = OperationFuture()
+        request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
+        self._operations.append(dispatch_pb2.Operation(report_conversation=request))
+        self._futures.append(future)
+        return future
+
+    def claim_from_pool(
+        self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
+    ) -> OperationFuture[dispatch_pb2.ClaimFromPoolResponse]:
+        future: OperationFuture[dispatch_pb2.ClaimFromPoolResponse] = OperationFuture()
+        self._operations.append(dispatch_pb2.Operation(claim_from_pool=_claim(shop_id, agent_id, conversation_id, at)))
+        self._futures.append(future)
+        return future
+
+    def execute(self) -> list[Message | grpc.RpcError]:
+        """Send the queued operations; return each one's response or error, in order (and
+        resolve their futures). The failure of a whole call (UNAVAILABLE, UNAUTHENTICATED...)
+        is raised, after being set on every future it left unanswered."""
+        operations, futures = self._operations, self._futures
+        self._operations, self._futures = [], []
+        out: list[Message | grpc.RpcError] = []
+        for start in range(0, len(operations), MAX_BATCH):
+            chunk = operations[start : start + MAX_BATCH]
+            try:
+                self.calls += 1
+                response = self._operate(dispatch_pb2.OperateRequest(operations=chunk))
+                if len(response.results) != len(chunk):
+                    details = f"the server answered {len(response.results)} results for {len(chunk)} operations"
+                    raise OperationError(grpc.StatusCode.INTERNAL, details)
+            except grpc.RpcError as exc:
+                for future in futures[start:]:
+                    future._set(None, exc)
+                raise
+            for future, operation, result in zip(futures[start:], chunk, response.results):
+                if result.HasField("error"):
+                    error = error_of(result.error)
+                    future._set(None, error)
+                    out.append(error)
+                else:
+                    value = getattr(result, cast(str, operation.WhichOneof("kind")))
+                    future._set(value, None)
+                    out.append(value)
+        return out
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self.execute()
+        else:  # the block failed: send nothing
+            self._operations, self._futures = [], []
