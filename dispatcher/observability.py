@@ -306,9 +306,18 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
     handed.add_metric([], snap["handed_out"])
     yield handed
 
-    events = CounterMetricFamily("dispatch_events", "SetPresence, ReportConversation and ClaimFromPool calls")
+    events = CounterMetricFamily(
+        "dispatch_events", "SetPresence, ReportConversation and ClaimFromPool calls, and operations of those kinds"
+    )
     events.add_metric([], snap["events"])
     yield events
+
+    operations = CounterMetricFamily(
+        "dispatch_operations", "Operations of Operate/OperateStream batches, by kind", labels=["kind"]
+    )
+    for kind, n in snap["operations"].items():
+        operations.add_metric([kind], n)
+    yield operations
 
     admin = CounterMetricFamily("dispatch_admin_calls", "Admin calls that change configuration")
     admin.add_metric([], snap["admin_calls"])
@@ -468,6 +477,7 @@ class Ecosystem:
             "decisions": server.decisions(),
             "handed_out": counters.handed_out,
             "events": counters.events,
+            "operations": dict(counters.operations),
             "admin_calls": counters.admin_calls,
             "errors": dict(counters.errors),
             "internal_errors": counters.internal_errors,

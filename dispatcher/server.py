@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar, cast
 
@@ -151,9 +152,34 @@ class _Core:
         self.counters = counters
         self.journal = journal
         """dispatcher.durability.Journal or None: answers wait for its group commit."""
+        self.draining = asyncio.Event()
+        """Set when a graceful stop begins: streams end between two batches (``until_draining``)."""
         self.max_operations_in_flight = MAX_OPERATIONS_IN_FLIGHT
         """Operate/OperateStream: most operations applied and not yet answered, server-wide."""
         self.operations_in_flight = 0
+
+    async def until_draining(self, requests: AsyncIterator[_Req]) -> AsyncIterator[_Req]:
+        """The messages of a client stream until it ends or a graceful stop begins.
+
+        A stream waiting for its next batch when the server drains is ended (OK) at
+        once, instead of holding the stop for the whole grace period; a batch being
+        applied is finished and answered first. The client reconnects elsewhere."""
+        draining = asyncio.ensure_future(self.draining.wait())
+        iterator = aiter(requests)
+        try:
+            while not self.draining.is_set():
+                next_message = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait({next_message, draining}, return_when=asyncio.FIRST_COMPLETED)
+                if next_message not in done:
+                    next_message.cancel()
+                    return
+                try:
+                    message = next_message.result()
+                except StopAsyncIteration:
+                    return
+                yield message
+        finally:
+            draining.cancel()
 
     def flush(self) -> int:
         """Drain the engine's outbox and publish it; return how many hand-outs it held.
@@ -256,6 +282,10 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             self._engine.operate_wire if hasattr(inner, "operate_wire") else None
         )
         """The engine's reader of OperateRequest bytes (``operate_wire``), when it has one."""
+        self._wire_counts_seen: list[int] = (
+            list(self._engine.operation_counts()) if self._operate_wire is not None else []  # type: ignore[attr-defined]
+        )
+        """The engine's operation counts already added to the counters (replayed ones are not ours)."""
 
     def _dispatch(self, request: dispatch_pb2.DispatchRequest, now: int | None = None) -> dispatch_pb2.DispatchResponse:
         reason, agent_id, group_id, trace = self._engine.dispatch(
@@ -376,8 +406,8 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         request_iterator: AsyncIterator[bytes],
         context: Context,
     ) -> AsyncIterator[bytes]:
-        async for batch in request_iterator:
-            yield await self._core.call(context, lambda raw=batch: self._batch(raw))
+        async for batch in self._core.until_draining(request_iterator):
+            yield await self._core.call(context, functools.partial(self._batch, batch))
 
     # ------------------------------------------------------------ Operate / OperateStream (issue 13)
 
@@ -397,6 +427,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             answer = self._operate_wire(raw, now, self._max_batch, _max_at(now, self._max_skew_ms))
             if answer is not None:
                 out, count, failed = answer
+                self._count_wire_operations()
                 if failed:  # rare: count the refused operations by status
                     self._count_operation_errors(dispatch_pb2.OperateResponse.FromString(out))
                 core.operations_in_flight += count
@@ -428,6 +459,20 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         taken.append(applied)
         return response.SerializeToString()
 
+    def _count_wire_operations(self) -> None:
+        """Add what the engine's reader applied since the last batch to the per-kind counters
+        (the engine counts them in C, ``operation_counts``: nothing per operation here)."""
+        now = self._engine.operation_counts()  # type: ignore[attr-defined]
+        seen = self._wire_counts_seen
+        counts = self._core.counters.operations
+        for kind in range(1, len(now)):
+            delta = now[kind] - seen[kind]
+            if delta:
+                counts[OPERATION_KINDS[kind - 1]] += delta
+                if kind != 1:  # events: everything but dispatch, as their unary calls count
+                    self._core.counters.events += delta
+        self._wire_counts_seen = now
+
     def _count_operation_errors(self, response: dispatch_pb2.OperateResponse) -> None:
         errors = self._core.counters.errors
         for result in response.results:
@@ -453,7 +498,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
     ) -> AsyncIterator[bytes]:
         # One batch at a time per stream: the next is read only once this one is durable and
         # answered, so a stream never has more than one batch (max_batch operations) in flight.
-        async for batch in request_iterator:
+        async for batch in self._core.until_draining(request_iterator):
             yield await self._operate_call(context, batch)
 
     async def SetPresence(
@@ -805,6 +850,7 @@ class DispatchServer:
         return bound
 
     async def stop(self, grace: float | None = 10.0) -> None:
+        self._core.draining.set()  # client streams end between batches
         await self.ecosystem.draining()
         self.hub.close()
         if self._server is not None:
