@@ -13,6 +13,10 @@ export interface Timestamp { seconds: string | number; nanos: number }
 export interface Duration { seconds: string | number; nanos: number }
 export function timestamp(ms: number | Date): Timestamp;
 export function timestampMs(ts: Timestamp | null | undefined): number | null;
+/** Most operations in one OperateRequest (4096). */
+export const MAX_BATCH: number;
+/** An Error shaped like grpc-js's ServiceError ("<code> <NAME>: <details>"). */
+export function statusError(code: grpc.status, details: string, metadata?: grpc.Metadata): ServiceError;
 
 export type Reason =
   | 'REASON_UNSPECIFIED' | 'REASON_DIRECT' | 'REASON_OFFLINE_MAIN_ACCOUNT' | 'REASON_OFFLINE_PROXY_ACCOUNT'
@@ -50,6 +54,74 @@ export interface Group {
   robotEnabled?: boolean; robotAgentId?: string; strategy?: Strategy;
 }
 
+export interface SetPresenceRequest { shopId: string; agentId: string; presence: Presence; client?: string; at?: Timestamp }
+export interface SetPresenceResponse { assignments: Assignment[] }
+export type ConversationEvent =
+  | 'CONVERSATION_EVENT_UNSPECIFIED' | 'CONVERSATION_EVENT_BUYER_MESSAGE' | 'CONVERSATION_EVENT_AGENT_REPLY'
+  | 'CONVERSATION_EVENT_CLOSED' | 'CONVERSATION_EVENT_TRANSFERRED' | 'CONVERSATION_EVENT_ASSIGNED';
+export interface ReportConversationRequest {
+  shopId: string; conversationId: string; buyerId?: string; event: ConversationEvent; agentId?: string;
+  toAgentId?: string; toGroupId?: string; at?: Timestamp;
+}
+export interface ReportConversationResponse { agentId: string; assignments: Assignment[] }
+export interface ClaimFromPoolRequest { shopId: string; agentId: string; conversationId?: string; at?: Timestamp }
+export interface ClaimFromPoolResponse { conversationId: string; buyerId: string; agentId: string }
+
+/** One operation of Operate/OperateStream: exactly one kind is set. */
+export type Operation =
+  | { dispatch: DispatchRequest }
+  | { setPresence: SetPresenceRequest }
+  | { reportConversation: ReportConversationRequest }
+  | { claimFromPool: ClaimFromPoolRequest };
+export type OperationKind = 'dispatch' | 'setPresence' | 'reportConversation' | 'claimFromPool';
+/** The answer to one Operation: `kind` names the result that is set; unset (undefined) with `error`. */
+export interface OperationResult {
+  kind?: OperationKind;
+  dispatch?: DispatchResponse;
+  setPresence?: SetPresenceResponse;
+  reportConversation?: ReportConversationResponse;
+  claimFromPool?: ClaimFromPoolResponse;
+  /** The operation's own status (code: a grpc.status number), or null on success. */
+  error: RpcStatus | null;
+}
+export interface OperateResponse { results: OperationResult[] }
+
+/** A rejected call: as grpc-js's ServiceError (the batched path builds the same shape). */
+export interface ServiceError extends Error { code: grpc.status; details: string; metadata: grpc.Metadata }
+
+export interface OperateStreamHandle {
+  call: grpc.ClientDuplexStream<any, any>;
+  send(operations: Operation[]): Promise<OperationResult[]>;
+  end(): void;
+}
+
+/** Counters of the automatic batcher (for tests and monitoring). */
+export interface BatchStats {
+  /** OperateRequests written on the shared stream. */
+  batches: number;
+  /** Operations in them. */
+  operations: number;
+  /** OperateStreams opened (1 + reconnects + re-opens after idle). */
+  streams: number;
+  /** The largest batch sent. */
+  largestBatch: number;
+  /** The most operations in flight (sent, not yet answered) at once. */
+  mostInFlight: number;
+}
+
+/** The automatic batcher of a client (`client.batcher`; null with autoBatch: false). */
+export interface AutoBatcher {
+  /** false once the server answered UNIMPLEMENTED for OperateStream: unary RPCs from then on. */
+  readonly enabled: boolean;
+  /** Operations sent and not yet answered. */
+  readonly inFlight: number;
+  /** Operations waiting to be sent (for the next turn, or for room in flight). */
+  readonly queued: number;
+  readonly stats: BatchStats;
+  /** Break the current stream on purpose: its calls in flight reject UNAVAILABLE; the next call opens a new one. */
+  reset(): void;
+}
+
 export interface DispatchStreamHandle {
   call: grpc.ClientDuplexStream<any, any>;
   send(requests: DispatchRequest[]): Promise<DispatchResponse[]>;
@@ -57,18 +129,41 @@ export interface DispatchStreamHandle {
 }
 export interface WatchStream extends grpc.ClientReadableStream<Assignment> { ready: Promise<grpc.Metadata> }
 
-export interface ClientOptions { credentials?: grpc.ChannelCredentials; timeoutMs?: number; channelOptions?: grpc.ChannelOptions }
+export interface ClientOptions {
+  credentials?: grpc.ChannelCredentials;
+  /** Deadline of each call, batched ones too (default 30000; 0: none). */
+  timeoutMs?: number;
+  channelOptions?: grpc.ChannelOptions;
+  /** dispatch/setPresence/reportConversation/claimFromPool share one OperateStream, batched per event-loop turn (default true). */
+  autoBatch?: boolean;
+  /** Most operations per batch (default 1024, 1..4096). */
+  maxBatch?: number;
+  /** 0 (default): flush when the current event-loop turn is done (setImmediate); more: wait up to this long to fill a batch. */
+  maxDelayMs?: number;
+  /** Most operations sent and not yet answered (default 8192, >= maxBatch); more calls wait their turn. */
+  maxInFlight?: number;
+  /** Half-close the stream after this long with nothing in flight (default 1000; Infinity: never). */
+  idleMs?: number;
+}
 
 export class DispatchClient {
   constructor(target: string, options?: ClientOptions);
+  /** The batcher's counters (zeros with autoBatch: false). */
+  readonly batchStats: BatchStats;
+  readonly batcher: AutoBatcher | null;
   waitForReady(timeoutMs?: number): Promise<void>;
+  /** Closes the channel; batched calls still queued are sent first. */
   close(): void;
   dispatch(request: DispatchRequest): Promise<DispatchResponse>;
   dispatchBatch(requests: DispatchRequest[]): Promise<DispatchResponse[]>;
   dispatchStream(): DispatchStreamHandle;
-  setPresence(request: { shopId: string; agentId: string; presence: Presence; client?: string; at?: Timestamp }): Promise<{ assignments: Assignment[] }>;
-  reportConversation(request: Record<string, unknown>): Promise<{ agentId: string; assignments: Assignment[] }>;
-  claimFromPool(request: { shopId: string; agentId: string; conversationId?: string; at?: Timestamp }): Promise<{ conversationId: string; buyerId: string; agentId: string }>;
+  setPresence(request: SetPresenceRequest): Promise<SetPresenceResponse>;
+  reportConversation(request: ReportConversationRequest): Promise<ReportConversationResponse>;
+  claimFromPool(request: ClaimFromPoolRequest): Promise<ClaimFromPoolResponse>;
+  /** Operate (unary, never batched): the operations applied in order, one result each. */
+  operate(operations: Operation[]): Promise<OperateResponse>;
+  /** OperateStream by hand: one results batch per sent batch, in order. */
+  operateStream(): OperateStreamHandle;
   watchAssignments(shopIds?: string[]): WatchStream;
   putShop(shop: ShopConfig): Promise<ShopConfig>;
   deleteShop(shopId: string): Promise<{}>;

@@ -3,50 +3,18 @@
 // in a child process (the port is read from its `server.started` log line).
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const fs = require('node:fs');
-const path = require('node:path');
-const readline = require('node:readline');
 const { DispatchClient, status, timestamp, timestampMs } = require('..');
+const { startServer } = require('../testing/server');
 
-const ROOT = path.resolve(__dirname, '..', '..', '..');
-const VENV_PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
-const PYTHON = process.env.DISPATCH_PYTHON || (fs.existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
 const T0 = 1_700_000_000_000;
 const at = timestamp(T0);
 
 let server;
 let client;
-let serverLog = '';
-
-function startServer() {
-  const env = { ...process.env };
-  for (const name of Object.keys(env)) if (name.startsWith('DISPATCH_')) delete env[name];
-  const child = spawn(PYTHON, ['-m', 'dispatcher', 'serve', '--port', '0', '--no-auth', '--log-format', 'json'], {
-    cwd: ROOT,
-    env,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const port = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the server did not start:\n${serverLog}`)), 30000);
-    readline.createInterface({ input: child.stderr }).on('line', (line) => {
-      serverLog += `${line}\n`;
-      if (!line.startsWith('{')) return;
-      const event = JSON.parse(line);
-      if (event.event === 'server.started') {
-        clearTimeout(timer);
-        resolve(event.port);
-      }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`the server exited (${code}):\n${serverLog}`)); });
-  });
-  return { child, port };
-}
 
 before(async () => {
-  const started = startServer();
-  server = started.child;
-  const port = await started.port;
+  server = startServer();
+  const port = await server.port;
   client = new DispatchClient(`127.0.0.1:${port}`, { timeoutMs: 10000 });
   await client.waitForReady();
 
@@ -64,11 +32,7 @@ before(async () => {
 
 after(async () => {
   if (client) client.close();
-  if (server && server.exitCode === null) {
-    const exited = new Promise((resolve) => server.once('exit', resolve));
-    server.kill('SIGTERM');
-    assert.equal(await exited, 0, serverLog);
-  }
+  if (server) assert.equal(await server.stop(), 0, server.log());
 });
 
 test('Admin answers what was configured', async () => {
