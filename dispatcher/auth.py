@@ -210,5 +210,5 @@ def _caller(entry: Any, where: str) -> Caller:
     elif isinstance(shops_value, list) and all(isinstance(s, str) and s and s != ALL_SHOPS for s in shops_value):
         shops = frozenset(shops_value)
     else:
-        raise PolicyError(f"{where}: shops must be \"*\" or a list of shop ids")
+        raise PolicyError(f'{where}: shops must be "*" or a list of shop ids')
     return Caller(name=name, roles=frozenset(roles), shops=shops, token_digest=digest, cert=cert)

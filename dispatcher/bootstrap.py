@@ -220,7 +220,9 @@ def apply_bootstrap(engine: Any, shops: list[Any], at_ms: int, source: str = "bo
                 robot_first=False,
                 robot_agent_id="",
                 proxy_account="",
-                offline_rule=OfflineRule.MAIN_ACCOUNT if config.offline_rule == OfflineRule.PROXY_ACCOUNT else config.offline_rule,
+                offline_rule=OfflineRule.MAIN_ACCOUNT
+                if config.offline_rule == OfflineRule.PROXY_ACCOUNT
+                else config.offline_rule,
             )
             if not (isinstance(config.shop_id, str) and engine.has_shop(config.shop_id)):
                 engine.put_shop(bare)
@@ -254,7 +256,9 @@ def apply_bootstrap(engine: Any, shops: list[Any], at_ms: int, source: str = "bo
                         shop_id=config.shop_id,
                         group_id=g.get("group_id", ""),
                         members=tuple(_list(g, "members", step)),
-                        order_states=tuple(_enum(s, OrderState, f"{step}.order_states[{k}]") for k, s in enumerate(states)),
+                        order_states=tuple(
+                            _enum(s, OrderState, f"{step}.order_states[{k}]") for k, s in enumerate(states)
+                        ),
                         sources=tuple(_list(g, "sources", step)),
                         robot_enabled=g.get("robot_enabled", False),
                         robot_agent_id=g.get("robot_agent_id", ""),

@@ -291,8 +291,14 @@ async def serve(settings: ServeSettings) -> int:
     (log.info if clean else log.error)(
         "server.stopped",
         exit_code=code,
-        **({} if clean else {"journal": "could not write: calls never acknowledged were dropped; the data dir "
-                             "holds every acknowledged call"}),
+        **(
+            {}
+            if clean
+            else {
+                "journal": "could not write: calls never acknowledged were dropped; the data dir "
+                "holds every acknowledged call"
+            }
+        ),
         **server.counters.snapshot(server.decisions()),
     )
     return code

@@ -152,8 +152,18 @@ def _clock_skew(text: str) -> float:
 
 def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     group = parser.add_argument_group("security (dispatcher/docs/SECURITY.md)")
-    group.add_argument("--tls-cert", type=Path, default=env.get(ENV_VARS["tls_cert"]), help="PEM server certificate (chain) [$DISPATCH_TLS_CERT]")
-    group.add_argument("--tls-key", type=Path, default=env.get(ENV_VARS["tls_key"]), help="PEM private key of --tls-cert [$DISPATCH_TLS_KEY]")
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env.get(ENV_VARS["tls_cert"]),
+        help="PEM server certificate (chain) [$DISPATCH_TLS_CERT]",
+    )
+    group.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env.get(ENV_VARS["tls_key"]),
+        help="PEM private key of --tls-cert [$DISPATCH_TLS_KEY]",
+    )
     group.add_argument(
         "--client-ca",
         type=Path,
@@ -207,7 +217,7 @@ def _add_ecosystem_arguments(parser: argparse.ArgumentParser, env: Mapping[str, 
         "--config",
         type=Path,
         default=env.get(ENV_VARS["config"]),
-        help="TOML file of settings: keys are the flag names (port = 50051, log_format = \"json\"); "
+        help='TOML file of settings: keys are the flag names (port = 50051, log_format = "json"); '
         "flags and $DISPATCH_* variables win over it [$DISPATCH_CONFIG]",
     )
     group.add_argument(
@@ -345,9 +355,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] 
     def default(name: str, fallback: object) -> object:
         return env.get(ENV_VARS[name], fallback)
 
-    parser.add_argument("--host", default=default("host", d.host), help=f"address to listen on [$DISPATCH_HOST, {d.host}]")
     parser.add_argument(
-        "--port", type=_port, default=default("port", d.port), help=f"port; 0 picks a free one [$DISPATCH_PORT, {d.port}]"
+        "--host", default=default("host", d.host), help=f"address to listen on [$DISPATCH_HOST, {d.host}]"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=default("port", d.port),
+        help=f"port; 0 picks a free one [$DISPATCH_PORT, {d.port}]",
     )
     parser.add_argument(
         "--log-format",
@@ -356,7 +371,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] 
         help="json lines or human-readable console output [$DISPATCH_LOG_FORMAT, json]",
     )
     parser.add_argument(
-        "--log-level", default=default("log_level", d.log_level), help="debug, info, warning, error [$DISPATCH_LOG_LEVEL, info]"
+        "--log-level",
+        default=default("log_level", d.log_level),
+        help="debug, info, warning, error [$DISPATCH_LOG_LEVEL, info]",
     )
     parser.add_argument(
         "--bootstrap",

@@ -120,9 +120,7 @@ def shop_from_pb(shop: admin_pb2.ShopConfig) -> ShopConfig:
         robot_agent_id=shop.robot_agent_id,
         offline_rule=shop.offline_rule,
         proxy_account=shop.proxy_account,
-        staging_first_cap=(
-            shop.staging_first_cap if shop.HasField("staging_first_cap") else DEFAULT_STAGING_FIRST_CAP
-        ),
+        staging_first_cap=(shop.staging_first_cap if shop.HasField("staging_first_cap") else DEFAULT_STAGING_FIRST_CAP),
         busy_threshold=shop.busy_threshold if shop.HasField("busy_threshold") else DEFAULT_BUSY_THRESHOLD,
         main_account_mode=shop.main_account_mode,
         mobile_dispatch=shop.mobile_dispatch,

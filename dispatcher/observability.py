@@ -148,6 +148,7 @@ class _Timing:
 
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
+
             async def unary(request: Any, context: Any) -> Any:
                 start = clock()
                 try:
@@ -351,8 +352,16 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
         ("dispatch_agents_suspended", "Agents whose presence is SUSPENDED", snap["agents_suspended"]),
         ("dispatch_live_conversations", "Conversations assigned or waiting", snap["live_conversations"]),
         ("dispatch_watchers", "Open WatchAssignments streams", snap["watchers"]),
-        ("dispatch_serving", "1 while health says SERVING, 0 before it is ready, while draining and while the journal cannot write", snap["serving"]),
-        ("dispatch_journal_writable", "1 while the journal can write (or there is none), 0 while writes are refused", snap["journal_writable"]),
+        (
+            "dispatch_serving",
+            "1 while health says SERVING, 0 before it is ready, while draining and while the journal cannot write",
+            snap["serving"],
+        ),
+        (
+            "dispatch_journal_writable",
+            "1 while the journal can write (or there is none), 0 while writes are refused",
+            snap["journal_writable"],
+        ),
     ]
     for name, doc, value in gauges:
         gauge = GaugeMetricFamily(name, doc)
@@ -415,7 +424,11 @@ class Ecosystem:
             await self.health.set(service, _NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.reflection:
-            names = (*DISPATCH_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            names = (
+                *DISPATCH_SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            )
             # What reflection.enable_server_reflection does for a grpc.aio server
             # (it checks isinstance(server, grpc.aio.Server); ``server`` may be the
             # registration proxy, security.GuardedServer).

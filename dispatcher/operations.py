@@ -82,7 +82,10 @@ def _dispatch(ctx: OperationContext, op: dispatch_pb2.DispatchRequest, now: int)
     reason, agent_id, group_id, trace = ctx.engine.dispatch(*call)
     ctx.flush()  # a dispatch hands out nothing but itself; keep the outbox empty between operations
     response = dispatch_pb2.DispatchResponse(
-        agent_id=agent_id or "", reason=reason, group_id=group_id or "", conversation_id=op.conversation_id  # type: ignore[arg-type]
+        agent_id=agent_id or "",
+        reason=reason,  # type: ignore[arg-type]  # an int from the engine; mypy-protobuf wants its NewType
+        group_id=group_id or "",
+        conversation_id=op.conversation_id,
     )
     if trace:
         response.trace.extend(trace)
@@ -94,7 +97,9 @@ def _set_presence(ctx: OperationContext, op: dispatch_pb2.SetPresenceRequest, no
     return dispatch_pb2.OperationResult(set_presence=dispatch_pb2.SetPresenceResponse(assignments=ctx.flush()))
 
 
-def _report(ctx: OperationContext, op: dispatch_pb2.ReportConversationRequest, now: int) -> dispatch_pb2.OperationResult:
+def _report(
+    ctx: OperationContext, op: dispatch_pb2.ReportConversationRequest, now: int
+) -> dispatch_pb2.OperationResult:
     agent_id = ctx.engine.conversation_event(
         op.shop_id,
         op.conversation_id,
@@ -175,4 +180,3 @@ def apply_operations(
             continue
         results.append(result)
     return out
-

@@ -200,13 +200,15 @@ class SecurityGuard:
                 return caller
             if identities:
                 raise UnauthenticatedError("the client certificate's identity is not in the auth policy")
-        raise UnauthenticatedError("no credentials: send 'authorization: Bearer <token>' metadata or a client certificate")
+        raise UnauthenticatedError(
+            "no credentials: send 'authorization: Bearer <token>' metadata or a client certificate"
+        )
 
     def _authorize(self, rule: Rule, method: str, request: Any, context: Context) -> Caller:
         caller = self._authenticate(context)
         caller.check_role(rule.role, method)
         if rule.watch and not request.shop_ids and caller.shops is not None:
-            raise PermissionDeniedError(f"caller {caller.name!r} may not watch every shop (it needs shops = \"*\")")
+            raise PermissionDeniedError(f'caller {caller.name!r} may not watch every shop (it needs shops = "*")')
         for shop_id in rule.shops(request):
             caller.check_shop(shop_id)
         return caller
@@ -249,7 +251,11 @@ class SecurityGuard:
         try:
             caller = self._authorize(rule, method, request, context)
         except (UnauthenticatedError, PermissionDeniedError) as exc:
-            code = grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, UnauthenticatedError) else grpc.StatusCode.PERMISSION_DENIED
+            code = (
+                grpc.StatusCode.UNAUTHENTICATED
+                if isinstance(exc, UnauthenticatedError)
+                else grpc.StatusCode.PERMISSION_DENIED
+            )
             self._errors[code.name] += 1
             await context.abort(code, str(exc))
         _CALLER.set(caller)
@@ -414,7 +420,9 @@ class GuardedServer:
 # -------------------------------------------------------------------- transport
 
 
-def server_credentials(cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> grpc.ServerCredentials:
+def server_credentials(
+    cert: str | Path, key: str | Path, client_ca: str | Path | None = None
+) -> grpc.ServerCredentials:
     """TLS credentials from PEM files; with ``client_ca``, clients must present a certificate it signed (mTLS)."""
     pair = (Path(key).read_bytes(), Path(cert).read_bytes())
     root = Path(client_ca).read_bytes() if client_ca is not None else None

@@ -283,7 +283,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         )
         """The engine's reader of OperateRequest bytes (``operate_wire``), when it has one."""
         self._wire_counts_seen: list[int] = (
-            list(self._engine.operation_counts()) if self._operate_wire is not None else []  # type: ignore[attr-defined]
+            list(self._engine.operation_counts()) if self._operate_wire is not None else []
         )
         """The engine's operation counts already added to the counters (replayed ones are not ours)."""
 
@@ -367,7 +367,9 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 counters.errors[code.name] += 1
                 add(conversation_id=conversation_id, error=status_pb2.Status(code=code.value[0], message=str(exc)))
                 continue
-            response = add(agent_id=agent_id or "", reason=reason, group_id=group_id or "", conversation_id=conversation_id)
+            response = add(
+                agent_id=agent_id or "", reason=reason, group_id=group_id or "", conversation_id=conversation_id
+            )
             if trace:
                 response.trace.extend(trace)
         return out
@@ -450,7 +452,9 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         counts = core.counters.operations
         before = counts["dispatch"]
         total = sum(counts.values())
-        ctx = OperationContext(self._engine, core.flush_assignments, self._max_skew_ms, check_shop, counts, core.counters.errors)
+        ctx = OperationContext(
+            self._engine, core.flush_assignments, self._max_skew_ms, check_shop, counts, core.counters.errors
+        )
         response = apply_operations(ctx, operations, now, limit=room)
         events = sum(counts.values()) - total - (counts["dispatch"] - before)
         core.counters.events += events
@@ -462,7 +466,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
     def _count_wire_operations(self) -> None:
         """Add what the engine's reader applied since the last batch to the per-kind counters
         (the engine counts them in C, ``operation_counts``: nothing per operation here)."""
-        now = self._engine.operation_counts()  # type: ignore[attr-defined]
+        now = self._engine.operation_counts()
         seen = self._wire_counts_seen
         counts = self._core.counters.operations
         for kind in range(1, len(now)):
@@ -579,9 +583,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._core = core
         self._engine = core.engine
 
-    async def _mutate(
-        self, context: Context, event: str, fields: dict[str, str], fn: Callable[[], _Resp]
-    ) -> _Resp:
+    async def _mutate(self, context: Context, event: str, fields: dict[str, str], fn: Callable[[], _Resp]) -> _Resp:
         self._core.counters.admin_calls += 1
         result = await self._core.call(context, fn)
         log.info(event, **fields)
@@ -596,9 +598,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
         return await self._mutate(context, "shop.put", {"shop_id": request.shop.shop_id}, run)
 
-    async def DeleteShop(
-        self, request: admin_pb2.DeleteShopRequest, context: Context
-    ) -> admin_pb2.DeleteShopResponse:
+    async def DeleteShop(self, request: admin_pb2.DeleteShopRequest, context: Context) -> admin_pb2.DeleteShopResponse:
         def run() -> admin_pb2.DeleteShopResponse:
             self._engine.delete_shop(request.shop_id)
             return admin_pb2.DeleteShopResponse()
@@ -677,9 +677,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             ),
         )
 
-    async def ListShops(
-        self, request: admin_pb2.ListShopsRequest, context: Context
-    ) -> admin_pb2.ListShopsResponse:
+    async def ListShops(self, request: admin_pb2.ListShopsRequest, context: Context) -> admin_pb2.ListShopsResponse:
         return await self._core.call(context, lambda: admin_pb2.ListShopsResponse(shop_ids=self._engine.shop_ids()))
 
     async def GetConversation(
@@ -865,7 +863,10 @@ class DispatchServer:
     def decisions(self) -> list[list[int]]:
         """Decisions answered by this server, ``[reason][strategy]`` (strategy 0: none picked the agent)."""
         now = self.engine.decision_counts()
-        return [[n - b for n, b in zip(row, base, strict=False)] for row, base in zip(now, self._decisions_base, strict=False)]
+        return [
+            [n - b for n, b in zip(row, base, strict=False)]
+            for row, base in zip(now, self._decisions_base, strict=False)
+        ]
 
     def run_stats(self, interval: float) -> Awaitable[None]:
         """A task body that logs the counters every ``interval`` seconds when they change."""

@@ -79,7 +79,19 @@ log = structlog.get_logger("dispatcher.watch")
 class Subscriber:
     """One WatchAssignments call: its shops (empty: every shop) and its bounded queue of shared frames."""
 
-    __slots__ = ("_joined", "_open", "_task", "_waiter", "_writing", "backlog", "closed", "overflowed", "pending", "queue", "shops")
+    __slots__ = (
+        "_joined",
+        "_open",
+        "_task",
+        "_waiter",
+        "_writing",
+        "backlog",
+        "closed",
+        "overflowed",
+        "pending",
+        "queue",
+        "shops",
+    )
 
     def __init__(self, shops: frozenset[str], backlog: int) -> None:
         self.shops = shops

@@ -91,7 +91,11 @@ def generate(out_root: Path) -> Path:
         os.chdir(cwd)
     if code != 0:
         sys.exit(f"generate.py: protoc failed with exit code {code}")
-    for init in (out_root / "__init__.py", out_root / "dispatch" / "__init__.py", out_root / "dispatch" / "v1" / "__init__.py"):
+    for init in (
+        out_root / "__init__.py",
+        out_root / "dispatch" / "__init__.py",
+        out_root / "dispatch" / "v1" / "__init__.py",
+    ):
         init.write_text(INIT, encoding="utf-8")
     for path in sorted((out_root / "dispatch" / "v1").iterdir()):
         if path.suffix in (".py", ".pyi") and path.name != "__init__.py":

@@ -49,7 +49,9 @@ def test_recent_contact_expires_a_window_after_the_contact(running: Any, window_
     request = dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="b", conversation_id="c")
     request.at.FromMilliseconds(T0)
     d.Dispatch(request)
-    reply = dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id="c", event=common_pb2.CONVERSATION_EVENT_AGENT_REPLY)
+    reply = dispatch_pb2.ReportConversationRequest(
+        shop_id="s", conversation_id="c", event=common_pb2.CONVERSATION_EVENT_AGENT_REPLY
+    )
     reply.at.FromMilliseconds(T0 + 1000)  # the contact: the agent replied
     d.ReportConversation(reply)
     answer = a.GetBuyer(admin_pb2.GetBuyerRequest(shop_id="s", buyer_id="b"))
@@ -170,7 +172,9 @@ def test_bad_page_requests_are_invalid_arguments(running: Any) -> None:
     for shop in ("s", "t"):
         a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)))
         for i in range(3):
-            a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:{i}", max_capacity=2)))
+            a.PutAgent(
+                admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:{i}", max_capacity=2))
+            )
     token = a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s", page_size=1)).next_page_token
     assert token
     cases = [

@@ -32,7 +32,12 @@ POLICY = {
         {"name": "gw", "token_sha256": hash_token(TOKENS["dispatch"]), "roles": ["dispatch"], "shops": ["a"]},
         {"name": "ops", "token_sha256": hash_token(TOKENS["admin"]), "roles": ["admin"], "shops": ["a"]},
         {"name": "viewer", "token_sha256": hash_token(TOKENS["read"]), "roles": ["read"], "shops": ["a"]},
-        {"name": "root", "token_sha256": hash_token(TOKENS["all"]), "roles": ["dispatch", "admin", "read"], "shops": "*"},
+        {
+            "name": "root",
+            "token_sha256": hash_token(TOKENS["all"]),
+            "roles": ["dispatch", "admin", "read"],
+            "shops": "*",
+        },
     ]
 }
 ONLINE = 1
@@ -57,10 +62,19 @@ def srv() -> Iterator[tuple[ThreadedServer, Stubs]]:
     stubs = Stubs(channel)
     root = md(TOKENS["all"])
     for shop in ("a", "b"):
-        stubs.a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), metadata=root)
-        stubs.a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:x", max_capacity=1000)), metadata=root)
-        stubs.d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:x", presence=ONLINE), metadata=root)
-        stubs.d.Dispatch(dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="seed-buyer", conversation_id="seed"), metadata=root)
+        stubs.a.PutShop(
+            admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), metadata=root
+        )
+        stubs.a.PutAgent(
+            admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:x", max_capacity=1000)),
+            metadata=root,
+        )
+        stubs.d.SetPresence(
+            dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:x", presence=ONLINE), metadata=root
+        )
+        stubs.d.Dispatch(
+            dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="seed-buyer", conversation_id="seed"), metadata=root
+        )
     try:
         yield running, stubs
     finally:
@@ -103,46 +117,128 @@ def _batch(shop: str) -> dispatch_pb2.DispatchBatchRequest:
 
 
 def _operations(shop: str) -> dispatch_pb2.OperateRequest:
-    op = dispatch_pb2.Operation(dispatch=dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"c{next(_ids)}"))
+    op = dispatch_pb2.Operation(
+        dispatch=dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"c{next(_ids)}")
+    )
     return dispatch_pb2.OperateRequest(operations=[op])
 
 
 # Each RPC with a harmless request on shop `shop`: (method, call(stubs, shop, metadata) -> code).
 CALLS: dict[str, Callable[[Stubs, str, Any], grpc.StatusCode]] = {
-    "Dispatch": lambda s, shop, m: _code(lambda: s.d.Dispatch(dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"c{next(_ids)}"), metadata=m)),
+    "Dispatch": lambda s, shop, m: _code(
+        lambda: s.d.Dispatch(
+            dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"c{next(_ids)}"), metadata=m
+        )
+    ),
     "DispatchBatch": lambda s, shop, m: _item_or_call(lambda: s.d.DispatchBatch(_batch(shop), metadata=m)),
-    "DispatchStream": lambda s, shop, m: _item_or_call(lambda: next(iter(s.d.DispatchStream(iter([_batch(shop)]), metadata=m)))),
+    "DispatchStream": lambda s, shop, m: _item_or_call(
+        lambda: next(iter(s.d.DispatchStream(iter([_batch(shop)]), metadata=m)))
+    ),
     "Operate": lambda s, shop, m: _item_or_call(lambda: s.d.Operate(_operations(shop), metadata=m)),
-    "OperateStream": lambda s, shop, m: _item_or_call(lambda: next(iter(s.d.OperateStream(iter([_operations(shop)]), metadata=m)))),
-    "SetPresence": lambda s, shop, m: _code(lambda: s.d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:x", presence=ONLINE), metadata=m)),
-    "ReportConversation": lambda s, shop, m: _code(lambda: s.d.ReportConversation(dispatch_pb2.ReportConversationRequest(shop_id=shop, conversation_id="nope", event=3), metadata=m)),
-    "ClaimFromPool": lambda s, shop, m: _code(lambda: s.d.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest(shop_id=shop, agent_id=f"{shop}:x"), metadata=m)),
+    "OperateStream": lambda s, shop, m: _item_or_call(
+        lambda: next(iter(s.d.OperateStream(iter([_operations(shop)]), metadata=m)))
+    ),
+    "SetPresence": lambda s, shop, m: _code(
+        lambda: s.d.SetPresence(
+            dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:x", presence=ONLINE), metadata=m
+        )
+    ),
+    "ReportConversation": lambda s, shop, m: _code(
+        lambda: s.d.ReportConversation(
+            dispatch_pb2.ReportConversationRequest(shop_id=shop, conversation_id="nope", event=3), metadata=m
+        )
+    ),
+    "ClaimFromPool": lambda s, shop, m: _code(
+        lambda: s.d.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest(shop_id=shop, agent_id=f"{shop}:x"), metadata=m)
+    ),
     "WatchAssignments": lambda s, shop, m: _watch(s, [shop], m),
-    "PutShop": lambda s, shop, m: _code(lambda: s.a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), metadata=m)),
-    "DeleteShop": lambda s, shop, m: _code(lambda: s.a.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop), metadata=m)),  # live conversations: FAILED_PRECONDITION
-    "PutAgent": lambda s, shop, m: _code(lambda: s.a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:y", max_capacity=3)), metadata=m)),
-    "DeleteAgent": lambda s, shop, m: _code(lambda: s.a.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id=shop, agent_id=f"{shop}:ghost"), metadata=m)),
-    "PutGroup": lambda s, shop, m: _code(lambda: s.a.PutGroup(admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id=shop, group_id="g", members=[f"{shop}:x"])), metadata=m)),
-    "DeleteGroup": lambda s, shop, m: _code(lambda: s.a.DeleteGroup(admin_pb2.DeleteGroupRequest(shop_id=shop, group_id="nog"), metadata=m)),
-    "SetExclusiveAgent": lambda s, shop, m: _code(lambda: s.a.SetExclusiveAgent(admin_pb2.SetExclusiveAgentRequest(shop_id=shop, buyer_id="vip", agent_id=f"{shop}:x"), metadata=m)),
-    "DeleteExclusiveAgent": lambda s, shop, m: _code(lambda: s.a.DeleteExclusiveAgent(admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop, buyer_id="nobody"), metadata=m)),
-    "GetShopState": lambda s, shop, m: _code(lambda: s.a.GetShopState(admin_pb2.GetShopStateRequest(shop_id=shop), metadata=m)),
+    "PutShop": lambda s, shop, m: _code(
+        lambda: s.a.PutShop(
+            admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), metadata=m
+        )
+    ),
+    "DeleteShop": lambda s, shop, m: _code(
+        lambda: s.a.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop), metadata=m)
+    ),  # live conversations: FAILED_PRECONDITION
+    "PutAgent": lambda s, shop, m: _code(
+        lambda: s.a.PutAgent(
+            admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:y", max_capacity=3)),
+            metadata=m,
+        )
+    ),
+    "DeleteAgent": lambda s, shop, m: _code(
+        lambda: s.a.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id=shop, agent_id=f"{shop}:ghost"), metadata=m)
+    ),
+    "PutGroup": lambda s, shop, m: _code(
+        lambda: s.a.PutGroup(
+            admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id=shop, group_id="g", members=[f"{shop}:x"])),
+            metadata=m,
+        )
+    ),
+    "DeleteGroup": lambda s, shop, m: _code(
+        lambda: s.a.DeleteGroup(admin_pb2.DeleteGroupRequest(shop_id=shop, group_id="nog"), metadata=m)
+    ),
+    "SetExclusiveAgent": lambda s, shop, m: _code(
+        lambda: s.a.SetExclusiveAgent(
+            admin_pb2.SetExclusiveAgentRequest(shop_id=shop, buyer_id="vip", agent_id=f"{shop}:x"), metadata=m
+        )
+    ),
+    "DeleteExclusiveAgent": lambda s, shop, m: _code(
+        lambda: s.a.DeleteExclusiveAgent(
+            admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop, buyer_id="nobody"), metadata=m
+        )
+    ),
+    "GetShopState": lambda s, shop, m: _code(
+        lambda: s.a.GetShopState(admin_pb2.GetShopStateRequest(shop_id=shop), metadata=m)
+    ),
     "ListShops": lambda s, shop, m: _code(lambda: s.a.ListShops(admin_pb2.ListShopsRequest(), metadata=m)),
-    "GetConversation": lambda s, shop, m: _code(lambda: s.a.GetConversation(admin_pb2.GetConversationRequest(shop_id=shop, conversation_id="seed"), metadata=m)),
-    "GetBuyer": lambda s, shop, m: _code(lambda: s.a.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop, buyer_id="seed-buyer"), metadata=m)),
+    "GetConversation": lambda s, shop, m: _code(
+        lambda: s.a.GetConversation(admin_pb2.GetConversationRequest(shop_id=shop, conversation_id="seed"), metadata=m)
+    ),
+    "GetBuyer": lambda s, shop, m: _code(
+        lambda: s.a.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop, buyer_id="seed-buyer"), metadata=m)
+    ),
 }
 ROLE_OF = {
     **dict.fromkeys(
-        ["Dispatch", "DispatchBatch", "DispatchStream", "Operate", "OperateStream", "SetPresence", "ReportConversation", "ClaimFromPool"],
+        [
+            "Dispatch",
+            "DispatchBatch",
+            "DispatchStream",
+            "Operate",
+            "OperateStream",
+            "SetPresence",
+            "ReportConversation",
+            "ClaimFromPool",
+        ],
         "dispatch",
     ),
-    **dict.fromkeys(["PutShop", "DeleteShop", "PutAgent", "DeleteAgent", "PutGroup", "DeleteGroup", "SetExclusiveAgent", "DeleteExclusiveAgent"], "admin"),
+    **dict.fromkeys(
+        [
+            "PutShop",
+            "DeleteShop",
+            "PutAgent",
+            "DeleteAgent",
+            "PutGroup",
+            "DeleteGroup",
+            "SetExclusiveAgent",
+            "DeleteExclusiveAgent",
+        ],
+        "admin",
+    ),
     **dict.fromkeys(["GetShopState", "ListShops", "GetConversation", "GetBuyer", "WatchAssignments"], "read"),
 }
 
 
 def test_the_table_covers_every_rpc_of_the_contract() -> None:
-    methods = {f"/dispatch.v1.{svc.name}/{m.name}" for svc in (dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"], admin_pb2.DESCRIPTOR.services_by_name["Admin"]) for m in svc.methods}
+    methods = {
+        f"/dispatch.v1.{svc.name}/{m.name}"
+        for svc in (
+            dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"],
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+        )
+        for m in svc.methods
+    }
     assert methods == set(RULES)
     assert {name.rsplit("/", 1)[1] for name in methods} == set(CALLS) == set(ROLE_OF)
     assert {RULES[m].role for m in methods if m.endswith("/" + "ListShops")} == {"read"}
@@ -176,19 +272,35 @@ def test_every_rpc_out_of_scope_is_denied_and_changes_nothing(srv: tuple[Threade
 
 
 @pytest.mark.parametrize("rpc", sorted(CALLS))
-@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong-token"),), (("authorization", TOKENS["all"]),), (("authorization", "Basic " + TOKENS["all"]),)])
-def test_missing_or_bad_credentials_are_unauthenticated(srv: tuple[ThreadedServer, Stubs], rpc: str, metadata: Any) -> None:
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer wrong-token"),),
+        (("authorization", TOKENS["all"]),),
+        (("authorization", "Basic " + TOKENS["all"]),),
+    ],
+)
+def test_missing_or_bad_credentials_are_unauthenticated(
+    srv: tuple[ThreadedServer, Stubs], rpc: str, metadata: Any
+) -> None:
     _, stubs = srv
     assert CALLS[rpc](stubs, "a", metadata) == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_batch_denies_only_its_out_of_scope_items(srv: tuple[ThreadedServer, Stubs]) -> None:
     server, stubs = srv
-    live_b = stubs.a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"), metadata=md(TOKENS["all"])).live_conversations
+    live_b = stubs.a.GetShopState(
+        admin_pb2.GetShopStateRequest(shop_id="b"), metadata=md(TOKENS["all"])
+    ).live_conversations
+
     def batch() -> dispatch_pb2.DispatchBatchRequest:
         shops = ("a", "b", "a", "zz")
         return dispatch_pb2.DispatchBatchRequest(
-            requests=[dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"m{next(_ids)}") for shop in shops]
+            requests=[
+                dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b", conversation_id=f"m{next(_ids)}")
+                for shop in shops
+            ]
         )
 
     for send in (
@@ -200,7 +312,10 @@ def test_a_batch_denies_only_its_out_of_scope_items(srv: tuple[ThreadedServer, S
         assert codes == [0, grpc.StatusCode.PERMISSION_DENIED.value[0], 0, grpc.StatusCode.PERMISSION_DENIED.value[0]]
         assert "'b'" in response.responses[1].error.message and "gw" in response.responses[1].error.message
         assert response.responses[0].agent_id == "a:x"
-    assert stubs.a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"), metadata=md(TOKENS["all"])).live_conversations == live_b
+    assert (
+        stubs.a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"), metadata=md(TOKENS["all"])).live_conversations
+        == live_b
+    )
     # The unscoped caller gets NOT_FOUND for the unknown shop, not a denial.
     response = stubs.d.DispatchBatch(batch(), metadata=md(TOKENS["all"]))
     assert [r.error.code for r in response.responses] == [0, 0, 0, grpc.StatusCode.NOT_FOUND.value[0]]
@@ -244,10 +359,16 @@ def test_policy_files_toml_and_json_and_their_errors(tmp_path: Path) -> None:
     bad = [
         ({"callers": [{"name": "x", "token": "plain", "roles": ["read"], "shops": "*"}]}, "plaintext"),
         ({"callers": [{"name": "x", "token_sha256": "abc", "roles": ["read"], "shops": "*"}]}, "64 hex"),
-        ({"callers": [{"name": "x", "token_sha256": hash_token("t"), "roles": ["root"], "shops": "*"}]}, "unknown roles"),
+        (
+            {"callers": [{"name": "x", "token_sha256": hash_token("t"), "roles": ["root"], "shops": "*"}]},
+            "unknown roles",
+        ),
         ({"callers": [{"name": "x", "token_sha256": hash_token("t"), "roles": ["read"], "shops": "a"}]}, "shops"),
         ({"callers": [{"name": "x", "roles": ["read"], "shops": "*"}]}, "token_sha256 or cert"),
-        ({"callers": [{"name": "x", "token_sha256": hash_token("t"), "roles": ["read"], "shops": "*"}] * 2}, "another caller"),
+        (
+            {"callers": [{"name": "x", "token_sha256": hash_token("t"), "roles": ["read"], "shops": "*"}] * 2},
+            "another caller",
+        ),
         ({"caller": []}, "unknown keys"),
     ]
     for data, words in bad:
@@ -278,7 +399,9 @@ def test_hash_token_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
 
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     assert cli_main(["hash-token"]) == 0
-    assert capsys.readouterr().out.strip() == hash_token("s3cret") == __import__("hashlib").sha256(b"s3cret").hexdigest()
+    assert (
+        capsys.readouterr().out.strip() == hash_token("s3cret") == __import__("hashlib").sha256(b"s3cret").hexdigest()
+    )
     assert cli_main(["hash-token", "--generate"]) == 0
     lines = {k.strip(): v for k, v in (line.split(" = ") for line in capsys.readouterr().out.strip().splitlines())}
     assert len(lines["token"]) >= 40 and hash_token(lines["token"]) == lines["token_sha256"]

@@ -93,11 +93,26 @@ def test_toml_with_robot_and_proxy_references(tmp_path: Path) -> None:
     ("doc", "words"),
     [
         ({"shops": [{"shop_id": "x", "main_account": "x", "agnets": []}]}, ["shops[0]", "agnets"]),
-        ({"shops": [{"shop_id": "x", "main_account": "x", "strategy": "FASTEST"}]}, ["shops[0].strategy", "FASTEST", "LEAST_SATURATION"]),
-        ({"shops": [{"shop_id": "x", "main_account": "x", "agents": [{"agent_id": "x:a", "max_capacity": 0}]}]}, ["shops[0].agents[0]", "max_capacity"]),
-        ({"shops": [{"shop_id": "x", "main_account": "x", "affinity_window": "3 days"}]}, ["affinity_window", "3 days"]),
-        ({"shops": [{"shop_id": "x", "main_account": "x", "groups": [{"group_id": "g", "members": ["ghost"]}]}]}, ["groups[0]", "ghost"]),
-        ({"shops": [{"shop_id": "x", "main_account": "x", "presence": [{"agent_id": "x", "presence": "AWAY"}]}]}, ["presence[0].presence", "AWAY"]),
+        (
+            {"shops": [{"shop_id": "x", "main_account": "x", "strategy": "FASTEST"}]},
+            ["shops[0].strategy", "FASTEST", "LEAST_SATURATION"],
+        ),
+        (
+            {"shops": [{"shop_id": "x", "main_account": "x", "agents": [{"agent_id": "x:a", "max_capacity": 0}]}]},
+            ["shops[0].agents[0]", "max_capacity"],
+        ),
+        (
+            {"shops": [{"shop_id": "x", "main_account": "x", "affinity_window": "3 days"}]},
+            ["affinity_window", "3 days"],
+        ),
+        (
+            {"shops": [{"shop_id": "x", "main_account": "x", "groups": [{"group_id": "g", "members": ["ghost"]}]}]},
+            ["groups[0]", "ghost"],
+        ),
+        (
+            {"shops": [{"shop_id": "x", "main_account": "x", "presence": [{"agent_id": "x", "presence": "AWAY"}]}]},
+            ["presence[0].presence", "AWAY"],
+        ),
         ({"shops": [{"shop_id": "", "main_account": "x"}]}, ["shops[0]", "shop_id"]),
         ({"shop": []}, ["shop"]),
     ],

@@ -77,7 +77,12 @@ def test_flags_win_over_env_and_bad_values_are_refused(capsys: pytest.CaptureFix
         os.environ.clear()
         os.environ.update(os_env)
     settings = settings_from_args(ns)
-    assert (settings.host, settings.port, str(settings.bootstrap), settings.log_format) == ("0.0.0.0", 7001, "x.toml", "json")
+    assert (settings.host, settings.port, str(settings.bootstrap), settings.log_format) == (
+        "0.0.0.0",
+        7001,
+        "x.toml",
+        "json",
+    )
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["serve", "--port", "70000"])
     assert exc.value.code == 2

@@ -6,15 +6,17 @@ import datetime as dt
 
 import grpc
 import pytest
-from server_fixtures import T0, ThreadedServer
+from server_fixtures import T0
 
 from dispatch_client import DispatchClient, dispatch_request, pb, to_timestamp
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_blocking_client_round_trip_with_watch(sync_client: DispatchClient) -> None:
-    stored = sync_client.put_shop(shop_id="s", main_account="s", offline_grace=dt.timedelta(minutes=10), staging_first_cap=1)
+    stored = sync_client.put_shop(
+        shop_id="s", main_account="s", offline_grace=dt.timedelta(minutes=10), staging_first_cap=1
+    )
     assert stored.offline_grace.ToTimedelta() == dt.timedelta(minutes=10) and stored.staging_first_cap == 1
     sync_client.put_agent(pb.Agent(shop_id="s", agent_id="s:a", max_capacity=1))
     sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE, at=dt.datetime(2024, 1, 1, tzinfo=UTC))
@@ -29,7 +31,9 @@ def test_blocking_client_round_trip_with_watch(sync_client: DispatchClient) -> N
     answers = sync_client.dispatch_batch([dispatch_request("s", "b3", "c3"), dispatch_request("s", "b4", "")])
     assert answers[0].reason == pb.Reason.REASON_QUEUED
     assert answers[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    streamed = list(sync_client.dispatch_stream([[dispatch_request("s", "b5", "c5")], [dispatch_request("x", "b", "c")]]))
+    streamed = list(
+        sync_client.dispatch_stream([[dispatch_request("s", "b5", "c5")], [dispatch_request("x", "b", "c")]])
+    )
     assert streamed[0][0].reason == pb.Reason.REASON_QUEUED
     assert streamed[1][0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
     state = sync_client.get_shop_state("s")
@@ -51,7 +55,9 @@ def test_server_clock_is_used_when_at_is_unset(sync_client: DispatchClient) -> N
     sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_OFFLINE)
     sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE)
     sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_OFFLINE)
-    offline_at = [a for a in sync_client.get_shop_state("s").agents if a.agent_id == "s:a"][0].offline_at.ToDatetime(UTC)
+    offline_at = [a for a in sync_client.get_shop_state("s").agents if a.agent_id == "s:a"][0].offline_at.ToDatetime(
+        UTC
+    )
     assert before - dt.timedelta(seconds=1) <= offline_at <= dt.datetime.now(UTC) + dt.timedelta(seconds=1)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from server_fixtures import T0, ThreadedServer, server, sync_client  # noqa: F401
+from server_fixtures import T0, ThreadedServer
 
 from dispatch_client import AsyncDispatchClient, DispatchClient, OperationError, dispatch_request, pb
 from dispatch_client._batching import encode_operation
@@ -108,7 +108,9 @@ async def test_calls_of_one_loop_iteration_go_as_one_batch(batching: AsyncDispat
     before = stats.batches
     answers = await asyncio.gather(*(batching.dispatch("s", f"b{i}", f"c{i}", at=T0 + 1) for i in range(500)))
     assert stats.batches == before + 1 and stats.largest_batch == 500
-    assert [(a.conversation_id, a.agent_id, a.reason) for a in answers] == [(f"c{i}", "s:a", R.REASON_GROUP) for i in range(500)]
+    assert [(a.conversation_id, a.agent_id, a.reason) for a in answers] == [
+        (f"c{i}", "s:a", R.REASON_GROUP) for i in range(500)
+    ]
     assert (await batching.get_shop_state("s")).live_conversations == 500
     # Mixed kinds in one iteration: one batch too, each call its own type of answer.
     mixed = await asyncio.gather(
@@ -219,7 +221,10 @@ async def test_calls_for_one_shop_keep_their_order(batching: AsyncDispatchClient
 
 
 async def test_a_lone_call_is_sent_at_once(server: ThreadedServer) -> None:  # noqa: F811
-    async with AsyncDispatchClient(server.target) as c, AsyncDispatchClient(server.target, max_batch_delay=0.25) as slow:
+    async with (
+        AsyncDispatchClient(server.target) as c,
+        AsyncDispatchClient(server.target, max_batch_delay=0.25) as slow,
+    ):
         await make_shop(c, capacity=1000)
         await c.set_presence("s", "s:a", ONLINE, at=T0)  # opens the stream
         stats = c.batch_stats
@@ -249,7 +254,9 @@ def stallable(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     event is set (as a server stuck on its disk would)."""
     original = DispatchServicer.OperateStream
 
-    async def operate_stream(self: DispatchServicer, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    async def operate_stream(
+        self: DispatchServicer, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
         async def gated() -> AsyncIterator[bytes]:
             async for raw in requests:
                 while STALL.is_set():
@@ -353,14 +360,18 @@ async def test_an_unanswered_batch_times_out(stallable: threading.Event) -> None
         srv.stop(grace=0)
 
 
-async def test_flow_control_refusals_are_the_calls_errors(batching: AsyncDispatchClient, server: ThreadedServer) -> None:  # noqa: F811
+async def test_flow_control_refusals_are_the_calls_errors(
+    batching: AsyncDispatchClient, server: ThreadedServer
+) -> None:  # noqa: F811
     core = getattr(server.server, "_core", None)
     if core is None or not hasattr(core, "max_operations_in_flight"):
         pytest.skip("the server's flow-control bound is not where this test expects it")
     await make_shop(batching, capacity=100)
     await batching.set_presence("s", "s:a", ONLINE, at=T0)
     core.max_operations_in_flight = 3
-    answers = await asyncio.gather(*(batching.dispatch("s", f"b{i}", f"c{i}", at=T0) for i in range(5)), return_exceptions=True)
+    answers = await asyncio.gather(
+        *(batching.dispatch("s", f"b{i}", f"c{i}", at=T0) for i in range(5)), return_exceptions=True
+    )
     assert [isinstance(a, pb.DispatchResponse) for a in answers] == [True, True, True, False, False]
     assert {a.code() for a in answers[3:] if isinstance(a, grpc.RpcError)} == {Code.RESOURCE_EXHAUSTED}
     core.max_operations_in_flight = 1 << 16
@@ -382,7 +393,9 @@ async def test_a_server_without_operate_stream_gets_unary_calls() -> None:
 
     async def dispatch(request: dispatch_pb2.DispatchRequest, context: Any) -> dispatch_pb2.DispatchResponse:
         seen.append(request.conversation_id)
-        return dispatch_pb2.DispatchResponse(agent_id="x", reason=R.REASON_GROUP, conversation_id=request.conversation_id)
+        return dispatch_pb2.DispatchResponse(
+            agent_id="x", reason=R.REASON_GROUP, conversation_id=request.conversation_id
+        )
 
     old = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(
@@ -410,10 +423,17 @@ def test_operation_bytes_are_the_protobuf_encoding() -> None:
     ops = [
         dispatch_pb2.Operation(dispatch=dispatch_request("s", "b", "c" * 300, at=T0, trace=True)),
         dispatch_pb2.Operation(set_presence=pb.SetPresenceRequest(shop_id="s", agent_id="a", presence=ONLINE)),
-        dispatch_pb2.Operation(report_conversation=pb.ReportConversationRequest(shop_id="s", conversation_id="c", event=EV.CONVERSATION_EVENT_CLOSED)),
+        dispatch_pb2.Operation(
+            report_conversation=pb.ReportConversationRequest(
+                shop_id="s", conversation_id="c", event=EV.CONVERSATION_EVENT_CLOSED
+            )
+        ),
         dispatch_pb2.Operation(claim_from_pool=pb.ClaimFromPoolRequest()),
     ]
-    ours = b"".join(encode_operation(op.WhichOneof("kind") or "", getattr(op, op.WhichOneof("kind") or "").SerializeToString()) for op in ops)
+    ours = b"".join(
+        encode_operation(op.WhichOneof("kind") or "", getattr(op, op.WhichOneof("kind") or "").SerializeToString())
+        for op in ops
+    )
     assert ours == dispatch_pb2.OperateRequest(operations=ops).SerializeToString()
 
 
@@ -444,9 +464,19 @@ def test_blocking_pipeline_is_one_operate_call(sync_client: DispatchClient) -> N
     # execute() returns every answer or error, in order; a failed block sends nothing.
     p2 = sync_client.pipeline()
     p2.dispatch("s", "b2", "c2", at=T0 + 5)
-    p2.add(dispatch_pb2.Operation(report_conversation=pb.ReportConversationRequest(shop_id="s", conversation_id="zz", event=EV.CONVERSATION_EVENT_CLOSED)))
+    p2.add(
+        dispatch_pb2.Operation(
+            report_conversation=pb.ReportConversationRequest(
+                shop_id="s", conversation_id="zz", event=EV.CONVERSATION_EVENT_CLOSED
+            )
+        )
+    )
     out = p2.execute()
-    assert isinstance(out[0], pb.DispatchResponse) and isinstance(out[1], grpc.RpcError) and out[1].code() == Code.NOT_FOUND
+    assert (
+        isinstance(out[0], pb.DispatchResponse)
+        and isinstance(out[1], grpc.RpcError)
+        and out[1].code() == Code.NOT_FOUND
+    )
     with pytest.raises(KeyError), sync_client.pipeline() as p3:
         p3.dispatch("s", "b3", "c3", at=T0 + 6)
         raise KeyError
@@ -476,6 +506,11 @@ async def test_operate_low_level(batching: AsyncDispatchClient, sync_client: Dis
     assert response.results[2].error.code == Code.ALREADY_EXISTS.value[0]
     blocking = sync_client.operate([dispatch_pb2.Operation(dispatch=dispatch_request("s", "b2", "c2"))])
     assert blocking.results[0].dispatch.agent_id == "s:a"
-    streamed = [r async for r in batching.operate_stream([[ops[2]], [dispatch_pb2.Operation(dispatch=dispatch_request("s", "b3", "c3"))]])]
+    streamed = [
+        r
+        async for r in batching.operate_stream(
+            [[ops[2]], [dispatch_pb2.Operation(dispatch=dispatch_request("s", "b3", "c3"))]]
+        )
+    ]
     assert [r.results[0].WhichOneof("kind") for r in streamed] == [None, "dispatch"]
     assert [len(r.results) for r in sync_client.operate_stream([[ops[0]], ops[1:]])] == [1, 2]

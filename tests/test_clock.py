@@ -51,7 +51,9 @@ class Stubs:
         return self.a.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id))
 
 
-def dreq(conversation_id: str, buyer_id: str = "nb", at: int | None = None, seconds: int | None = None) -> dispatch_pb2.DispatchRequest:
+def dreq(
+    conversation_id: str, buyer_id: str = "nb", at: int | None = None, seconds: int | None = None
+) -> dispatch_pb2.DispatchRequest:
     r = dispatch_pb2.DispatchRequest(shop_id="s", buyer_id=buyer_id, conversation_id=conversation_id)
     if at is not None:
         r.at.FromMilliseconds(at)
@@ -65,7 +67,9 @@ def populate(stubs: Stubs, t: int) -> None:
     stubs.a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s")))
     for agent in ("s:a", "s:b"):
         stubs.a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="s", agent_id=agent, max_capacity=20)))
-    stubs.a.PutGroup(admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a", "s:b"])))
+    stubs.a.PutGroup(
+        admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a", "s:b"]))
+    )
     for agent in ("s:a", "s:b"):
         p = dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id=agent, presence=common_pb2.PRESENCE_ONLINE)
         p.at.FromMilliseconds(t - 60_000)
@@ -131,7 +135,9 @@ def test_a_future_at_is_refused_on_every_rpc_and_changes_nothing(bounded: Any) -
     refused(lambda: stubs.d.SetPresence(presence))
     presence.at.seconds = LAST_SECOND
     refused(lambda: stubs.d.SetPresence(presence))
-    close = dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id="c0", event=common_pb2.CONVERSATION_EVENT_CLOSED)
+    close = dispatch_pb2.ReportConversationRequest(
+        shop_id="s", conversation_id="c0", event=common_pb2.CONVERSATION_EVENT_CLOSED
+    )
     close.at.FromMilliseconds(far)
     refused(lambda: stubs.d.ReportConversation(close))
     claim = dispatch_pb2.ClaimFromPoolRequest(shop_id="s", agent_id="s:a")
@@ -259,7 +265,9 @@ def view(stubs: Stubs) -> Any:
     conversations = []
     for c in ("c0", "c1", "k0", "k1", "k2", "u0", "u1", "future"):
         try:
-            conversations.append(stubs.a.GetConversation(admin_pb2.GetConversationRequest(shop_id="s", conversation_id=c)))
+            conversations.append(
+                stubs.a.GetConversation(admin_pb2.GetConversationRequest(shop_id="s", conversation_id=c))
+            )
         except grpc.RpcError as exc:
             conversations.append(exc.code())
     return state, buyers, conversations
@@ -276,7 +284,9 @@ def test_the_journal_replays_identically(tmp_path: Path) -> None:
         far = now_ms() + FIVE_DAYS
         refused(lambda: stubs.d.Dispatch(dreq("future", at=far)))
         batch = [dreq("k0", "w"), dreq("k1", at=far), dreq("k2", at=now_ms() + 1000)]
-        codes = [r.error.code for r in stubs.d.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=batch)).responses]
+        codes = [
+            r.error.code for r in stubs.d.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=batch)).responses
+        ]
         assert codes == [0, IA.value[0], 0]
         stubs.d.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=[dreq("u0", "b1"), dreq("u1", at=now_ms())]))
         before = view(stubs)

@@ -26,7 +26,14 @@ def settings(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPat
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     s = settings([], {}, monkeypatch)
-    assert (s.host, s.port, s.reflection, s.metrics_port, s.metrics_host, s.config) == ("127.0.0.1", 50051, True, 0, "", None)
+    assert (s.host, s.port, s.reflection, s.metrics_port, s.metrics_host, s.config) == (
+        "127.0.0.1",
+        50051,
+        True,
+        0,
+        "",
+        None,
+    )
 
 
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,7 +42,15 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path, monke
         'port = 6001\nseed = 7\nlog-format = "console"\nmetrics_port = 9101\nreflection = false\ngrace = 2.5\nno_auth = true\n'
     )
     s = settings(["--config", str(config)], {}, monkeypatch)
-    assert (s.port, s.seed, s.log_format, s.metrics_port, s.reflection, s.grace, s.no_auth) == (6001, 7, "console", 9101, False, 2.5, True)
+    assert (s.port, s.seed, s.log_format, s.metrics_port, s.reflection, s.grace, s.no_auth) == (
+        6001,
+        7,
+        "console",
+        9101,
+        False,
+        2.5,
+        True,
+    )
     assert s.host == "127.0.0.1" and s.config == config  # not in the file: the default
     # env wins over the file
     s = settings(["--config", str(config)], {"DISPATCH_PORT": "6002", "DISPATCH_REFLECTION": "true"}, monkeypatch)
@@ -73,7 +88,9 @@ def test_bad_config_files_are_refused_naming_the_problem(
         assert word in err, err
 
 
-def test_missing_config_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
         settings(["--config", str(tmp_path / "absent.toml")], {}, monkeypatch)
     assert "absent.toml" in capsys.readouterr().err

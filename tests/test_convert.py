@@ -33,8 +33,14 @@ def test_unset_fields_take_the_documented_defaults() -> None:
 
 
 def test_explicit_zero_and_false_are_kept() -> None:
-    pb = admin_pb2.ShopConfig(shop_id="s", main_account="m", staging_first_cap=0, busy_threshold=0,
-                              affinity_may_exceed_capacity=False, affinity_window=duration_pb2.Duration(seconds=60))
+    pb = admin_pb2.ShopConfig(
+        shop_id="s",
+        main_account="m",
+        staging_first_cap=0,
+        busy_threshold=0,
+        affinity_may_exceed_capacity=False,
+        affinity_window=duration_pb2.Duration(seconds=60),
+    )
     config = shop_from_pb(pb)
     assert (config.staging_first_cap, config.busy_threshold) == (0, 0)
     assert config.affinity_may_exceed_capacity is False
@@ -63,9 +69,17 @@ def test_times_are_milliseconds_and_bad_ones_are_invalid_arguments() -> None:
 
 
 def test_groups_and_assignments() -> None:
-    group = group_from_pb(admin_pb2.Group(shop_id="s", group_id="g", members=["a", "b"], order_states=[2, 3],
-                                          sources=["ORDER_PAGE"], strategy=4))
-    assert (group.members, group.order_states, group.sources, group.strategy) == (("a", "b"), (2, 3), ("ORDER_PAGE",), 4)
+    group = group_from_pb(
+        admin_pb2.Group(
+            shop_id="s", group_id="g", members=["a", "b"], order_states=[2, 3], sources=["ORDER_PAGE"], strategy=4
+        )
+    )
+    assert (group.members, group.order_states, group.sources, group.strategy) == (
+        ("a", "b"),
+        (2, 3),
+        ("ORDER_PAGE",),
+        4,
+    )
     pb = assignment_to_pb(("s", "c", "b", "a", 12, 1_500))
     assert (pb.shop_id, pb.conversation_id, pb.buyer_id, pb.agent_id, pb.reason) == ("s", "c", "b", "a", 12)
     assert timestamp_ms(pb.at, "at") == 1_500

@@ -57,15 +57,32 @@ def gen_op(r: Any) -> tuple:
     """One random operation, drawn from ``r`` (a random.Random-like object)."""
     kind = r.choices(
         [
-            "dispatch", "presence", "event", "time", "put_agent", "put_shop", "put_group",
-            "claim", "exclusive", "delete_agent", "delete_group", "delete_shop", "direct",
+            "dispatch",
+            "presence",
+            "event",
+            "time",
+            "put_agent",
+            "put_shop",
+            "put_group",
+            "claim",
+            "exclusive",
+            "delete_agent",
+            "delete_group",
+            "delete_shop",
+            "direct",
         ],
         weights=[24, 14, 32, 8, 5, 3, 3, 3, 2, 1, 1, 1, 1],
     )[0]
     shop = r.choice(SHOPS)
     if kind == "dispatch":
-        return ("dispatch", shop, r.choice(BUYERS), r.choice(CONVERSATIONS), r.choice(SOURCES),
-                r.choice([0, 1, 2, 3, 4, 5]))
+        return (
+            "dispatch",
+            shop,
+            r.choice(BUYERS),
+            r.choice(CONVERSATIONS),
+            r.choice(SOURCES),
+            r.choice([0, 1, 2, 3, 4, 5]),
+        )
     if kind == "direct":
         return ("direct", shop, r.choice([2, 3, 4]), r.choice(AGENTS))
     if kind == "presence":
@@ -75,41 +92,68 @@ def gen_op(r: Any) -> tuple:
         # Mostly well-formed (empty buyer/agent: "whoever holds it"), sometimes contradicting the state.
         buyer = "" if r.random() < 0.7 else r.choice(BUYERS[:3])
         agent = "" if r.random() < 0.7 else r.choice(AGENTS)
-        return ("event", shop, r.choice(CONVERSATIONS), event, buyer, agent,
-                r.choice(["", *AGENTS]), r.choice(["", "", *GROUPS]))
+        return (
+            "event",
+            shop,
+            r.choice(CONVERSATIONS),
+            event,
+            buyer,
+            agent,
+            r.choice(["", *AGENTS]),
+            r.choice(["", "", *GROUPS]),
+        )
     if kind == "time":
         return ("time", r.choice(JUMPS))
     if kind == "put_agent":
         role = r.choice([0, 2, 2, 2, 3, 4, 1])
-        return ("put_agent", shop, r.choice(AGENTS), role, r.choice([1, 1, 2, 3]), r.choice([1, 2, 3, 4, 0]),
-                r.choice([0, 5, 10]), r.random() < 0.9)
+        return (
+            "put_agent",
+            shop,
+            r.choice(AGENTS),
+            role,
+            r.choice([1, 1, 2, 3]),
+            r.choice([1, 2, 3, 4, 0]),
+            r.choice([0, 5, 10]),
+            r.random() < 0.9,
+        )
     if kind == "put_shop":
         rule = r.choice([1, 2, 3, 4])
         robot_first = r.random() < 0.15
-        return ("put_shop", shop, dict(
-            strategy=r.choice([1, 2, 3, 4, 5]),
-            affinity_window_ms=r.choice([HOUR, 72 * HOUR]),
-            offline_grace_ms=r.choice([0, 10 * MINUTE]),
-            affinity_may_exceed_capacity=r.random() < 0.7,
-            exclusive_direct=r.random() < 0.5,
-            robot_first=robot_first,
-            # Mostly valid: a robot (proxy) is named when robot_first (PROXY_ACCOUNT) needs one.
-            robot_agent_id="robot" if robot_first or r.random() < 0.5 else r.choice(["", "a0"]),
-            offline_rule=rule,
-            proxy_account="proxy" if rule == 2 or r.random() < 0.3 else r.choice(["", "a1"]),
-            staging_first_cap=r.choice([1, 2, 3]),
-            busy_threshold=r.choice([0, 1, 2]),
-            main_account_mode=r.choice([1, 2, 3, 4, 4]),
-            mobile_dispatch=r.random() < 0.3,
-            timezone=r.choice(ZONES),
-            tie_seed=r.choice([0, 0, 7]),
-        ))
+        return (
+            "put_shop",
+            shop,
+            dict(
+                strategy=r.choice([1, 2, 3, 4, 5]),
+                affinity_window_ms=r.choice([HOUR, 72 * HOUR]),
+                offline_grace_ms=r.choice([0, 10 * MINUTE]),
+                affinity_may_exceed_capacity=r.random() < 0.7,
+                exclusive_direct=r.random() < 0.5,
+                robot_first=robot_first,
+                # Mostly valid: a robot (proxy) is named when robot_first (PROXY_ACCOUNT) needs one.
+                robot_agent_id="robot" if robot_first or r.random() < 0.5 else r.choice(["", "a0"]),
+                offline_rule=rule,
+                proxy_account="proxy" if rule == 2 or r.random() < 0.3 else r.choice(["", "a1"]),
+                staging_first_cap=r.choice([1, 2, 3]),
+                busy_threshold=r.choice([0, 1, 2]),
+                main_account_mode=r.choice([1, 2, 3, 4, 4]),
+                mobile_dispatch=r.random() < 0.3,
+                timezone=r.choice(ZONES),
+                tie_seed=r.choice([0, 0, 7]),
+            ),
+        )
     if kind == "put_group":
         members = tuple(a for a in AGENTS if r.random() < 0.35)
-        return ("put_group", shop, r.choice(GROUPS), members,
-                tuple(s for s in (1, 2, 3, 4, 5) if r.random() < 0.25),
-                tuple(s for s in SOURCES[1:] if r.random() < 0.25),
-                r.random() < 0.2, r.choice(["", "", "robot"]), r.choice([0, 0, 1, 2, 3, 4, 5]))
+        return (
+            "put_group",
+            shop,
+            r.choice(GROUPS),
+            members,
+            tuple(s for s in (1, 2, 3, 4, 5) if r.random() < 0.25),
+            tuple(s for s in SOURCES[1:] if r.random() < 0.25),
+            r.random() < 0.2,
+            r.choice(["", "", "robot"]),
+            r.choice([0, 0, 1, 2, 3, 4, 5]),
+        )
     if kind == "claim":
         return ("claim", shop, r.choice(AGENTS), r.choice(["", "", *CONVERSATIONS[:10]]))
     if kind == "exclusive":
@@ -170,12 +214,25 @@ class Runner:
             return e.put_shop(ShopConfig(op[1], MAIN, **op[2]))
         if kind == "put_agent":
             _, shop, agent, role, weight, cap, created, perm = op
-            return e.put_agent(AgentConfig(shop, agent, role=role, weight=weight, max_capacity=cap,
-                                           created_at_ms=created, chat_permission=perm))
+            return e.put_agent(
+                AgentConfig(
+                    shop, agent, role=role, weight=weight, max_capacity=cap, created_at_ms=created, chat_permission=perm
+                )
+            )
         if kind == "put_group":
             _, shop, group, members, states, sources, robot_on, robot, strategy = op
-            return e.put_group(GroupConfig(shop, group, members=members, order_states=states, sources=sources,
-                                           robot_enabled=robot_on, robot_agent_id=robot, strategy=strategy))
+            return e.put_group(
+                GroupConfig(
+                    shop,
+                    group,
+                    members=members,
+                    order_states=states,
+                    sources=sources,
+                    robot_enabled=robot_on,
+                    robot_agent_id=robot,
+                    strategy=strategy,
+                )
+            )
         if kind == "delete_agent":
             return e.delete_agent(op[1], op[2])
         if kind == "delete_group":

@@ -45,8 +45,20 @@ class Server(ServerProcess):
     """``dispatcher serve`` on a data dir, in a subprocess."""
 
     def __init__(self, data_dir: Path, *extra: str) -> None:
-        super().__init__("serve", "--port", "0", "--no-auth", "--log-format", "json", "--stats-interval", "0",
-                         "--data-dir", str(data_dir), "--create-data-dir", *extra)
+        super().__init__(
+            "serve",
+            "--port",
+            "0",
+            "--no-auth",
+            "--log-format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--create-data-dir",
+            *extra,
+        )
 
     def kill9(self) -> None:
         self.popen.send_signal(signal.SIGKILL)
@@ -99,7 +111,9 @@ async def on_server(stubs: Stubs, op: tuple[Any, ...]) -> Any:
             await stubs.admin.PutAgent(admin_pb2.PutAgentRequest(agent=op[2]))
             return None
         if kind == "dispatch":
-            request = dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id=op[2], conversation_id=op[3], at=timestamp(op[4]))
+            request = dispatch_pb2.DispatchRequest(
+                shop_id=shop, buyer_id=op[2], conversation_id=op[3], at=timestamp(op[4])
+            )
             if zlib.crc32(op[3].encode()) % 2:  # half the decisions go through a batch (a binary wire record)
                 batch = await stubs.dispatch.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=[request]))
                 r = batch.responses[0]
@@ -115,7 +129,9 @@ async def on_server(stubs: Stubs, op: tuple[Any, ...]) -> Any:
             return _assignments(r.assignments)
         if kind == "event":
             r = await stubs.dispatch.ReportConversation(
-                dispatch_pb2.ReportConversationRequest(shop_id=shop, conversation_id=op[2], event=op[3], at=timestamp(op[4]))
+                dispatch_pb2.ReportConversationRequest(
+                    shop_id=shop, conversation_id=op[2], event=op[3], at=timestamp(op[4])
+                )
             )
             return (r.agent_id, _assignments(r.assignments))
         if kind == "claim":
@@ -135,7 +151,9 @@ async def _as_operation(stubs: Stubs, op: tuple[Any, ...]) -> Any:
     kind, shop = op[0], op[1]
     if kind == "presence":
         operation = dispatch_pb2.Operation(
-            set_presence=dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=op[2], presence=op[3], at=timestamp(op[4]))
+            set_presence=dispatch_pb2.SetPresenceRequest(
+                shop_id=shop, agent_id=op[2], presence=op[3], at=timestamp(op[4])
+            )
         )
     elif kind == "event":
         operation = dispatch_pb2.Operation(
@@ -248,7 +266,9 @@ def reference_view(engine: Any, model: ShopModel) -> Any:
     convs = []
     for cid in model.convs:
         c = engine.conversation(shop, cid)
-        convs.append(None if c is None else (c["buyer_id"], c["agent_id"] or "", c["wait"], c["unread"], c["forwarded"]))
+        convs.append(
+            None if c is None else (c["buyer_id"], c["agent_id"] or "", c["wait"], c["unread"], c["forwarded"])
+        )
     buyers = []
     for bid in model.buyers:
         contact = engine.recent_contact(shop, bid)
@@ -267,7 +287,9 @@ def clone(engine: Any) -> Any:
 
 
 @pytest.mark.parametrize("fsync", ["always", "batch"])
-async def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, servers: list[Server], fsync: str) -> None:
+async def test_kill_9_at_random_moments_loses_nothing_acknowledged(
+    tmp_path: Path, servers: list[Server], fsync: str
+) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     data = tmp_path / "data"
@@ -351,7 +373,9 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Pat
 # ---------------------------------------------------------------- torn journal tail
 
 
-async def test_torn_or_corrupt_journal_tail_recovers_to_the_last_good_record(tmp_path: Path, servers: list[Server]) -> None:
+async def test_torn_or_corrupt_journal_tail_recovers_to_the_last_good_record(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     data = tmp_path / "data"
     model = ShopModel("torn", random.Random(5))
     server = Server(data, "--snapshot-every", "0", "--snapshot-interval", "0")
@@ -360,12 +384,16 @@ async def test_torn_or_corrupt_journal_tail_recovers_to_the_last_good_record(tmp
     await stubs.admin.PutShop(admin_pb2.PutShopRequest(shop=shop_pb("torn", 4)))
     for a in range(3):
         await stubs.admin.PutAgent(admin_pb2.PutAgentRequest(agent=agent_pb("torn", a)))
-        await stubs.dispatch.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id="torn", agent_id=f"torn:a{a}", presence=1))
+        await stubs.dispatch.SetPresence(
+            dispatch_pb2.SetPresenceRequest(shop_id="torn", agent_id=f"torn:a{a}", presence=1)
+        )
     # Dispatches without `at`: the server's clock decides, and replay must use the same instant.
     model.convs = [f"torn-c{i}" for i in range(6)]
     views = []  # the state after every call
     for i, conv in enumerate(model.convs):
-        await stubs.dispatch.Dispatch(dispatch_pb2.DispatchRequest(shop_id="torn", buyer_id=model.buyers[i % 3], conversation_id=conv))
+        await stubs.dispatch.Dispatch(
+            dispatch_pb2.DispatchRequest(shop_id="torn", buyer_id=model.buyers[i % 3], conversation_id=conv)
+        )
         views.append(await view(stubs, model))
         time.sleep(0.003)  # distinct server clocks
         await stubs.dispatch.ReportConversation(

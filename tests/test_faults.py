@@ -85,7 +85,9 @@ def start(servers: list[Server], data: Path, *extra: str, create: bool = True) -
 def setup_shop(server: Server) -> None:
     _, admin, _ = server.stubs()
     # Nobody online and STAGING: every dispatched conversation waits, so each one is state to lose.
-    admin.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=SHOP, main_account=f"{SHOP}:main", offline_rule=4)))
+    admin.PutShop(
+        admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=SHOP, main_account=f"{SHOP}:main", offline_rule=4))
+    )
 
 
 def dispatch(server: Server, first: int, n: int) -> list[str]:
@@ -195,7 +197,9 @@ def test_a_flip_in_the_middle_of_a_segment_refuses_and_repair_drops_only_the_nam
     assert dispatch(server, 5000, 3)  # and the server writes again
 
 
-def test_a_deleted_newest_segment_or_journal_refuses_naming_the_missing_records(tmp_path: Path, servers: list[Server]) -> None:
+def test_a_deleted_newest_segment_or_journal_refuses_naming_the_missing_records(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     data = tmp_path / "data"
     server = start(servers, data)
     setup_shop(server)
@@ -253,7 +257,11 @@ def _wait_unavailable(server: Server, prefix: str, pause: float = 0.2, within: f
     deadline = time.monotonic() + within
     for i in range(100_000):
         conv = f"{prefix}{i}"
-        code = code_of(lambda: d.Dispatch(dispatch_pb2.DispatchRequest(shop_id=SHOP, buyer_id="x", conversation_id=conv), timeout=5))
+        code = code_of(
+            lambda: d.Dispatch(
+                dispatch_pb2.DispatchRequest(shop_id=SHOP, buyer_id="x", conversation_id=conv), timeout=5
+            )
+        )
         if code == grpc.StatusCode.UNAVAILABLE:
             return
         assert code is None, code  # acknowledged (before the failure showed) or UNAVAILABLE, nothing else
@@ -261,7 +269,9 @@ def _wait_unavailable(server: Server, prefix: str, pause: float = 0.2, within: f
         time.sleep(pause)
 
 
-def test_rm_rf_of_the_data_dir_stops_writes_and_a_second_server_is_never_touched(tmp_path: Path, servers: list[Server]) -> None:
+def test_rm_rf_of_the_data_dir_stops_writes_and_a_second_server_is_never_touched(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     data = tmp_path / "data"
     first = start(servers, data)
     setup_shop(first)
@@ -287,7 +297,9 @@ def test_rm_rf_of_the_data_dir_stops_writes_and_a_second_server_is_never_touched
     assert len(present(again, [f"c{i}" for i in range(30)])) == 30
 
 
-def test_a_renamed_data_dir_stops_writes_and_the_old_path_does_not_start_empty(tmp_path: Path, servers: list[Server]) -> None:
+def test_a_renamed_data_dir_stops_writes_and_the_old_path_does_not_start_empty(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     data = tmp_path / "data"
     server = start(servers, data)
     setup_shop(server)
@@ -309,7 +321,9 @@ def test_a_renamed_data_dir_stops_writes_and_the_old_path_does_not_start_empty(t
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the full-disk tests need root")
     try:
@@ -333,7 +347,9 @@ def fill(path: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_refuses_writes_keeps_reads_and_resumes_when_space_returns(tmp_path: Path, servers: list[Server]) -> None:
+def test_a_full_disk_refuses_writes_keeps_reads_and_resumes_when_space_returns(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     with tmpfs(tmp_path / "fs", "8m") as fs:
         data = fs / "data"
         server = start(servers, data)
@@ -344,7 +360,11 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_resumes_when_space_returns(t
         codes: list[grpc.StatusCode | None] = []
         for i in range(1000):  # the last page of the open segment still takes a few records
             conv = f"full{i}"
-            code = code_of(lambda: d.Dispatch(dispatch_pb2.DispatchRequest(shop_id=SHOP, buyer_id="x", conversation_id=conv), timeout=10))
+            code = code_of(
+                lambda: d.Dispatch(
+                    dispatch_pb2.DispatchRequest(shop_id=SHOP, buyer_id="x", conversation_id=conv), timeout=10
+                )
+            )
             codes.append(code)
             if code is None:
                 acked.append(conv)
@@ -352,8 +372,19 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_resumes_when_space_returns(t
                 break
         assert grpc.StatusCode.UNAVAILABLE in codes and grpc.StatusCode.INTERNAL not in codes, codes
         assert set(codes) <= {None, grpc.StatusCode.UNAVAILABLE}
-        message = [exc for exc in [code_of(lambda: admin.PutAgent(admin_pb2.PutAgentRequest(
-            agent=admin_pb2.Agent(shop_id=SHOP, agent_id="f:new", max_capacity=1)), timeout=10))]]
+        message = [
+            exc
+            for exc in [
+                code_of(
+                    lambda: admin.PutAgent(
+                        admin_pb2.PutAgentRequest(
+                            agent=admin_pb2.Agent(shop_id=SHOP, agent_id="f:new", max_capacity=1)
+                        ),
+                        timeout=10,
+                    )
+                )
+            ]
+        ]
         assert message == [grpc.StatusCode.UNAVAILABLE]
         # Reads and health keep working; health says NOT_SERVING for writes.
         assert present(server, acked[:5]) == acked[:5]
@@ -419,7 +450,9 @@ def test_a_failed_snapshot_removes_its_tmp_and_backs_off(tmp_path: Path, servers
         for part in range(2):  # ~1.5 MB of state: its snapshot needs that much free space
             batch = dispatch_pb2.DispatchBatchRequest(
                 requests=[
-                    dispatch_pb2.DispatchRequest(shop_id=SHOP, buyer_id=f"{big}{part}-{i}", conversation_id=f"{big}{part}-c{i}")
+                    dispatch_pb2.DispatchRequest(
+                        shop_id=SHOP, buyer_id=f"{big}{part}-{i}", conversation_id=f"{big}{part}-c{i}"
+                    )
                     for i in range(4000)
                 ]
             )

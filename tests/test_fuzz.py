@@ -50,8 +50,12 @@ METHODS: list[tuple[str, str, Any]] = []
 for _module in (dispatch_pb2, admin_pb2):
     for _service in _module.DESCRIPTOR.services_by_name.values():
         for _m in _service.methods:
-            shape = ("stream" if _m.client_streaming else "unary") + "_" + ("stream" if _m.server_streaming else "unary")
-            _cls = getattr(dispatch_pb2 if _m.input_type.file.name.endswith("dispatch.proto") else admin_pb2, _m.input_type.name)
+            shape = (
+                ("stream" if _m.client_streaming else "unary") + "_" + ("stream" if _m.server_streaming else "unary")
+            )
+            _cls = getattr(
+                dispatch_pb2 if _m.input_type.file.name.endswith("dispatch.proto") else admin_pb2, _m.input_type.name
+            )
             METHODS.append((f"/dispatch.v1.{_service.name}/{_m.name}", shape, _cls))
 
 # ------------------------------------------------------------------ generation
@@ -79,7 +83,10 @@ def _string(rng: random.Random) -> str:
         return rng.choice(VALID)
     if rng.random() < 0.85:
         return rng.choice(STRINGS)
-    return "".join(chr(rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0, 0x20), rng.randrange(0x80, 0x3000)))) for _ in range(rng.randrange(0, 12)))
+    return "".join(
+        chr(rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0, 0x20), rng.randrange(0x80, 0x3000))))
+        for _ in range(rng.randrange(0, 12))
+    )
 
 
 def _scalar(field: Any, rng: random.Random) -> Any:
@@ -96,7 +103,12 @@ def _scalar(field: Any, rng: random.Random) -> Any:
     if t in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
         return rng.choice([0.0, -1.0, 1e308, float("nan")])
     lo, hi = RANGES[t]
-    if field.message_type is None and field.containing_type is not None and field.containing_type.full_name == "google.protobuf.Timestamp" and field.name == "nanos":
+    if (
+        field.message_type is None
+        and field.containing_type is not None
+        and field.containing_type.full_name == "google.protobuf.Timestamp"
+        and field.name == "nanos"
+    ):
         return rng.choice([0, 1, 999_999_999, 1_000_000_000, -1, lo, hi])
     return rng.choice([v for v in INTS if lo <= v <= hi] + [rng.randint(lo, hi)])
 
@@ -163,9 +175,11 @@ def _mutate(data: bytes, op: int, rng: random.Random, other: bytes) -> bytes:
     elif op == 7:  # append a field: any number, any wire type, odd values
         number = rng.choice((1, 2, 3, 4, 5, 6, 8, 9, 17, 99, 536870911))
         wire = rng.choice((0, 1, 2, 5, 3, 4, 7))
-        payload = {0: _varint(rng.choice(INTS)), 1: struct.pack("<q", rng.randrange(-(2**63), 2**63)), 5: b"\xff\xff\xff\xff"}.get(
-            wire, _varint(rng.choice((0, 1, 3, 129, 2**31))) + rng.randbytes(rng.randrange(0, 6))
-        )
+        payload = {
+            0: _varint(rng.choice(INTS)),
+            1: struct.pack("<q", rng.randrange(-(2**63), 2**63)),
+            5: b"\xff\xff\xff\xff",
+        }.get(wire, _varint(rng.choice((0, 1, 3, 129, 2**31))) + rng.randbytes(rng.randrange(0, 6)))
         b += _varint(number << 3 | wire) + payload
     elif op == 8:  # an over-long varint
         i = rng.randrange(n + 1)
@@ -237,9 +251,15 @@ class Target:
 def _setup(stub_d: Any, stub_a: Any, shop: str) -> None:
     stub_a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop, offline_rule=3)))
     for agent, cap in ((f"{shop}:a", 2), (f"{shop}:b", 3)):
-        stub_a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=agent, max_capacity=cap)))
+        stub_a.PutAgent(
+            admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=agent, max_capacity=cap))
+        )
     stub_a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:bot", role=4)))
-    stub_a.PutGroup(admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id=shop, group_id="g", members=[f"{shop}:a", f"{shop}:b"], order_states=[1])))
+    stub_a.PutGroup(
+        admin_pb2.PutGroupRequest(
+            group=admin_pb2.Group(shop_id=shop, group_id="g", members=[f"{shop}:a", f"{shop}:b"], order_states=[1])
+        )
+    )
     stub_a.SetExclusiveAgent(admin_pb2.SetExclusiveAgentRequest(shop_id=shop, buyer_id="b2", agent_id=f"{shop}:b"))
     pooled = dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b0", conversation_id="pooled")
     pooled.at.FromMilliseconds(T0)
@@ -292,10 +312,14 @@ def test_fuzz_every_rpc_with_random_and_mutated_bytes() -> None:
         # Still serving, nothing leaked into the canary shop, no internal error.
         assert stub_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="canary"), timeout=10) == canary
         assert running.server.counters.internal_errors == 0
-        check = dispatch_pb2.DispatchRequest(shop_id="canary", buyer_id="after", conversation_id="after-fuzz", type=2, to_account="x")
+        check = dispatch_pb2.DispatchRequest(
+            shop_id="canary", buyer_id="after", conversation_id="after-fuzz", type=2, to_account="x"
+        )
         assert stub_d.Dispatch(check, timeout=10).reason == 1  # REASON_DIRECT: answers and changes nothing
         assert target.sent >= INPUTS
-        print(f"\nfuzz: {target.sent} inputs in {elapsed:.1f}s ({target.sent / elapsed:.0f}/s): {dict(sorted(target.codes.items()))}")
+        print(
+            f"\nfuzz: {target.sent} inputs in {elapsed:.1f}s ({target.sent / elapsed:.0f}/s): {dict(sorted(target.codes.items()))}"
+        )
         assert target.codes["OK"] > 0 and target.codes["INVALID_ARGUMENT"] > 0  # both paths were exercised
     finally:
         target.channel.close()

@@ -34,7 +34,12 @@ def test_node_client_against_the_live_server() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
     env["DISPATCH_PYTHON"] = sys.executable  # the server runs in this interpreter's environment
     done = subprocess.run(
-        [NODE, "--test", "--test-reporter=spec", "test/"], cwd=CLIENT, env=env, capture_output=True, text=True, timeout=120
+        [NODE, "--test", "--test-reporter=spec", "test/"],
+        cwd=CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

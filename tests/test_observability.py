@@ -34,7 +34,9 @@ def observed() -> Iterator[ThreadedServer]:
 
 def health_check(target: str, service: str) -> int:
     with grpc.insecure_channel(target) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        )
 
 
 def scrape(server: ThreadedServer) -> str:
@@ -168,7 +170,9 @@ def test_reflection_lists_the_services_and_serves_their_descriptors(observed: Th
         "grpc.reflection.v1alpha.ServerReflection",
     }
     # What grpcurl asks next: the file that defines a service, with its dependencies.
-    answer = reflect(observed.target, reflection_pb2.ServerReflectionRequest(file_containing_symbol="dispatch.v1.Dispatch"))
+    answer = reflect(
+        observed.target, reflection_pb2.ServerReflectionRequest(file_containing_symbol="dispatch.v1.Dispatch")
+    )
     assert answer.file_descriptor_response.file_descriptor_proto
     assert not answer.HasField("error_response")
 
@@ -219,12 +223,18 @@ def test_metrics_endpoint_names_and_counts(observed: ThreadedServer) -> None:
         # shop strategy (the "pre" group has none of its own)
         assert c.dispatch("s", "b1", "c1", order_state=pb.OrderState.ORDER_STATE_NO_ORDER, at=T0).agent_id == "s:a"
         # the "after" group's own strategy
-        assert c.dispatch("s", "b2", "c2", order_state=pb.OrderState.ORDER_STATE_PAID_UNSHIPPED, at=T0).agent_id == "s:b"
+        assert (
+            c.dispatch("s", "b2", "c2", order_state=pb.OrderState.ORDER_STATE_PAID_UNSHIPPED, at=T0).agent_id == "s:b"
+        )
         # everyone full: queued (no strategy), in a batch
-        batch = c.dispatch_batch([dispatch_request("s", "b3", "c3", at=T0), dispatch_request("nope", "b4", "c4", at=T0)])
+        batch = c.dispatch_batch(
+            [dispatch_request("s", "b3", "c3", at=T0), dispatch_request("nope", "b4", "c4", at=T0)]
+        )
         assert batch[0].reason == pb.Reason.REASON_QUEUED and batch[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
         # a stream of two batches
-        answers = list(c.dispatch_stream([[dispatch_request("s", "b5", "c5", at=T0)], [dispatch_request("s", "b6", "c6", at=T0)]]))
+        answers = list(
+            c.dispatch_stream([[dispatch_request("s", "b5", "c5", at=T0)], [dispatch_request("s", "b6", "c6", at=T0)]])
+        )
         assert [a[0].reason for a in answers] == [pb.Reason.REASON_QUEUED] * 2
         with pytest.raises(grpc.RpcError):
             c.get_shop_state("ghost")
@@ -251,7 +261,10 @@ def test_metrics_endpoint_names_and_counts(observed: ThreadedServer) -> None:
     assert sample(text, "dispatch_rpc_duration_seconds_count", **dispatch) == 2
     assert sample(text, "dispatch_rpc_duration_seconds_bucket", le="+Inf", **dispatch) == 2
     assert sample(text, "dispatch_rpc_duration_seconds_sum", **dispatch) > 0
-    assert sample(text, "dispatch_rpc_duration_seconds_count", service="dispatch.v1.Dispatch", method="DispatchStream") == 1
+    assert (
+        sample(text, "dispatch_rpc_duration_seconds_count", service="dispatch.v1.Dispatch", method="DispatchStream")
+        == 1
+    )
     assert sample(text, "dispatch_rpc_duration_seconds_count", service="dispatch.v1.Admin", method="GetShopState") == 1
     assert '"s"' not in text and "s:a" not in text  # no shop or agent ids in labels
 

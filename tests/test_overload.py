@@ -41,7 +41,9 @@ async def _flood(target: str, pid: int) -> None:
         d, a = dispatch_pb2_grpc.DispatchStub(ch), admin_pb2_grpc.AdminStub(ch)
         await a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s")), timeout=10)
         # Two long-lived streams hold 2 of the 8 stream slots through every round.
-        watches = [d.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=["s"]), timeout=120) for _ in range(2)]
+        watches = [
+            d.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=["s"]), timeout=120) for _ in range(2)
+        ]
         for w in watches:
             assert ("dispatch-watch", "subscribed") in tuple(await w.initial_metadata())
         # Direct conversations: answered without adding state, so memory can only grow from the flood itself.
@@ -73,7 +75,9 @@ async def _flood(target: str, pid: int) -> None:
             )
             took = time.monotonic() - started
             held = [r for r in results if isinstance(r, tuple)]
-            codes = Counter(r.name for r in results if not isinstance(r, tuple)) + Counter("stream:" + r[0] for r in held)
+            codes = Counter(r.name for r in results if not isinstance(r, tuple)) + Counter(
+                "stream:" + r[0] for r in held
+            )
             totals.update(codes)
             assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "stream:HELD", "stream:RESOURCE_EXHAUSTED"}, codes
             assert codes["stream:HELD"] == BOUND - len(watches), codes  # exactly the free slots
@@ -103,8 +107,17 @@ async def _flood(target: str, pid: int) -> None:
 
 def test_flood_gets_resource_exhausted_and_memory_settles() -> None:
     proc = Proc(
-        "serve", "--port", "0", "--log-format", "json", "--stats-interval", "0",
-        "--max-concurrent-rpcs", str(BOUND), "--max-concurrent-streams", str(BOUND),
+        "serve",
+        "--port",
+        "0",
+        "--log-format",
+        "json",
+        "--stats-interval",
+        "0",
+        "--max-concurrent-rpcs",
+        str(BOUND),
+        "--max-concurrent-streams",
+        str(BOUND),
     )  # fmt: skip  (Proc passes DISPATCH_NO_AUTH=1)
     try:
         target = f"127.0.0.1:{proc.port()}"

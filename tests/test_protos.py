@@ -39,7 +39,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[descriptor_pb2.FileD
     out = tmp_path_factory.mktemp("fds") / "set.pb"
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     code = protoc.main(
-        ["protoc", f"-I{ROOT / 'protos'}", f"-I{well_known}", "--include_source_info", f"--descriptor_set_out={out}", *generate.SOURCES]
+        [
+            "protoc",
+            f"-I{ROOT / 'protos'}",
+            f"-I{well_known}",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            *generate.SOURCES,
+        ]
     )
     assert code == 0
     fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -119,6 +126,9 @@ def test_fixed_contract_names() -> None:
     assert response.fields_by_name["error"].message_type.full_name == "google.rpc.Status"
     # Defaults proto3 cannot express as zero are carried by field presence.
     shop = admin_pb2.ShopConfig.DESCRIPTOR.fields_by_name
-    assert all(shop[n].has_presence for n in ("affinity_window", "staging_first_cap", "busy_threshold", "affinity_may_exceed_capacity"))
+    assert all(
+        shop[n].has_presence
+        for n in ("affinity_window", "staging_first_cap", "busy_threshold", "affinity_may_exceed_capacity")
+    )
     agent = admin_pb2.Agent.DESCRIPTOR.fields_by_name
     assert agent["weight"].has_presence and agent["chat_permission"].has_presence

@@ -35,7 +35,11 @@ def _names(cell: str) -> list[tuple[str | None, str]]:
 
 
 def _reference_has(file: str | None, name: str) -> bool:
-    modules = [file.removesuffix(".py")] if file else ["validation", "eligibility", "strategies", "shop", "routing", "engine", "operations", "snapshot"]
+    modules = (
+        [file.removesuffix(".py")]
+        if file
+        else ["validation", "eligibility", "strategies", "shop", "routing", "engine", "operations", "snapshot"]
+    )
     for module_name in modules:
         if module_name == "model.day_bounds":
             return True
@@ -79,7 +83,23 @@ def test_every_name_in_the_rule_map_exists() -> None:
 
 def test_every_part_in_the_part_table_exists() -> None:
     rows = _table("## The rules and where they live")
-    parts = [r for r in rows if r[0] in {"constants", "validation", "eligibility", "strategies", "shop", "routing", "engine", "operations", "wire", "snapshot"}]
+    parts = [
+        r
+        for r in rows
+        if r[0]
+        in {
+            "constants",
+            "validation",
+            "eligibility",
+            "strategies",
+            "shop",
+            "routing",
+            "engine",
+            "operations",
+            "wire",
+            "snapshot",
+        }
+    ]
     assert len(parts) == 10
     for _part, compiled, reference, _ in parts:
         for name in re.findall(r"`([^`]+)`", compiled):

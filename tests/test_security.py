@@ -70,9 +70,7 @@ def make_ca(cn: str) -> tuple[Pem, Any, x509.Certificate]:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .sign(key, hashes.SHA256())
     )
     return _pem(cert, key), key, cert
@@ -97,7 +95,9 @@ def make_leaf(ca_key: Any, ca_cert: x509.Certificate, cn: str, *, server: bool) 
             critical=False,
         ).add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     return _pem(builder.sign(ca_key, hashes.SHA256()), key)
 
 
@@ -200,45 +200,85 @@ def test_mtls_end_to_end_scopes_callers_to_their_shops(pki: Pki) -> None:
         with channel(target, pki, "ops") as ops_channel:
             ops_d, ops_a = dispatch_pb2_grpc.DispatchStub(ops_channel), admin_pb2_grpc.AdminStub(ops_channel)
             for shop in ("a", "b"):
-                ops_a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), timeout=10)
-                ops_a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:x", max_capacity=9)))
+                ops_a.PutShop(
+                    admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), timeout=10
+                )
+                ops_a.PutAgent(
+                    admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:x", max_capacity=9))
+                )
                 ops_d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:x", presence=1))
             before_b = ops_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"))
 
             # No client certificate, a certificate of another CA, or plaintext: refused at the handshake.
             for refused in (channel(target, pki, None), channel(target, pki, "rogue"), grpc.insecure_channel(target)):
                 with refused:
-                    code = _code(lambda: admin_pb2_grpc.AdminStub(refused).ListShops(admin_pb2.ListShopsRequest(), timeout=5))
+                    code = _code(
+                        lambda: admin_pb2_grpc.AdminStub(refused).ListShops(admin_pb2.ListShopsRequest(), timeout=5)
+                    )
                     assert code == grpc.StatusCode.UNAVAILABLE
             # A certificate of the right CA whose identity is not in the policy.
             with channel(target, pki, "stranger") as stranger:
-                code = _code(lambda: admin_pb2_grpc.AdminStub(stranger).ListShops(admin_pb2.ListShopsRequest(), timeout=5))
+                code = _code(
+                    lambda: admin_pb2_grpc.AdminStub(stranger).ListShops(admin_pb2.ListShopsRequest(), timeout=5)
+                )
                 assert code == grpc.StatusCode.UNAUTHENTICATED
 
             with channel(target, pki, "gateway-a") as a_channel:
                 a_d, a_a = dispatch_pb2_grpc.DispatchStub(a_channel), admin_pb2_grpc.AdminStub(a_channel)
-                ok = a_d.Dispatch(dispatch_pb2.DispatchRequest(shop_id="a", buyer_id="b1", conversation_id="c1"), timeout=10)
+                ok = a_d.Dispatch(
+                    dispatch_pb2.DispatchRequest(shop_id="a", buyer_id="b1", conversation_id="c1"), timeout=10
+                )
                 assert ok.agent_id == "a:x"
                 assert a_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="a")).live_conversations == 1
                 assert _watch_code(a_d, ["a"]) == grpc.StatusCode.OK
                 # Shop B: no dispatch, no read, no watch, no configuration.
-                assert _code(lambda: a_d.Dispatch(dispatch_pb2.DispatchRequest(shop_id="b", buyer_id="b1", conversation_id="c1"))) == PD
-                assert _code(lambda: a_d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id="b", agent_id="b:x", presence=3))) == PD
+                assert (
+                    _code(
+                        lambda: a_d.Dispatch(
+                            dispatch_pb2.DispatchRequest(shop_id="b", buyer_id="b1", conversation_id="c1")
+                        )
+                    )
+                    == PD
+                )
+                assert (
+                    _code(
+                        lambda: a_d.SetPresence(
+                            dispatch_pb2.SetPresenceRequest(shop_id="b", agent_id="b:x", presence=3)
+                        )
+                    )
+                    == PD
+                )
                 assert _code(lambda: a_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"))) == PD
                 assert _code(lambda: a_a.GetBuyer(admin_pb2.GetBuyerRequest(shop_id="b", buyer_id="b1"))) == PD
                 assert _watch_code(a_d, ["b"]) == PD
                 assert _watch_code(a_d, []) == PD  # every shop needs "*"
-                assert _code(lambda: a_a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="a", main_account="a")))) == PD
+                assert (
+                    _code(
+                        lambda: a_a.PutShop(
+                            admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="a", main_account="a"))
+                        )
+                    )
+                    == PD
+                )
                 assert list(a_a.ListShops(admin_pb2.ListShopsRequest()).shop_ids) == ["a"]
                 batch = dispatch_pb2.DispatchBatchRequest(
-                    requests=[dispatch_pb2.DispatchRequest(shop_id=s, buyer_id="bb", conversation_id="cb") for s in ("a", "b")]
+                    requests=[
+                        dispatch_pb2.DispatchRequest(shop_id=s, buyer_id="bb", conversation_id="cb") for s in ("a", "b")
+                    ]
                 )
                 items = a_d.DispatchBatch(batch).responses
                 assert [r.error.code for r in items] == [0, PD.value[0]]
 
             with channel(target, pki, "gateway-b") as b_channel:
                 b_d = dispatch_pb2_grpc.DispatchStub(b_channel)
-                assert _code(lambda: b_d.Dispatch(dispatch_pb2.DispatchRequest(shop_id="a", buyer_id="b9", conversation_id="c9"))) == PD
+                assert (
+                    _code(
+                        lambda: b_d.Dispatch(
+                            dispatch_pb2.DispatchRequest(shop_id="a", buyer_id="b9", conversation_id="c9")
+                        )
+                    )
+                    == PD
+                )
 
             after_b = ops_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"))
             assert after_b == before_b
@@ -246,8 +286,18 @@ def test_mtls_end_to_end_scopes_callers_to_their_shops(pki: Pki) -> None:
             # A bearer token over the same mTLS connection names its own (narrower) caller.
             token_md = (("authorization", f"Bearer {TOKEN}"),)
             assert ops_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"), metadata=token_md).shop_id == "b"
-            assert _code(lambda: ops_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="a"), metadata=token_md)) == PD
-            assert _code(lambda: ops_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="b"), metadata=(("authorization", "Bearer " + TOKEN + "x"),))) == grpc.StatusCode.UNAUTHENTICATED
+            assert (
+                _code(lambda: ops_a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="a"), metadata=token_md)) == PD
+            )
+            assert (
+                _code(
+                    lambda: ops_a.GetShopState(
+                        admin_pb2.GetShopStateRequest(shop_id="b"),
+                        metadata=(("authorization", "Bearer " + TOKEN + "x"),),
+                    )
+                )
+                == grpc.StatusCode.UNAUTHENTICATED
+            )
         assert proc.finish(signal.SIGTERM) == 0
     finally:
         if proc.popen.poll() is None:
@@ -263,9 +313,14 @@ def test_tls_without_client_certificates(pki: Pki) -> None:
     running = ThreadedServer(credentials=creds).start()
     try:
         with channel(running.target, pki, None) as tls:
-            assert list(admin_pb2_grpc.AdminStub(tls).ListShops(admin_pb2.ListShopsRequest(), timeout=10).shop_ids) == []
+            assert (
+                list(admin_pb2_grpc.AdminStub(tls).ListShops(admin_pb2.ListShopsRequest(), timeout=10).shop_ids) == []
+            )
         with grpc.insecure_channel(running.target) as plain:
-            assert _code(lambda: admin_pb2_grpc.AdminStub(plain).ListShops(admin_pb2.ListShopsRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE
+            assert (
+                _code(lambda: admin_pb2_grpc.AdminStub(plain).ListShops(admin_pb2.ListShopsRequest(), timeout=5))
+                == grpc.StatusCode.UNAVAILABLE
+            )
     finally:
         running.stop()
 
@@ -289,7 +344,17 @@ def test_unsafe_or_inconsistent_start_up_is_refused(args: list[str], words: str)
 
 
 def test_plaintext_and_no_auth_are_announced_at_start() -> None:
-    proc = Proc("serve", "--port", "0", "--log-format", "json", "--no-auth", "--stats-interval", "0", env={"DISPATCH_NO_AUTH": "0"})
+    proc = Proc(
+        "serve",
+        "--port",
+        "0",
+        "--log-format",
+        "json",
+        "--no-auth",
+        "--stats-interval",
+        "0",
+        env={"DISPATCH_NO_AUTH": "0"},
+    )
     try:
         proc.port()
         assert proc.finish(signal.SIGTERM) == 0
@@ -347,7 +412,15 @@ def _presence_at(seconds: int) -> dispatch_pb2.SetPresenceRequest:
 def test_hostile_input_gets_precise_statuses_and_changes_nothing(hostile: Any) -> None:
     running, ch, d, a = hostile
     before = a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s"))
-    raw = {m: ch.unary_unary(m, request_serializer=None, response_deserializer=None) for m in ("/dispatch.v1.Dispatch/Dispatch", "/dispatch.v1.Dispatch/DispatchBatch", "/dispatch.v1.Admin/PutShop", "/dispatch.v1.Admin/PutAgent")}
+    raw = {
+        m: ch.unary_unary(m, request_serializer=None, response_deserializer=None)
+        for m in (
+            "/dispatch.v1.Dispatch/Dispatch",
+            "/dispatch.v1.Dispatch/DispatchBatch",
+            "/dispatch.v1.Admin/PutShop",
+            "/dispatch.v1.Admin/PutAgent",
+        )
+    }
     agent_far = admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=5)
     agent_far.created_at.seconds = 2**62
     huge_window = admin_pb2.ShopConfig(shop_id="s", main_account="s")
@@ -356,15 +429,45 @@ def test_hostile_input_gets_precise_statuses_and_changes_nothing(hostile: Any) -
         ("control character in an id", lambda: d.Dispatch(_dreq(conversation_id="a\x00b")), IA, "control"),
         ("DEL in an id", lambda: d.Dispatch(_dreq(buyer_id="x\x7f")), IA, "control"),
         ("escape in a source", lambda: d.Dispatch(_dreq(source="\x1b[31m")), IA, "source"),
-        ("escape in an agent id", lambda: d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id="s:a\n", presence=1)), IA, "agent_id"),
+        (
+            "escape in an agent id",
+            lambda: d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id="s:a\n", presence=1)),
+            IA,
+            "agent_id",
+        ),
         ("oversized id", lambda: d.Dispatch(_dreq(conversation_id="é" * 65)), IA, "128"),
-        ("invalid UTF-8 in a string field", lambda: raw["/dispatch.v1.Dispatch/Dispatch"](b"\x0a\x01s\x12\x02\xc3\x28\x1a\x01c"), IA, "not a valid dispatch.v1.DispatchRequest"),
+        (
+            "invalid UTF-8 in a string field",
+            lambda: raw["/dispatch.v1.Dispatch/Dispatch"](b"\x0a\x01s\x12\x02\xc3\x28\x1a\x01c"),
+            IA,
+            "not a valid dispatch.v1.DispatchRequest",
+        ),
         ("truncated message", lambda: raw["/dispatch.v1.Dispatch/Dispatch"](b"\x0a\x05ab"), IA, "not a valid"),
-        ("garbage bytes", lambda: raw["/dispatch.v1.Admin/PutShop"](b"\xff\xff\xff\xff"), IA, "not a valid dispatch.v1.PutShopRequest"),
-        ("invalid UTF-8 nested", lambda: raw["/dispatch.v1.Admin/PutAgent"](b"\x0a\x05\x0a\x03\xff\xfe\xfd"), IA, "not a valid"),
+        (
+            "garbage bytes",
+            lambda: raw["/dispatch.v1.Admin/PutShop"](b"\xff\xff\xff\xff"),
+            IA,
+            "not a valid dispatch.v1.PutShopRequest",
+        ),
+        (
+            "invalid UTF-8 nested",
+            lambda: raw["/dispatch.v1.Admin/PutAgent"](b"\x0a\x05\x0a\x03\xff\xfe\xfd"),
+            IA,
+            "not a valid",
+        ),
         # DispatchBatch takes raw bytes: what the engine's reader declines goes to protobuf, which refuses it
-        ("invalid UTF-8 in a batch item", lambda: raw["/dispatch.v1.Dispatch/DispatchBatch"](b"\x0a\x04\x0a\x02\xc3\x28"), IA, "not a valid dispatch.v1.DispatchBatchRequest"),
-        ("truncated batch", lambda: raw["/dispatch.v1.Dispatch/DispatchBatch"](b"\x0a\x09\x0a\x01s"), IA, "not a valid dispatch.v1.DispatchBatchRequest"),
+        (
+            "invalid UTF-8 in a batch item",
+            lambda: raw["/dispatch.v1.Dispatch/DispatchBatch"](b"\x0a\x04\x0a\x02\xc3\x28"),
+            IA,
+            "not a valid dispatch.v1.DispatchBatchRequest",
+        ),
+        (
+            "truncated batch",
+            lambda: raw["/dispatch.v1.Dispatch/DispatchBatch"](b"\x0a\x09\x0a\x01s"),
+            IA,
+            "not a valid dispatch.v1.DispatchBatchRequest",
+        ),
         ("far future", lambda: d.Dispatch(_with_at(2**62)), IA, "at"),
         ("year 10000", lambda: d.Dispatch(_with_at(253402300800)), IA, "9999"),
         ("far past", lambda: d.Dispatch(_with_at(-(2**40))), IA, "at"),
@@ -375,24 +478,144 @@ def test_hostile_input_gets_precise_statuses_and_changes_nothing(hostile: Any) -
         ("huge duration", lambda: a.PutShop(admin_pb2.PutShopRequest(shop=huge_window)), IA, "affinity_window"),
         ("negative enum", lambda: d.Dispatch(_dreq(type=-1)), IA, "type"),
         ("enum out of range", lambda: d.Dispatch(_dreq(order_state=2**31 - 1)), IA, "order_state"),
-        ("presence out of range", lambda: d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id="s:a", presence=9)), IA, "presence"),
-        ("event out of range", lambda: d.ReportConversation(dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id="live", event=-7)), IA, "event"),
-        ("group order state out of range", lambda: a.PutGroup(admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a"], order_states=[99]))), IA, "order_states"),
-        ("strategy out of range", lambda: a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s", strategy=-3))), IA, "strategy"),
-        ("huge capacity", lambda: a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=2**32 - 1))), IA, "max_capacity"),
-        ("huge weight", lambda: a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=5, weight=2**32 - 1))), IA, "weight"),
-        ("zero weight", lambda: a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=5, weight=0))), IA, "weight"),
-        ("huge staging cap", lambda: a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s", staging_first_cap=2**32 - 1))), IA, "staging_first_cap"),
-        ("huge busy threshold", lambda: a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s", busy_threshold=2**32 - 1))), IA, "busy_threshold"),
+        (
+            "presence out of range",
+            lambda: d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id="s:a", presence=9)),
+            IA,
+            "presence",
+        ),
+        (
+            "event out of range",
+            lambda: d.ReportConversation(
+                dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id="live", event=-7)
+            ),
+            IA,
+            "event",
+        ),
+        (
+            "group order state out of range",
+            lambda: a.PutGroup(
+                admin_pb2.PutGroupRequest(
+                    group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a"], order_states=[99])
+                )
+            ),
+            IA,
+            "order_states",
+        ),
+        (
+            "strategy out of range",
+            lambda: a.PutShop(
+                admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="s", strategy=-3))
+            ),
+            IA,
+            "strategy",
+        ),
+        (
+            "huge capacity",
+            lambda: a.PutAgent(
+                admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=2**32 - 1))
+            ),
+            IA,
+            "max_capacity",
+        ),
+        (
+            "huge weight",
+            lambda: a.PutAgent(
+                admin_pb2.PutAgentRequest(
+                    agent=admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=5, weight=2**32 - 1)
+                )
+            ),
+            IA,
+            "weight",
+        ),
+        (
+            "zero weight",
+            lambda: a.PutAgent(
+                admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="s", agent_id="s:a", max_capacity=5, weight=0))
+            ),
+            IA,
+            "weight",
+        ),
+        (
+            "huge staging cap",
+            lambda: a.PutShop(
+                admin_pb2.PutShopRequest(
+                    shop=admin_pb2.ShopConfig(shop_id="s", main_account="s", staging_first_cap=2**32 - 1)
+                )
+            ),
+            IA,
+            "staging_first_cap",
+        ),
+        (
+            "huge busy threshold",
+            lambda: a.PutShop(
+                admin_pb2.PutShopRequest(
+                    shop=admin_pb2.ShopConfig(shop_id="s", main_account="s", busy_threshold=2**32 - 1)
+                )
+            ),
+            IA,
+            "busy_threshold",
+        ),
         ("duplicate conversation id", lambda: d.Dispatch(_dreq(conversation_id="live")), AE, "live"),
-        ("duplicate via ASSIGNED", lambda: d.ReportConversation(dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id="live", event=5, buyer_id="b", agent_id="s:a")), AE, "live"),
-        ("unknown agent in a group", lambda: a.PutGroup(admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a", "ghost"]))), NF, "ghost"),
-        ("unknown group robot", lambda: a.PutGroup(admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a"], robot_enabled=True, robot_agent_id="nobot"))), NF, "nobot"),
+        (
+            "duplicate via ASSIGNED",
+            lambda: d.ReportConversation(
+                dispatch_pb2.ReportConversationRequest(
+                    shop_id="s", conversation_id="live", event=5, buyer_id="b", agent_id="s:a"
+                )
+            ),
+            AE,
+            "live",
+        ),
+        (
+            "unknown agent in a group",
+            lambda: a.PutGroup(
+                admin_pb2.PutGroupRequest(group=admin_pb2.Group(shop_id="s", group_id="g", members=["s:a", "ghost"]))
+            ),
+            NF,
+            "ghost",
+        ),
+        (
+            "unknown group robot",
+            lambda: a.PutGroup(
+                admin_pb2.PutGroupRequest(
+                    group=admin_pb2.Group(
+                        shop_id="s", group_id="g", members=["s:a"], robot_enabled=True, robot_agent_id="nobot"
+                    )
+                )
+            ),
+            NF,
+            "nobot",
+        ),
         ("unknown shop", lambda: d.Dispatch(_dreq(shop_id="nope")), NF, "nope"),
-        ("unknown transfer target", lambda: d.ReportConversation(dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id="live", event=4, to_agent_id="ghost")), NF, "ghost"),
-        ("main account change", lambda: a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="other"))), FP, "main account"),
-        ("delete a serving agent", lambda: a.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id="s", agent_id="s:a")), FP, "s:a"),
-        ("claim from an empty pool", lambda: d.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest(shop_id="s", agent_id="s:a")), FP, "pool"),
+        (
+            "unknown transfer target",
+            lambda: d.ReportConversation(
+                dispatch_pb2.ReportConversationRequest(
+                    shop_id="s", conversation_id="live", event=4, to_agent_id="ghost"
+                )
+            ),
+            NF,
+            "ghost",
+        ),
+        (
+            "main account change",
+            lambda: a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="s", main_account="other"))),
+            FP,
+            "main account",
+        ),
+        (
+            "delete a serving agent",
+            lambda: a.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id="s", agent_id="s:a")),
+            FP,
+            "s:a",
+        ),
+        (
+            "claim from an empty pool",
+            lambda: d.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest(shop_id="s", agent_id="s:a")),
+            FP,
+            "pool",
+        ),
     ]
     for name, call, code, words in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -411,8 +634,11 @@ def test_the_last_day_of_9999_is_served_and_the_shop_keeps_working(hostile: Any)
     daily reset and make every later call on the shop INTERNAL. The engine now handles it,
     east of UTC too (Kiritimati's last local day is past year 9999)."""
     running, ch, d, a = hostile
-    a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id="edge", main_account="edge",
-                                                                  timezone="Pacific/Kiritimati")))
+    a.PutShop(
+        admin_pb2.PutShopRequest(
+            shop=admin_pb2.ShopConfig(shop_id="edge", main_account="edge", timezone="Pacific/Kiritimati")
+        )
+    )
     a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id="edge", agent_id="edge:a", max_capacity=5)))
     presence = dispatch_pb2.SetPresenceRequest(shop_id="edge", agent_id="edge:a", presence=1)
     presence.at.seconds = 253402300799 - 3600
@@ -428,12 +654,21 @@ def test_the_last_day_of_9999_is_served_and_the_shop_keeps_working(hostile: Any)
 
 def test_hostile_items_in_a_batch_fail_alone(hostile: Any) -> None:
     running, ch, d, a = hostile
-    items = [_dreq(conversation_id="ok1"), _dreq(conversation_id="bad\x01"), _with_at(2**62), _dreq(conversation_id="live"), _dreq(type=77), _dreq(conversation_id="ok2")]
+    items = [
+        _dreq(conversation_id="ok1"),
+        _dreq(conversation_id="bad\x01"),
+        _with_at(2**62),
+        _dreq(conversation_id="live"),
+        _dreq(type=77),
+        _dreq(conversation_id="ok2"),
+    ]
     codes = [r.error.code for r in d.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=items)).responses]
     assert codes == [0, IA.value[0], IA.value[0], AE.value[0], IA.value[0], 0]
     assert a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s")).live_conversations == 3
     # A DispatchStream message that does not decode ends that stream with INVALID_ARGUMENT.
-    stream = ch.stream_stream("/dispatch.v1.Dispatch/DispatchStream", request_serializer=None, response_deserializer=None)
+    stream = ch.stream_stream(
+        "/dispatch.v1.Dispatch/DispatchStream", request_serializer=None, response_deserializer=None
+    )
     good = dispatch_pb2.DispatchBatchRequest(requests=[_dreq(conversation_id="ok3")]).SerializeToString()
     with pytest.raises(grpc.RpcError) as info:
         list(stream(iter([good, b"\x0a\x03\x0a\x01\xff"]), timeout=10))
@@ -520,8 +755,16 @@ def test_undecodable_bytes_are_invalid_argument_on_every_rpc(hostile: Any) -> No
     running, ch, d, a = hostile
     before = a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s"))
     methods = [
-        (f"/dispatch.v1.{svc.name}/{m.name}", m.client_streaming, m.server_streaming, m.input_type.fields_by_number.get(1))
-        for svc in (dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"], admin_pb2.DESCRIPTOR.services_by_name["Admin"])
+        (
+            f"/dispatch.v1.{svc.name}/{m.name}",
+            m.client_streaming,
+            m.server_streaming,
+            m.input_type.fields_by_number.get(1),
+        )
+        for svc in (
+            dispatch_pb2.DESCRIPTOR.services_by_name["Dispatch"],
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"],
+        )
         for m in svc.methods
     ]
     assert len(methods) == 21

@@ -43,7 +43,9 @@ async def make_shop(
 async def load(c: AsyncDispatchClient, shop: str, agent: str, n: int) -> None:
     """Give ``agent`` n live conversations assigned outside the dispatcher."""
     for i in range(n):
-        await c.report_conversation(shop, f"load-{agent}-{i}", EV.CONVERSATION_EVENT_ASSIGNED, buyer_id=f"lb-{agent}-{i}", agent_id=agent, at=T0)
+        await c.report_conversation(
+            shop, f"load-{agent}-{i}", EV.CONVERSATION_EVENT_ASSIGNED, buyer_id=f"lb-{agent}-{i}", agent_id=agent, at=T0
+        )
 
 
 async def next_assignment(watch: AsyncWatch) -> dispatch_pb2.Assignment:
@@ -87,8 +89,12 @@ async def test_capacity_round_robin_30_20_10(client: AsyncDispatchClient) -> Non
 
 async def test_fewest_unread_tie_goes_to_the_earliest_created(client: AsyncDispatchClient) -> None:
     await client.put_shop(shop_id="s", main_account="s", strategy=pb.Strategy.STRATEGY_FEWEST_UNREAD)
-    await client.put_agent(shop_id="s", agent_id="s:new", max_capacity=5, created_at=dt.datetime(2024, 5, 1, tzinfo=dt.UTC))
-    await client.put_agent(shop_id="s", agent_id="s:old", max_capacity=5, created_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    await client.put_agent(
+        shop_id="s", agent_id="s:new", max_capacity=5, created_at=dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    )
+    await client.put_agent(
+        shop_id="s", agent_id="s:old", max_capacity=5, created_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    )
     for agent in ("s:new", "s:old"):
         await client.set_presence("s", agent, ONLINE, at=T0)
     assert (await client.dispatch("s", "b1", "c1", at=T0)).agent_id == "s:old"
@@ -115,9 +121,7 @@ async def test_suspended_agent_gets_its_recent_contact_but_no_new_buyer(client: 
 
 
 async def test_offline_grace_held_then_expired(client: AsyncDispatchClient) -> None:
-    await make_shop(
-        client, agents=(("s:x", 10), ("s:y", 10)), online=("s:x",), offline_grace=dt.timedelta(minutes=10)
-    )
+    await make_shop(client, agents=(("s:x", 10), ("s:y", 10)), online=("s:x",), offline_grace=dt.timedelta(minutes=10))
     assert (await client.dispatch("s", "b1", "c1", at=T0)).agent_id == "s:x"
     await client.report_conversation("s", "c1", EV.CONVERSATION_EVENT_AGENT_REPLY, at=T0 + 1)
     await client.set_presence("s", "s:y", ONLINE, at=T0 + 2)
@@ -131,7 +135,9 @@ async def test_offline_grace_held_then_expired(client: AsyncDispatchClient) -> N
 async def test_exclusive_agent_and_robot_first(client: AsyncDispatchClient) -> None:
     await make_shop(client, agents=(("s:x", 10), ("s:y", 10)), online=("s:x", "s:y"))
     await client.put_agent(shop_id="s", agent_id="s:bot", role=pb.Role.ROLE_ROBOT)
-    await client.put_shop(shop_id="s", main_account="s", exclusive_direct=True, robot_first=True, robot_agent_id="s:bot")
+    await client.put_shop(
+        shop_id="s", main_account="s", exclusive_direct=True, robot_first=True, robot_agent_id="s:bot"
+    )
     await client.set_exclusive_agent("s", "vip", "s:y")
     vip = await client.dispatch("s", "vip", "c1", at=T0)
     assert (vip.agent_id, vip.reason) == ("s:y", R.REASON_EXCLUSIVE)
@@ -175,7 +181,10 @@ async def test_offline_main_account_and_proxy(client: AsyncDispatchClient) -> No
     assert (answer.agent_id, answer.reason) == ("s", R.REASON_OFFLINE_MAIN_ACCOUNT)
     await client.put_agent(shop_id="s", agent_id="outsourced", role=pb.Role.ROLE_PROXY, max_capacity=50)
     await client.put_shop(
-        shop_id="s", main_account="s", offline_rule=pb.OfflineRule.OFFLINE_RULE_PROXY_ACCOUNT, proxy_account="outsourced"
+        shop_id="s",
+        main_account="s",
+        offline_rule=pb.OfflineRule.OFFLINE_RULE_PROXY_ACCOUNT,
+        proxy_account="outsourced",
     )
     answer = await client.dispatch("s", "b2", "c2", at=T0)
     assert (answer.agent_id, answer.reason) == ("outsourced", R.REASON_OFFLINE_PROXY_ACCOUNT)
@@ -224,7 +233,9 @@ async def test_main_account_case_b_excluded(client: AsyncDispatchClient) -> None
     await load(client, "b", "b:sub", 10)  # the only sub-account is full
     answer = await client.dispatch("b", "buyer", "c", at=T0)
     assert (answer.agent_id, answer.reason) == ("", R.REASON_QUEUED)
-    forwarded = await client.report_conversation("b", "load-b:sub-0", EV.CONVERSATION_EVENT_TRANSFERRED, to_agent_id="b", at=T0)
+    forwarded = await client.report_conversation(
+        "b", "load-b:sub-0", EV.CONVERSATION_EVENT_TRANSFERRED, to_agent_id="b", at=T0
+    )
     assert forwarded.agent_id == "b"
     # The transfer freed a seat on b:sub: the queued conversation goes there, not to the main account.
     assert [(a.conversation_id, a.agent_id) for a in forwarded.assignments] == [("c", "b:sub")]
@@ -250,13 +261,27 @@ async def test_main_account_case_d_member(client: AsyncDispatchClient) -> None:
 
 async def test_unbound_order_state_spreads_over_groups(client: AsyncDispatchClient) -> None:
     await make_shop(client, agents=(("s:pre", 1000), ("s:post", 1000)), online=("s:pre", "s:post"), tie_seed=7)
-    await client.put_group(shop_id="s", group_id="presale", members=["s:pre"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER])
-    await client.put_group(shop_id="s", group_id="aftersale", members=["s:post"], order_states=[pb.OrderState.ORDER_STATE_SHIPPED], sources=["ORDER_PAGE"])
-    bound = [await client.dispatch("s", f"x{i}", f"x{i}", order_state=pb.OrderState.ORDER_STATE_SHIPPED, at=T0) for i in range(5)]
+    await client.put_group(
+        shop_id="s", group_id="presale", members=["s:pre"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER]
+    )
+    await client.put_group(
+        shop_id="s",
+        group_id="aftersale",
+        members=["s:post"],
+        order_states=[pb.OrderState.ORDER_STATE_SHIPPED],
+        sources=["ORDER_PAGE"],
+    )
+    bound = [
+        await client.dispatch("s", f"x{i}", f"x{i}", order_state=pb.OrderState.ORDER_STATE_SHIPPED, at=T0)
+        for i in range(5)
+    ]
     assert {(a.group_id, a.agent_id) for a in bound} == {("aftersale", "s:post")}
     by_source = await client.dispatch("s", "y", "y", source="ORDER_PAGE", at=T0)
     assert by_source.group_id == "aftersale"
-    unbound = [await client.dispatch("s", f"u{i}", f"u{i}", order_state=pb.OrderState.ORDER_STATE_UNPAID, at=T0) for i in range(30)]
+    unbound = [
+        await client.dispatch("s", f"u{i}", f"u{i}", order_state=pb.OrderState.ORDER_STATE_UNPAID, at=T0)
+        for i in range(30)
+    ]
     counts = Counter(a.group_id for a in unbound)
     assert set(counts) == {"presale", "aftersale"}
     assert all(a.reason == R.REASON_GROUP for a in unbound)
@@ -264,7 +289,9 @@ async def test_unbound_order_state_spreads_over_groups(client: AsyncDispatchClie
 
 async def test_fallback_when_the_bound_group_is_full(client: AsyncDispatchClient) -> None:
     await make_shop(client, agents=(("s:pre", 1), ("s:other", 5)), online=("s:pre", "s:other"))
-    await client.put_group(shop_id="s", group_id="presale", members=["s:pre"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER])
+    await client.put_group(
+        shop_id="s", group_id="presale", members=["s:pre"], order_states=[pb.OrderState.ORDER_STATE_NO_ORDER]
+    )
     await load(client, "s", "s:pre", 1)
     answer = await client.dispatch("s", "b", "c", order_state=pb.OrderState.ORDER_STATE_NO_ORDER, at=T0)
     assert (answer.agent_id, answer.reason, answer.group_id) == ("s:other", R.REASON_FALLBACK, "")
@@ -417,7 +444,9 @@ async def test_batches_the_engine_reader_declines_take_the_protobuf_path(
         stream = channel.stream_stream("/dispatch.v1.Dispatch/DispatchStream")
 
         async def one_good_then_garbage():  # type: ignore[no-untyped-def]
-            yield dispatch_pb2.DispatchBatchRequest(requests=[dispatch_request("s", "b", "u2", at=T0)]).SerializeToString()
+            yield dispatch_pb2.DispatchBatchRequest(
+                requests=[dispatch_request("s", "b", "u2", at=T0)]
+            ).SerializeToString()
             yield b"\x0a\x09\x0a\x01s"  # truncated
 
         answers = []
@@ -481,10 +510,20 @@ async def test_bad_input_gets_precise_statuses_and_the_server_keeps_serving(clie
         (client.set_presence("s", "s:a", ONLINE, client=7), IA, ("client",)),
         (client.report_conversation("s", "missing", EV.CONVERSATION_EVENT_CLOSED), NF, ("missing",)),
         (client.report_conversation("s", "live", EV.CONVERSATION_EVENT_UNSPECIFIED), IA, ("event",)),
-        (client.report_conversation("s", "live", EV.CONVERSATION_EVENT_TRANSFERRED, to_agent_id="s:a", to_group_id="g"), IA, ("to_agent_id", "to_group_id")),
+        (
+            client.report_conversation(
+                "s", "live", EV.CONVERSATION_EVENT_TRANSFERRED, to_agent_id="s:a", to_group_id="g"
+            ),
+            IA,
+            ("to_agent_id", "to_group_id"),
+        ),
         (client.report_conversation("s", "live", EV.CONVERSATION_EVENT_TRANSFERRED, to_group_id="nog"), NF, ("nog",)),
         (client.report_conversation("s", "live", EV.CONVERSATION_EVENT_BUYER_MESSAGE, buyer_id="else"), FP, ("buyer",)),
-        (client.report_conversation("s", "live", EV.CONVERSATION_EVENT_ASSIGNED, buyer_id="b", agent_id="s:a"), AE, ("live",)),
+        (
+            client.report_conversation("s", "live", EV.CONVERSATION_EVENT_ASSIGNED, buyer_id="b", agent_id="s:a"),
+            AE,
+            ("live",),
+        ),
         (client.claim_from_pool("s", "s:a"), FP, ("pool",)),
         (client.put_shop(shop_id="s", main_account="other"), FP, ("main account",)),
         (client.put_shop(shop_id="s2", main_account=""), IA, ("main_account",)),
@@ -492,7 +531,11 @@ async def test_bad_input_gets_precise_statuses_and_the_server_keeps_serving(clie
         (client.put_shop(shop_id="s2", main_account="s2", timezone="Mars/Olympus"), IA, ("timezone",)),
         (client.put_shop(shop_id="s2", main_account="s2", staging_first_cap=0), IA, ("staging_first_cap",)),
         (client.put_shop(shop_id="s2", main_account="s2", affinity_window=dt.timedelta(0)), IA, ("affinity_window",)),
-        (client.put_shop(shop_id="s2", main_account="s2", offline_grace=duration_pb2.Duration(seconds=-1)), IA, ("offline_grace",)),
+        (
+            client.put_shop(shop_id="s2", main_account="s2", offline_grace=duration_pb2.Duration(seconds=-1)),
+            IA,
+            ("offline_grace",),
+        ),
         (client.put_shop(shop_id="s2", main_account="s2", strategy=77), IA, ("strategy",)),
         (client.put_shop(shop_id="s2", main_account="s2", robot_agent_id="s2:bot"), NF, ("robot_agent_id",)),
         (client.put_agent(shop_id="s", agent_id="s:z"), IA, ("max_capacity",)),
@@ -504,7 +547,11 @@ async def test_bad_input_gets_precise_statuses_and_the_server_keeps_serving(clie
         (client.delete_shop("s"), FP, ("live",)),
         (client.delete_shop("nope"), NF, ("nope",)),
         (client.put_group(shop_id="s", group_id="g", members=["ghost"]), NF, ("ghost",)),
-        (client.put_group(shop_id="s", group_id="g", order_states=[pb.OrderState.ORDER_STATE_UNSPECIFIED]), IA, ("order_states",)),
+        (
+            client.put_group(shop_id="s", group_id="g", order_states=[pb.OrderState.ORDER_STATE_UNSPECIFIED]),
+            IA,
+            ("order_states",),
+        ),
         (client.put_group(shop_id="s", group_id="g", robot_enabled=True), FP, ("robot_enabled",)),
         (client.delete_group("s", "nog"), NF, ("nog",)),
         (client.set_exclusive_agent("s", "b", "ghost"), NF, ("ghost",)),
@@ -542,7 +589,9 @@ async def test_get_shop_state_contents_and_defaults(client: AsyncDispatchClient)
     assert stored.strategy == pb.Strategy.STRATEGY_LEAST_SATURATION
     assert stored.offline_rule == pb.OfflineRule.OFFLINE_RULE_MAIN_ACCOUNT
     assert stored.main_account_mode == pb.MainAccountMode.MAIN_ACCOUNT_MODE_MEMBER
-    explicit = await client.put_shop(shop_id="s", main_account="s", busy_threshold=0, affinity_may_exceed_capacity=False)
+    explicit = await client.put_shop(
+        shop_id="s", main_account="s", busy_threshold=0, affinity_may_exceed_capacity=False
+    )
     assert (explicit.busy_threshold, explicit.affinity_may_exceed_capacity, explicit.timezone) == (0, False, "UTC")
 
     await client.put_agent(shop_id="s", agent_id="s:a", max_capacity=3)
@@ -560,7 +609,12 @@ async def test_get_shop_state_contents_and_defaults(client: AsyncDispatchClient)
     assert list(agents) == ["s", "s:a", "s:m"]
     a, m = agents["s:a"], agents["s:m"]
     assert (a.role, a.presence, a.client, a.weight, a.max_capacity, a.chat_permission) == (
-        pb.Role.ROLE_SUB, ONLINE, pb.Client.CLIENT_DESKTOP, 1, 3, True,
+        pb.Role.ROLE_SUB,
+        ONLINE,
+        pb.Client.CLIENT_DESKTOP,
+        1,
+        3,
+        True,
     )
     assert (a.active, a.unread, a.today, list(a.groups)) == (2, 1, 2, ["g"])
     assert not a.HasField("offline_at")
@@ -570,7 +624,12 @@ async def test_get_shop_state_contents_and_defaults(client: AsyncDispatchClient)
     assert state.live_conversations == 2 and not state.queue and not state.pool and not state.staging
     assert state.config.busy_threshold == 0 and state.config.shop_id == "s"
     conv = await client.get_conversation("s", "c2")
-    assert (conv.agent_id, conv.wait, conv.unread, conv.forwarded) == ("s:a", pb.WaitKind.WAIT_KIND_UNSPECIFIED, True, False)
+    assert (conv.agent_id, conv.wait, conv.unread, conv.forwarded) == (
+        "s:a",
+        pb.WaitKind.WAIT_KIND_UNSPECIFIED,
+        True,
+        False,
+    )
 
 
 async def test_shop_lifecycle(client: AsyncDispatchClient) -> None:

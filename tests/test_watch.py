@@ -45,9 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def _setup_shop(a: admin_pb2_grpc.AdminStub, d: dispatch_pb2_grpc.DispatchStub, shop: str, queued: int) -> None:
     """A shop whose one agent (capacity 1) is busy, with ``queued`` conversations waiting (c000000 first)."""
     a.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), timeout=30)
-    a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:a", max_capacity=1)), timeout=30)
+    a.PutAgent(
+        admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:a", max_capacity=1)), timeout=30
+    )
     d.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=f"{shop}:a", presence=ONLINE), timeout=30)
-    first = d.Dispatch(dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b-first", conversation_id="first"), timeout=30)
+    first = d.Dispatch(
+        dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id="b-first", conversation_id="first"), timeout=30
+    )
     assert first.agent_id == f"{shop}:a"
     for start in range(0, queued, 4096):
         items = [
@@ -60,7 +64,10 @@ def _setup_shop(a: admin_pb2_grpc.AdminStub, d: dispatch_pb2_grpc.DispatchStub, 
 
 def _drain(a: admin_pb2_grpc.AdminStub, shop: str, n: int) -> None:
     """Raise the agent's capacity: the engine hands out the ``n`` queued conversations in this call."""
-    a.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:a", max_capacity=1 + n)), timeout=60)
+    a.PutAgent(
+        admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=f"{shop}:a", max_capacity=1 + n)),
+        timeout=60,
+    )
 
 
 # ------------------------------------------------------------------ the hub
@@ -105,7 +112,12 @@ def test_each_hand_out_is_serialized_once_and_its_bytes_are_shared() -> None:
         assert [dispatch_pb2.Assignment.FromString(f).conversation_id for f in _frames(both)] == [x[1] for x in items]
         # The bytes are a dispatch.v1.Assignment, as clients always got.
         first = dispatch_pb2.Assignment.FromString(_frames(everyone)[0])
-        assert (first.shop_id, first.conversation_id, first.agent_id, first.at.ToMilliseconds()) == ("t", "c000000", "t:a", 1_700_000_000_000)
+        assert (first.shop_id, first.conversation_id, first.agent_id, first.at.ToMilliseconds()) == (
+            "t",
+            "c000000",
+            "t:a",
+            1_700_000_000_000,
+        )
 
     asyncio.run(run())
 
@@ -208,16 +220,23 @@ def test_a_slow_watcher_is_ended_with_resource_exhausted_while_a_fast_one_gets_e
     try:
         # The slow watcher never reads: with BDP probing off its flow-control window stays small.
         slow_options = [("grpc.http2.bdp_probe", 0)]
-        with grpc.insecure_channel(running.target) as ch, grpc.insecure_channel(running.target, options=slow_options) as slow_ch:
+        with (
+            grpc.insecure_channel(running.target) as ch,
+            grpc.insecure_channel(running.target, options=slow_options) as slow_ch,
+        ):
             a, d = admin_pb2_grpc.AdminStub(ch), dispatch_pb2_grpc.DispatchStub(ch)
             _setup_shop(a, d, "s", 6000)
             request = dispatch_pb2.WatchAssignmentsRequest(shop_ids=["s"])
             fast = d.WatchAssignments(request, timeout=60)
-            slow = dispatch_pb2_grpc.DispatchStub(slow_ch).WatchAssignments(request, timeout=60)  # never read until the end
+            slow = dispatch_pb2_grpc.DispatchStub(slow_ch).WatchAssignments(
+                request, timeout=60
+            )  # never read until the end
             for call in (fast, slow):
                 assert ("dispatch-watch", "subscribed") in tuple(call.initial_metadata() or ())
             got: list[str] = []
-            reader = threading.Thread(target=lambda: got.extend(x.conversation_id for _, x in zip(range(6000), fast, strict=False)))
+            reader = threading.Thread(
+                target=lambda: got.extend(x.conversation_id for _, x in zip(range(6000), fast, strict=False))
+            )
             reader.start()
             hub = running.server.hub
             for step in range(1, 13):  # 12 calls of 500 hand-outs, each within the bound of a reader that keeps up
@@ -303,7 +322,9 @@ def test_the_stream_limit_is_a_setting_of_its_own(tmp_path: Path, monkeypatch: p
     config.write_text("max_concurrent_streams = 7\n")
     assert settings(["--config", str(config)], {}) == (1024, 7)
     assert settings(["--config", str(config)], {"DISPATCH_MAX_CONCURRENT_STREAMS": "9"}) == (1024, 9)
-    assert settings(["--max-concurrent-streams", "11", "--max-concurrent-rpcs", "3"], {"DISPATCH_MAX_CONCURRENT_STREAMS": "9"}) == (3, 11)
+    assert settings(
+        ["--max-concurrent-streams", "11", "--max-concurrent-rpcs", "3"], {"DISPATCH_MAX_CONCURRENT_STREAMS": "9"}
+    ) == (3, 11)
     with pytest.raises(SystemExit):
         settings(["--max-concurrent-streams", "0"], {})
 
@@ -532,7 +553,9 @@ def test_health_stays_fast_while_500_watchers_get_50k_hand_outs() -> None:
     assert all(received["ordered"][i] for i in readers)
     assert not run["failures"], run["failures"]
     assert run["checks"] >= 200, run["checks"]  # enough checks for a p99
-    assert run["p99"] <= 0.050, [f"p99 {r['p99'] * 1e3:.1f} ms (p50 {r['p50'] * 1e3:.1f}, max {r['max'] * 1e3:.1f})" for r in runs]
+    assert run["p99"] <= 0.050, [
+        f"p99 {r['p99'] * 1e3:.1f} ms (p50 {r['p50'] * 1e3:.1f}, max {r['max'] * 1e3:.1f})" for r in runs
+    ]
     # A call that hands out 2,500 conversations answers without waiting for any watcher.
     assert run["drain_max"] < 1.0, run["drain_max"]
     stopped = run["stopped"]

@@ -145,7 +145,19 @@ class JournaledEngine:
             shop_id, conversation_id, event, at_ms, buyer_id, agent_id, to_agent_id, to_group_id
         )
         self._append(
-            _dumps(["conversation_event", shop_id, conversation_id, int(event), at_ms, buyer_id, agent_id, to_agent_id, to_group_id]).encode()
+            _dumps(
+                [
+                    "conversation_event",
+                    shop_id,
+                    conversation_id,
+                    int(event),
+                    at_ms,
+                    buyer_id,
+                    agent_id,
+                    to_agent_id,
+                    to_group_id,
+                ]
+            ).encode()
         )
         return result
 
@@ -196,7 +208,6 @@ class JournaledEngine:
             self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), batch_of_one(data))))
         return answer
 
-
     def operate_wire(
         self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
     ) -> tuple[bytes, int, int] | None:
@@ -204,10 +215,10 @@ class JournaledEngine:
         # One record per batch, as for dispatch_batch_wire: failed operations fail again on
         # replay, identically, and change nothing either time; max_at_ms is not recorded (a
         # batch with an operation beyond it is declined, None, and not journaled).
-        answer = self.engine.operate_wire(data, now_ms, max_items, max_at_ms)  # type: ignore[attr-defined]
+        answer = self.engine.operate_wire(data, now_ms, max_items, max_at_ms)
         if answer is not None:
             self._append(b"".join((_OPERATE_BATCH, now_ms.to_bytes(8, "big", signed=True), data)))
-        return answer  # type: ignore[no-any-return]
+        return answer
 
 
 def _writable() -> None:

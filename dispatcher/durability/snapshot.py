@@ -23,7 +23,15 @@ from typing import Any, Final
 
 from .datadir import DataDir
 
-__all__ = ["SnapshotError", "SnapshotFile", "list_snapshots", "read_snapshot", "snapshot_has_manifest", "snapshot_path", "write_snapshot"]
+__all__ = [
+    "SnapshotError",
+    "SnapshotFile",
+    "list_snapshots",
+    "read_snapshot",
+    "snapshot_has_manifest",
+    "snapshot_path",
+    "write_snapshot",
+]
 
 MAGIC: Final = b"DSNAP001"
 _HEAD: Final = struct.Struct("<QQI")

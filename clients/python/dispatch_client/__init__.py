@@ -18,7 +18,16 @@ DispatchRequest for batches and streams.
 """
 
 from ._batching import MAX_BATCH, AutoBatcher, BatchStats, OperationError, OperationFuture
-from ._client import AsyncDispatchClient, AsyncWatch, DispatchClient, Pipeline, Watch, dispatch_request, pb, to_timestamp
+from ._client import (
+    AsyncDispatchClient,
+    AsyncWatch,
+    DispatchClient,
+    Pipeline,
+    Watch,
+    dispatch_request,
+    pb,
+    to_timestamp,
+)
 
 __all__ = [
     "MAX_BATCH",

@@ -82,7 +82,9 @@ class OperationError(grpc.aio.AioRpcError):
         trailing = grpc.aio.Metadata()
         if status is not None and status.details:
             trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
-        super().__init__(code, grpc.aio.Metadata(), trailing, details, "an operation of a batch (Operate/OperateStream)")
+        super().__init__(
+            code, grpc.aio.Metadata(), trailing, details, "an operation of a batch (Operate/OperateStream)"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (OperationError, (self.code(), self.details() or ""))
@@ -266,7 +268,9 @@ class AutoBatcher:
             raise ValueError("max_delay must be >= 0")
         if max_batches_in_flight < 1:
             raise ValueError("max_batches_in_flight must be >= 1")
-        self._method: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(OPERATE_STREAM)  # raw bytes
+        self._method: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+            OPERATE_STREAM
+        )  # raw bytes
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self.max_batches_in_flight = max_batches_in_flight
@@ -360,7 +364,7 @@ class AutoBatcher:
             batch.fail(OperationError(grpc.StatusCode.INTERNAL, details))
             self._break(stream, grpc.StatusCode.INTERNAL, details)
             return
-        for future, kind, result in zip(futures, batch.kinds, results):
+        for future, kind, result in zip(futures, batch.kinds, results, strict=False):
             if future.done():  # the caller gave up (cancelled)
                 continue
             if result.HasField("error"):
@@ -401,7 +405,7 @@ class AutoBatcher:
                 if batch.timer is not None:
                     batch.timer.cancel()
                 request = dispatch_pb2.OperateRequest.FromString(batch.data or b"".join(batch.parts))
-                for future, kind, op in zip(batch.futures, batch.kinds, request.operations):
+                for future, kind, op in zip(batch.futures, batch.kinds, request.operations, strict=False):
                     if not future.done():
                         _chain(self._unimplemented(kind, getattr(op, kind).SerializeToString()), future)
             return

@@ -112,12 +112,18 @@ def dispatch_request(
 
 
 def _claim(shop_id: str, agent_id: str, conversation_id: str, at: Time) -> dispatch_pb2.ClaimFromPoolRequest:
-    return dispatch_pb2.ClaimFromPoolRequest(shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at))
+    return dispatch_pb2.ClaimFromPoolRequest(
+        shop_id=shop_id, agent_id=agent_id, conversation_id=conversation_id, at=to_timestamp(at)
+    )
 
 
 def _presence(shop_id: str, agent_id: str, presence: int, client: int, at: Time) -> dispatch_pb2.SetPresenceRequest:
     return dispatch_pb2.SetPresenceRequest(
-        shop_id=shop_id, agent_id=agent_id, presence=presence, client=client, at=to_timestamp(at)  # type: ignore[arg-type]
+        shop_id=shop_id,
+        agent_id=agent_id,
+        presence=presence,  # type: ignore[arg-type]  # an int; mypy-protobuf wants the enum's NewType
+        client=client,  # type: ignore[arg-type]
+        at=to_timestamp(at),
     )
 
 
@@ -285,7 +291,9 @@ class AsyncDispatchClient:
         elif kind == "set_presence":
             call = stub.SetPresence(dispatch_pb2.SetPresenceRequest.FromString(payload), timeout=self.timeout)
         elif kind == "report_conversation":
-            call = stub.ReportConversation(dispatch_pb2.ReportConversationRequest.FromString(payload), timeout=self.timeout)
+            call = stub.ReportConversation(
+                dispatch_pb2.ReportConversationRequest.FromString(payload), timeout=self.timeout
+            )
         else:
             call = stub.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest.FromString(payload), timeout=self.timeout)
         future: asyncio.Future[Any] = asyncio.ensure_future(call)
@@ -294,7 +302,9 @@ class AsyncDispatchClient:
     async def __aenter__(self) -> AsyncDispatchClient:
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -311,19 +321,27 @@ class AsyncDispatchClient:
 
     # -------------------------------------------------------------- Dispatch
 
-    async def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
+    async def dispatch(
+        self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any
+    ) -> dispatch_pb2.DispatchResponse:
         """Route one conversation; ``fields`` are dispatch_request's keywords."""
         request = dispatch_request(shop_id, buyer_id, conversation_id, **fields)
         if self._batcher is not None:
             return cast(dispatch_pb2.DispatchResponse, await self._batcher.submit("dispatch", request))
         return await self.dispatch_stub.Dispatch(request, timeout=self.timeout)
 
-    async def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
-        reply = await self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
+    async def dispatch_batch(
+        self, requests: Iterable[dispatch_pb2.DispatchRequest]
+    ) -> list[dispatch_pb2.DispatchResponse]:
+        reply = await self.dispatch_stub.DispatchBatch(
+            dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout
+        )
         return list(reply.responses)
 
     async def dispatch_stream(
-        self, batches: AsyncIterable[Sequence[dispatch_pb2.DispatchRequest]] | Iterable[Sequence[dispatch_pb2.DispatchRequest]]
+        self,
+        batches: AsyncIterable[Sequence[dispatch_pb2.DispatchRequest]]
+        | Iterable[Sequence[dispatch_pb2.DispatchRequest]],
     ) -> AsyncIterator[list[dispatch_pb2.DispatchResponse]]:
         """Send batches on one DispatchStream; yield each answer batch in order."""
 
@@ -338,7 +356,9 @@ class AsyncDispatchClient:
         async for reply in self.dispatch_stub.DispatchStream(requests()):
             yield list(reply.responses)
 
-    async def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
+    async def set_presence(
+        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+    ) -> dispatch_pb2.SetPresenceResponse:
         request = _presence(shop_id, agent_id, presence, client, at)
         if self._batcher is not None:
             return cast(dispatch_pb2.SetPresenceResponse, await self._batcher.submit("set_presence", request))
@@ -358,10 +378,14 @@ class AsyncDispatchClient:
     ) -> dispatch_pb2.ReportConversationResponse:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
         if self._batcher is not None:
-            return cast(dispatch_pb2.ReportConversationResponse, await self._batcher.submit("report_conversation", request))
+            return cast(
+                dispatch_pb2.ReportConversationResponse, await self._batcher.submit("report_conversation", request)
+            )
         return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
-    async def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
+    async def claim_from_pool(
+        self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
+    ) -> dispatch_pb2.ClaimFromPoolResponse:
         request = _claim(shop_id, agent_id, conversation_id, at)
         if self._batcher is not None:
             return cast(dispatch_pb2.ClaimFromPoolResponse, await self._batcher.submit("claim_from_pool", request))
@@ -370,7 +394,9 @@ class AsyncDispatchClient:
     async def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
         """One unary ``Operate`` call: the operations (at most 4096) applied in order, one
         ``OperationResult`` each. Not ordered with automatic batches still in flight."""
-        return await self.dispatch_stub.Operate(dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout)
+        return await self.dispatch_stub.Operate(
+            dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout
+        )
 
     async def operate_stream(
         self, batches: AsyncIterable[Sequence[dispatch_pb2.Operation]] | Iterable[Sequence[dispatch_pb2.Operation]]
@@ -397,23 +423,33 @@ class AsyncDispatchClient:
 
     async def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         """Create or replace a shop (a ShopConfig or its fields; timedelta for durations). Returns the stored config."""
-        reply = await self.admin_stub.PutShop(admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout)
+        reply = await self.admin_stub.PutShop(
+            admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout
+        )
         return reply.shop
 
     async def delete_shop(self, shop_id: str) -> None:
         await self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
 
     async def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
-        await self.admin_stub.PutAgent(admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout)
+        await self.admin_stub.PutAgent(
+            admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout
+        )
 
     async def delete_agent(self, shop_id: str, agent_id: str) -> None:
-        await self.admin_stub.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout)
+        await self.admin_stub.DeleteAgent(
+            admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout
+        )
 
     async def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
-        await self.admin_stub.PutGroup(admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout)
+        await self.admin_stub.PutGroup(
+            admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout
+        )
 
     async def delete_group(self, shop_id: str, group_id: str) -> None:
-        await self.admin_stub.DeleteGroup(admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout)
+        await self.admin_stub.DeleteGroup(
+            admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout
+        )
 
     async def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
         request = admin_pb2.SetExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id, agent_id=agent_id)
@@ -449,7 +485,9 @@ class AsyncDispatchClient:
         return await self.admin_stub.GetConversation(request, timeout=self.timeout)
 
     async def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
-        return await self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)
+        return await self.admin_stub.GetBuyer(
+            admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout
+        )
 
 
 class DispatchClient:
@@ -475,19 +513,29 @@ class DispatchClient:
 
     # -------------------------------------------------------------- Dispatch
 
-    def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> dispatch_pb2.DispatchResponse:
-        return self.dispatch_stub.Dispatch(dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout)
+    def dispatch(
+        self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any
+    ) -> dispatch_pb2.DispatchResponse:
+        return self.dispatch_stub.Dispatch(
+            dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout
+        )
 
     def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
-        reply = self.dispatch_stub.DispatchBatch(dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout)
+        reply = self.dispatch_stub.DispatchBatch(
+            dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout
+        )
         return list(reply.responses)
 
-    def dispatch_stream(self, batches: Iterable[Sequence[dispatch_pb2.DispatchRequest]]) -> Iterator[list[dispatch_pb2.DispatchResponse]]:
+    def dispatch_stream(
+        self, batches: Iterable[Sequence[dispatch_pb2.DispatchRequest]]
+    ) -> Iterator[list[dispatch_pb2.DispatchResponse]]:
         requests = (dispatch_pb2.DispatchBatchRequest(requests=batch) for batch in batches)
         for reply in self.dispatch_stub.DispatchStream(requests):
             yield list(reply.responses)
 
-    def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None) -> dispatch_pb2.SetPresenceResponse:
+    def set_presence(
+        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+    ) -> dispatch_pb2.SetPresenceResponse:
         return self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)
 
     def report_conversation(
@@ -505,7 +553,9 @@ class DispatchClient:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
         return self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
-    def claim_from_pool(self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None) -> dispatch_pb2.ClaimFromPoolResponse:
+    def claim_from_pool(
+        self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
+    ) -> dispatch_pb2.ClaimFromPoolResponse:
         return self.dispatch_stub.ClaimFromPool(_claim(shop_id, agent_id, conversation_id, at), timeout=self.timeout)
 
     def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
@@ -513,7 +563,9 @@ class DispatchClient:
         ``OperationResult`` each (its result, or its own ``error``)."""
         return self.dispatch_stub.Operate(dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout)
 
-    def operate_stream(self, batches: Iterable[Sequence[dispatch_pb2.Operation]]) -> Iterator[dispatch_pb2.OperateResponse]:
+    def operate_stream(
+        self, batches: Iterable[Sequence[dispatch_pb2.Operation]]
+    ) -> Iterator[dispatch_pb2.OperateResponse]:
         """Send batches of operations on one OperateStream; yield each answer in order."""
         yield from self.dispatch_stub.OperateStream(dispatch_pb2.OperateRequest(operations=batch) for batch in batches)
 
@@ -531,23 +583,33 @@ class DispatchClient:
     # -------------------------------------------------------------- Admin
 
     def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
-        reply = self.admin_stub.PutShop(admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout)
+        reply = self.admin_stub.PutShop(
+            admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout
+        )
         return reply.shop
 
     def delete_shop(self, shop_id: str) -> None:
         self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
 
     def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
-        self.admin_stub.PutAgent(admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout)
+        self.admin_stub.PutAgent(
+            admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout
+        )
 
     def delete_agent(self, shop_id: str, agent_id: str) -> None:
-        self.admin_stub.DeleteAgent(admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout)
+        self.admin_stub.DeleteAgent(
+            admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout
+        )
 
     def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
-        self.admin_stub.PutGroup(admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout)
+        self.admin_stub.PutGroup(
+            admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout
+        )
 
     def delete_group(self, shop_id: str, group_id: str) -> None:
-        self.admin_stub.DeleteGroup(admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout)
+        self.admin_stub.DeleteGroup(
+            admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout
+        )
 
     def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
         request = admin_pb2.SetExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id, agent_id=agent_id)
@@ -581,7 +643,9 @@ class DispatchClient:
         return self.admin_stub.GetConversation(request, timeout=self.timeout)
 
     def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
-        return self.admin_stub.GetBuyer(admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout)
+        return self.admin_stub.GetBuyer(
+            admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout
+        )
 
 
 class Pipeline:
@@ -611,9 +675,13 @@ class Pipeline:
         self._futures.append(future)
         return future
 
-    def dispatch(self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any) -> OperationFuture[dispatch_pb2.DispatchResponse]:
+    def dispatch(
+        self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any
+    ) -> OperationFuture[dispatch_pb2.DispatchResponse]:
         future: OperationFuture[dispatch_pb2.DispatchResponse] = OperationFuture()
-        self._operations.append(dispatch_pb2.Operation(dispatch=dispatch_request(shop_id, buyer_id, conversation_id, **fields)))
+        self._operations.append(
+            dispatch_pb2.Operation(dispatch=dispatch_request(shop_id, buyer_id, conversation_id, **fields))
+        )
         self._futures.append(future)
         return future
 
@@ -670,7 +738,7 @@ class Pipeline:
                 for future in futures[start:]:
                     future._set(None, exc)
                 raise
-            for future, operation, result in zip(futures[start:], chunk, response.results):
+            for future, operation, result in zip(futures[start:], chunk, response.results, strict=False):
                 if result.HasField("error"):
                     error = error_of(result.error)
                     future._set(None, error)
