@@ -272,7 +272,8 @@ def bench_single_shop(
 
 
 def build_many(
-    engine: Any, n_shops: int, agents_per_shop: int, affinity: int, *, seed: int = 7, progress: bool = False
+    engine: Any, n_shops: int, agents_per_shop: int, affinity: int, *, seed: int = 7, progress: bool = False,
+    start_ms: int = T0 + 1, capacity: int = 50,
 ) -> dict[str, Any]:
     """(b) ``n_shops`` shops of ``agents_per_shop`` agents (strategies round the five), then
     ``affinity`` live recent-contact entries made the way production makes them:
@@ -280,12 +281,12 @@ def build_many(
     shops = [f"s{i}" for i in range(n_shops)]
     t = time.perf_counter()
     for i, s in enumerate(shops):
-        build_shop(engine, s, agents_per_shop, STRATEGIES[i % 5], capacity=50, seed=seed + i)
+        build_shop(engine, s, agents_per_shop, STRATEGIES[i % 5], capacity=capacity, seed=seed + i)
     t_shops = time.perf_counter() - t
     t = time.perf_counter()
     dispatch = engine.dispatch
     event = engine.conversation_event
-    at = T0 + 1
+    at = start_ms
     per_shop = max(1, affinity // n_shops)
     made = 0
     gc_was = gc.isenabled()

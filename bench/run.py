@@ -1,6 +1,8 @@
 """Run every benchmark and write bench/RESULTS.md (``make bench``; ``make bench-quick`` = ``--quick``).
 
     .venv/bin/python -m bench.run [--quick] [--affinity N] [--out bench/RESULTS.md]
+    .venv/bin/python -m bench.run --lifecycle-only [--quick]   # only the lifecycle section (issue 13),
+                                                                # merged into the existing RESULTS(.json)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from bench import engine_bench as eb
 from bench import grpc_bench as gb
+from bench import lifecycle_bench as lcb
 from bench.memlat import SIZES_MIB, memory_latency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +60,10 @@ def machine() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        h2 = "not installed"
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
             "python": platform.python_version(), "grpcio": grpc.__version__, "protobuf": google.protobuf.__version__,
             "cython": cython_version(), "h2load": h2, "engine": eb.compiled_engine_cls().__module__,
@@ -171,6 +177,11 @@ def main() -> None:
     p.add_argument("--churn", type=float, default=0.5, help="churn events per decision")
     p.add_argument("--skip-grpc", action="store_true")
     p.add_argument("--skip-durability", action="store_true")
+    p.add_argument("--skip-lifecycle", action="store_true")
+    p.add_argument("--lifecycle-only", action="store_true",
+                   help="run only the lifecycle section; the other sections are kept from the existing .json")
+    p.add_argument("--lifecycle-contacts", type=int, default=None,
+                   help="recent contacts at 100,000 shops in the lifecycle section (10 M; --quick: 1 M)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     quick = a.quick
@@ -196,6 +207,24 @@ def main() -> None:
         many["shops"] = a.shops
     out_path = Path(a.out) if a.out else ROOT / "bench" / ("RESULTS-quick.md" if quick else "RESULTS.md")
 
+    workdir = Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench"))
+    if a.lifecycle_only:
+        raw_path = out_path.with_suffix(".json")
+        raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+        info = machine()
+        log("lifecycle only")
+        raw["lifecycle"] = lcb.run_lifecycle(workdir / "lifecycle", quick=quick, contacts=a.lifecycle_contacts)
+        info["loadavg_end"] = loadavg()
+        raw["lifecycle_run"] = {"machine": info, "argv": sys.argv, "elapsed_s": time.time() - t_start}
+        raw_path.write_text(json.dumps(raw, indent=1, default=str))
+        if out_path.exists() and "machine" in raw:
+            out_path.write_text(splice_lifecycle(out_path.read_text(), raw))  # keeps hand-written sections
+        else:
+            out_path.write_text(render(raw, quick, single, many, mem, grpc_cfg) if "machine" in raw
+                                else render_lifecycle_only(raw))
+        log(f"wrote {out_path} in {time.time() - t_start:.0f}s")
+        return
+
     info = machine()
     log(f"machine {info}")
     overhead = eb.timer_overhead_ns()
@@ -220,11 +249,15 @@ def main() -> None:
     if not a.skip_durability:
         log("durability")
         durability = run_durability(quick)
+    lifecycle = None
+    if not a.skip_lifecycle:
+        log("lifecycle")
+        lifecycle = lcb.run_lifecycle(workdir / "lifecycle", quick=quick, contacts=a.lifecycle_contacts)
     elapsed = time.time() - t_start
     info["loadavg_end"] = loadavg()
     raw = {"machine": info, "memory_latency": latency, "single": rows_a, "many": res_b, "memory": memory,
            "alloc": allocs, "grpc": grpc_res,
-           "durability_md": durability,
+           "durability_md": durability, "lifecycle": lifecycle,
            "elapsed_s": elapsed, "timer_overhead_ns": overhead, "argv": sys.argv}
     (out_path.with_suffix(".json")).write_text(json.dumps(raw, indent=1, default=str))
     out_path.write_text(render(raw, quick, single, many, mem, grpc_cfg))
@@ -297,6 +330,8 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
             bb = p99_ms(g["baseline"]["unary_half_load_busy"])
             targets.append(("the same, cores kept from idling (VM wake-up cost removed, see below)", "≤ 2 ms",
                             f"{hb:.2f} ms (empty handler: {bb:.2f} ms)", hb <= 2))
+    if raw.get("lifecycle"):
+        targets += lcb.targets(raw["lifecycle"])
     w("## Targets\n")
     w("| target | goal | measured | |\n|---|---|---|---|")
     for name, goal, got, ok in targets:
@@ -441,6 +476,8 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
             seen.add(shape)
             w(key)
         w("```\n")
+    if raw.get("lifecycle"):
+        L.extend(lifecycle_section(raw))
     if raw.get("durability_md"):
         # bench_durability's own report, one heading level down.
         w("## Durability (`bench/bench_durability.py`)\n")
@@ -455,6 +492,54 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
 
 
 ANALYSIS_MARKER = "## Where the time goes\n"
+
+
+def lifecycle_section(raw: dict[str, Any]) -> list[str]:
+    L = lcb.render(raw["lifecycle"])
+    lrun = raw.get("lifecycle_run")
+    if lrun:
+        lm = lrun["machine"]
+        L.append(f"This section was measured on its own (`{shlex.join(['python'] + lrun['argv'][1:])}` via "
+                 f"`-m bench.run`) on {lm['date']} in {lrun['elapsed_s']:.0f} s, load average {lm['loadavg_start']} "
+                 f"at start and {lm['loadavg_end']} at end, engine {lm['engine']}; the other sections are from the "
+                 "run named at the top.\n")
+    return L
+
+
+def splice_lifecycle(old: str, raw: dict[str, Any]) -> str:
+    """``old`` RESULTS.md with only its lifecycle target rows and section replaced (everything else,
+    hand-written sections included, stays as it is)."""
+    lines = [x for x in old.splitlines() if not x.startswith("| lifecycle: ")]
+    start = lines.index("## Targets")
+    end = next(i for i in range(start + 3, len(lines)) if not lines[i].startswith("|"))
+    rows = [f"| {n} | {g} | {v} | {pf(ok)} |" for n, g, v, ok in lcb.targets(raw["lifecycle"])]
+    lines[end:end] = rows
+    section = "\n".join(lifecycle_section(raw)).splitlines()
+    heads = [i for i, x in enumerate(lines) if x.startswith("## ")]
+    mine = [i for i in heads if lines[i].startswith("## Lifecycle")]
+    if mine:
+        nxt = next((i for i in heads if i > mine[0]), len(lines))
+        lines[mine[0]:nxt] = section
+    else:
+        at = next((i for i in heads if lines[i].startswith(("## Durability", ANALYSIS_MARKER.strip()))), len(lines))
+        lines[at:at] = section
+    return "\n".join(lines) + "\n"
+
+
+def render_lifecycle_only(raw: dict[str, Any]) -> str:
+    """RESULTS.md when no full run exists yet: the lifecycle section alone."""
+    lrun = raw["lifecycle_run"]
+    m = lrun["machine"]
+    L = ["# Dispatch benchmark results: lifecycle section only\n",
+         f"Written by `{shlex.join(['python'] + lrun['argv'][1:])}` (via `-m bench.run`) on {m['date']} in "
+         f"{lrun['elapsed_s']:.0f} s.\n", "## Machine\n", "| | |\n|---|---|"]
+    L += [f"| {k} | {m.get(k, '?')} |" for k in ("nproc", "cpu", "kernel", "python", "grpcio", "protobuf", "engine",
+                                                  "loadavg_start", "loadavg_end")]
+    L += ["", "## Targets\n", "| target | goal | measured | |\n|---|---|---|---|"]
+    L += [f"| {n} | {g} | {v} | {pf(ok)} |" for n, g, v, ok in lcb.targets(raw["lifecycle"])]
+    L.append("")
+    L += lcb.render(raw["lifecycle"])
+    return "\n".join(L) + "\n"
 
 if __name__ == "__main__":
     main()

@@ -91,3 +91,88 @@ def test_memory_latency_probe_sees_the_cache_hierarchy(tmp_path: Path) -> None:
     one, big = lat["ns_per_load"]["1"], lat["ns_per_load"]["64"]
     assert 0 < one < big  # 1 MiB stays in a cache; 64 MiB does not
     assert lat["huge_mib"] == 64 and lat["huge_ns_per_load"] > 0
+
+
+def test_lifecycle_workload_mix_and_batches() -> None:
+    """The lifecycle workload (issue 13): 8 operations per conversation, ~1 buyer in 4 returning,
+    1 presence change per 8 conversations; its batches are valid OperateRequests that keep each
+    conversation's operations in order."""
+    from bench import lifecycle as lc
+    from dispatcher._gen.dispatch.v1 import dispatch_pb2
+
+    items = lc.workload(4000, n_shops=50, contacts_per_shop=10, seed=3, tag="t", start_ms=1_790_000_000_000)
+    mix = lc.mix(items)
+    assert mix["conversations"] == mix["dispatch"] == mix["closed"] == 4000
+    assert mix["buyer_message"] == mix["agent_reply"] == 3 * 4000
+    assert 0.22 < mix["returning"] / 4000 < 0.28
+    assert 450 <= mix["set_presence"] <= 500
+    # Agents 0 and 1 of a shop never go offline.
+    assert all(not x.agent.endswith((":a0", ":a1")) for x in items if isinstance(x, lc.PresenceChange))
+    batches = list(lc.operate_batches(items, 64))
+    assert len(batches) == 4000 // 64 + 1
+    ops = 0
+    for batch in batches:
+        again = dispatch_pb2.OperateRequest.FromString(batch.SerializeToString())
+        assert again == batch and 0 < len(again.operations) <= 4096
+        seen: dict[str, int] = {}  # conversation -> operations seen, in order
+        for op in again.operations:
+            kind = op.WhichOneof("kind")
+            assert kind in ("dispatch", "report_conversation", "set_presence")
+            body = getattr(op, kind)
+            assert body.HasField("at")
+            if kind == "dispatch":
+                assert body.conversation_id not in seen
+                seen[body.conversation_id] = 1
+            elif kind == "report_conversation":
+                step = seen[body.conversation_id]
+                assert body.event == lc.EVENTS[step - 1]
+                seen[body.conversation_id] = step + 1
+        assert all(n == 8 for n in seen.values())
+        ops += len(again.operations)
+    assert ops == sum(v for k, v in mix.items() if k not in ("conversations", "returning"))
+
+
+@pytest.mark.parametrize("kind", ["compiled", "reference"])
+def test_lifecycle_batches_apply_without_errors(kind: str) -> None:
+    """Every operation of the workload is valid against the state the benchmark server builds."""
+    import time
+
+    from bench import lifecycle as lc
+    from dispatcher._gen.dispatch.v1 import common_pb2
+    from dispatcher.operations import OperationContext, apply_operations
+
+    now = int(time.time() * 1000)
+    engine = eb.engine_cls(kind)(7)
+    eb.build_many(engine, 20, 5, 100, start_ms=now - 3_600_000)
+    items = lc.workload(300, n_shops=20, agents_per_shop=5, contacts_per_shop=5, seed=4, tag="t",
+                        start_ms=now - 1_800_000)
+    ctx = OperationContext(engine, engine.drain_outbox, None)
+    reasons: dict[int, int] = {}
+    for batch in lc.operate_batches(items, 16):
+        response = apply_operations(ctx, batch.operations, now)
+        assert [r.WhichOneof("kind") for r in response.results] == [o.WhichOneof("kind") for o in batch.operations]
+        for r in response.results:
+            assert not r.HasField("error"), r.error
+            if r.WhichOneof("kind") == "dispatch":
+                reasons[r.dispatch.reason] = reasons.get(r.dispatch.reason, 0) + 1
+    assert reasons.get(common_pb2.REASON_AFFINITY, 0) > 0  # returning buyers meet their agent
+
+
+def test_lifecycle_results_render() -> None:
+    from bench import lifecycle_bench as lcb
+
+    def path(rate: float) -> dict:
+        return {"conversations": 10, "conv_per_server_cpu_s": rate, "conv_per_s": rate, "server_cpu_us_per_op": 1.0,
+                "errors": {}, "reasons": {"REASON_AFFINITY": 1, "REASON_GROUP": 3}, "ops_per_batch": 520.0}
+
+    res = {"quick": True, "cfg": lcb.sizes(True, None),
+           "small": {"unary": path(400), "stream": path(150_000), "pyclient": path(70_000),
+                     "node": {"unavailable": "clients/node has no automatic batching yet"}},
+           "latency": {"unary_low": {**path(100), "p50_us": 500.0, "p99_us": 900.0, "latency_samples": 8},
+                       "pyclient_low": {**path(100), "p50_us": 700.0, "p99_us": 900.0, "latency_samples": 8}},
+           "fsync": {"always": path(20_000)}, "commands": ["x"]}
+    got = {name: ok for name, _, _, ok in lcb.targets(res)}
+    assert got["lifecycle: stream / unary at 200 shops"] is True  # 375x
+    assert got["lifecycle: auto-batched p50 at low load vs unary p50"] is True  # 0.2 ms more
+    text = "\n".join(lcb.render(res))
+    assert "not available: clients/node has no automatic batching yet" in text and "375.0×" in text
