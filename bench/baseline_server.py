@@ -35,11 +35,13 @@ class EmptyDispatch(dispatch_pb2_grpc.DispatchServicer):
 
 
 async def serve(port: int) -> None:
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     dispatch_pb2_grpc.add_DispatchServicer_to_server(EmptyDispatch(), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

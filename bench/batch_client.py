@@ -23,10 +23,13 @@ from dispatcher._gen.dispatch.v1 import dispatch_pb2
 
 
 async def run(port: int, bodies: list[bytes], inflight: int, parse: bool) -> dict:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
-        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        ("grpc.max_send_message_length", 8 * 1024 * 1024),
-    ]) as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        ],
+    ) as channel:
         call = channel.unary_unary("/dispatch.v1.Dispatch/DispatchBatch")
         await channel.channel_ready()
         errors = 0

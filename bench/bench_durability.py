@@ -26,7 +26,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,10 +43,10 @@ import uvloop  # noqa: E402
 
 import _fastpath  # noqa: E402
 from _fastpath import AgentConfig, ConversationEvent, Presence, ShopConfig  # noqa: E402
-from dispatcher.testing import ServerProcess  # noqa: E402
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc  # noqa: E402
 from dispatcher.durability import DurabilityOptions, DurableStore, recover  # noqa: E402
 from dispatcher.durability.snapshot import list_snapshots, read_snapshot, write_snapshot  # noqa: E402
+from dispatcher.testing import ServerProcess  # noqa: E402
 
 SHOPS = 50
 _COUNTER = [0]  # conversation ids stay unique across the runs of one process
@@ -77,8 +76,19 @@ class ServerProc(ServerProcess):
 
     def __init__(self, args: list[str]) -> None:
         self.metrics_port = free_port()
-        super().__init__("serve", "--port", "0", "--no-auth", "--log-format", "json", "--stats-interval", "0",
-                         "--metrics-port", str(self.metrics_port), *args)
+        super().__init__(
+            "serve",
+            "--port",
+            "0",
+            "--no-auth",
+            "--log-format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--metrics-port",
+            str(self.metrics_port),
+            *args,
+        )
 
     def fsyncs(self) -> int:
         try:
@@ -102,10 +112,16 @@ async def setup(target: str) -> None:
         admin, disp = admin_pb2_grpc.AdminStub(ch), dispatch_pb2_grpc.DispatchStub(ch)
         for s in range(SHOPS):
             shop = f"shop{s}"
-            await admin.PutShop(admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=f"{shop}:main")))
+            await admin.PutShop(
+                admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=f"{shop}:main"))
+            )
             for a in range(AGENTS):
                 agent = f"{shop}:a{a}"
-                await admin.PutAgent(admin_pb2.PutAgentRequest(agent=admin_pb2.Agent(shop_id=shop, agent_id=agent, max_capacity=1_000_000)))
+                await admin.PutAgent(
+                    admin_pb2.PutAgentRequest(
+                        agent=admin_pb2.Agent(shop_id=shop, agent_id=agent, max_capacity=1_000_000)
+                    )
+                )
                 await disp.SetPresence(dispatch_pb2.SetPresenceRequest(shop_id=shop, agent_id=agent, presence=1))
 
 
@@ -122,7 +138,9 @@ async def drive(target: str, seconds: float, concurrency: int) -> dict[str, Any]
                 n = counter[0]
                 counter[0] += 1
                 req = dispatch_pb2.DispatchRequest(
-                    shop_id=f"shop{rng.randrange(SHOPS)}", buyer_id=f"b{rng.randrange(100_000)}", conversation_id=f"c{n}"
+                    shop_id=f"shop{rng.randrange(SHOPS)}",
+                    buyer_id=f"b{rng.randrange(100_000)}",
+                    conversation_id=f"c{n}",
                 )
                 t = time.perf_counter()
                 await disp.Dispatch(req)
@@ -297,7 +315,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "`memory` is the server without a data dir. `records/fsync` is the group-commit factor: one "
         "fdatasync covers every record written since the previous one.",
         "",
-        f"### Recovery (worst case: the whole journal replayed, no snapshot after the start)",
+        "### Recovery (worst case: the whole journal replayed, no snapshot after the start)",
         "",
         f"- {rec['records']:,} journal records ({rec['events']:,} events: dispatch 50 %, reply 25 %, close 25 %, "
         f"{SHOPS} shops), {rec['journal_bytes'] / 1e6:.1f} MB ({rec['bytes_per_record']:.0f} B/record)",
@@ -328,7 +346,11 @@ def main() -> int:
         args.seconds, args.events = 2.0, 200_000
     workdir = Path(tempfile.mkdtemp(prefix="bench-durability-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None))
     try:
-        fs = subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True).stdout.splitlines()[-1].split()[1]
+        fs = (
+            subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True)
+            .stdout.splitlines()[-1]
+            .split()[1]
+        )
     except (OSError, IndexError):
         fs = "?"
     try:

@@ -90,16 +90,32 @@ def build_shop(engine: Any, shop: str, n_agents: int, strategy: int, capacity: i
     ids = [agent_id(shop, i) for i in range(n_agents)]
     for i, aid in enumerate(ids):
         engine.put_agent(
-            AgentConfig(shop_id=shop, agent_id=aid, weight=1 + i % 3, max_capacity=capacity + (i % 4) * capacity,
-                        created_at_ms=i)
+            AgentConfig(
+                shop_id=shop,
+                agent_id=aid,
+                weight=1 + i % 3,
+                max_capacity=capacity + (i % 4) * capacity,
+                created_at_ms=i,
+            )
         )
     half = max(1, n_agents // 2)
-    engine.put_group(GroupConfig(shop_id=shop, group_id="presale", members=tuple(ids[:half]),
-                                 order_states=(int(OrderState.NO_ORDER), int(OrderState.UNPAID))))
+    engine.put_group(
+        GroupConfig(
+            shop_id=shop,
+            group_id="presale",
+            members=tuple(ids[:half]),
+            order_states=(int(OrderState.NO_ORDER), int(OrderState.UNPAID)),
+        )
+    )
     if n_agents > 1:
-        engine.put_group(GroupConfig(shop_id=shop, group_id="aftersale", members=tuple(ids[half:]),
-                                     order_states=(int(OrderState.PAID_UNSHIPPED), int(OrderState.SHIPPED),
-                                                   int(OrderState.AFTER_SALE))))
+        engine.put_group(
+            GroupConfig(
+                shop_id=shop,
+                group_id="aftersale",
+                members=tuple(ids[half:]),
+                order_states=(int(OrderState.PAID_UNSHIPPED), int(OrderState.SHIPPED), int(OrderState.AFTER_SALE)),
+            )
+        )
     for aid in ids:
         engine.set_presence(shop, aid, ONLINE, 1, T0)
 
@@ -225,8 +241,13 @@ def run_stream(engine: Any, events: Sequence[tuple], overhead: int) -> dict[str,
 
 def summarize(lat: Sequence[int]) -> dict[str, float]:
     if not lat:
-        return {"n": 0, "p50_ns": float("nan"), "p99_ns": float("nan"), "mean_ns": float("nan"),
-                "decisions_per_s": float("nan")}
+        return {
+            "n": 0,
+            "p50_ns": float("nan"),
+            "p99_ns": float("nan"),
+            "mean_ns": float("nan"),
+            "decisions_per_s": float("nan"),
+        }
     s = sorted(lat)
     n = len(s)
     mean = sum(s) / n
@@ -258,12 +279,27 @@ def bench_single_shop(
     t = time.perf_counter()
     build_shop(engine, "shop", n_agents, strategy, capacity=max(8, 4 * n_decisions // max(1, n_agents)), seed=seed)
     build_s = time.perf_counter() - t
-    events = make_stream(["shop"], n_agents, n_decisions, churn=churn, buyers_per_shop=max(10, n_decisions // 3),
-                         max_live=max(10, n_agents * 2), seed=seed)
+    events = make_stream(
+        ["shop"],
+        n_agents,
+        n_decisions,
+        churn=churn,
+        buyers_per_shop=max(10, n_decisions // 3),
+        max_live=max(10, n_agents * 2),
+        seed=seed,
+    )
     res = run_stream(engine, events, overhead)
     out = summarize(res["lat"])
-    out.update(kind=kind, strategy=Strategy(strategy).name, agents=n_agents, churn=churn, build_s=build_s,
-               errors=res["errors"], reasons=res["reasons"], events=res["events"])
+    out.update(
+        kind=kind,
+        strategy=Strategy(strategy).name,
+        agents=n_agents,
+        churn=churn,
+        build_s=build_s,
+        errors=res["errors"],
+        reasons=res["reasons"],
+        events=res["events"],
+    )
     out["_lat"] = res["lat"]
     return out
 
@@ -272,8 +308,15 @@ def bench_single_shop(
 
 
 def build_many(
-    engine: Any, n_shops: int, agents_per_shop: int, affinity: int, *, seed: int = 7, progress: bool = False,
-    start_ms: int = T0 + 1, capacity: int = 50,
+    engine: Any,
+    n_shops: int,
+    agents_per_shop: int,
+    affinity: int,
+    *,
+    seed: int = 7,
+    progress: bool = False,
+    start_ms: int = T0 + 1,
+    capacity: int = 50,
 ) -> dict[str, Any]:
     """(b) ``n_shops`` shops of ``agents_per_shop`` agents (strategies round the five), then
     ``affinity`` live recent-contact entries made the way production makes them:
@@ -311,21 +354,43 @@ def build_many(
         if gc_was:
             gc.enable()
     engine.drain_outbox()
-    return {"shops": shops, "build_shops_s": t_shops, "build_affinity_s": time.perf_counter() - t,
-            "affinity": made, "per_shop": per_shop, "at": at}
+    return {
+        "shops": shops,
+        "build_shops_s": t_shops,
+        "build_affinity_s": time.perf_counter() - t,
+        "affinity": made,
+        "per_shop": per_shop,
+        "at": at,
+    }
 
 
 def many_shops_stream(
-    built: dict[str, Any], agents_per_shop: int, n_decisions: int, *, churn: float, seed: int, start_ms: int,
+    built: dict[str, Any],
+    agents_per_shop: int,
+    n_decisions: int,
+    *,
+    churn: float,
+    seed: int,
+    start_ms: int,
     tag: str = "c",
 ) -> list[tuple]:
     """A (b) stream over the shops of ``build_many``: half of its buyers are the
     ``h*`` buyers that hold a recent contact in every shop."""
-    events = make_stream(built["shops"], agents_per_shop, n_decisions, churn=churn,
-                         buyers_per_shop=max(2, 2 * built["per_shop"]), max_live=max(100, len(built["shops"])),
-                         seed=seed, start_ms=start_ms, tag=tag)
-    return [(e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:]) if e[0] == DISPATCH else e
-            for e in events]
+    events = make_stream(
+        built["shops"],
+        agents_per_shop,
+        n_decisions,
+        churn=churn,
+        buyers_per_shop=max(2, 2 * built["per_shop"]),
+        max_live=max(100, len(built["shops"])),
+        seed=seed,
+        start_ms=start_ms,
+        tag=tag,
+    )
+    return [
+        (e[0], e[1], ("h" + e[2][1:]) if int(e[2][1:]) % 2 == 0 else e[2], *e[3:]) if e[0] == DISPATCH else e
+        for e in events
+    ]
 
 
 def stream_end(events: Sequence[tuple]) -> int:
@@ -358,11 +423,19 @@ def bench_many_shops(
     res = run_stream(engine, events, overhead)
     out = summarize(res["lat"])
     reasons = res["reasons"]
-    out.update(kind=kind, shops=n_shops, agents_per_shop=agents_per_shop, affinity=built["affinity"], churn=churn,
-               build_shops_s=built["build_shops_s"], build_affinity_s=built["build_affinity_s"],
-               errors=res["errors"], reasons={_fastpath.Reason(k).name: v for k, v in sorted(reasons.items())},
-               events=res["events"],
-               affinity_hit_rate=reasons.get(int(_fastpath.Reason.AFFINITY), 0) / max(1, len(res["lat"])))
+    out.update(
+        kind=kind,
+        shops=n_shops,
+        agents_per_shop=agents_per_shop,
+        affinity=built["affinity"],
+        churn=churn,
+        build_shops_s=built["build_shops_s"],
+        build_affinity_s=built["build_affinity_s"],
+        errors=res["errors"],
+        reasons={_fastpath.Reason(k).name: v for k, v in sorted(reasons.items())},
+        events=res["events"],
+        affinity_hit_rate=reasons.get(int(_fastpath.Reason.AFFINITY), 0) / max(1, len(res["lat"])),
+    )
     out["_lat"] = res["lat"]
     return out
 
@@ -413,13 +486,19 @@ def build_many_affinity_only(engine: Any, n_shops: int, affinity: int) -> None:
         at += 1
 
 
-def bench_memory(kind: str = "compiled", affinity_sizes: tuple[int, int] = (1_000_000, 3_000_000),
-                 agent_sizes: tuple[int, int] = (50_000, 250_000)) -> dict[str, Any]:
+def bench_memory(
+    kind: str = "compiled",
+    affinity_sizes: tuple[int, int] = (1_000_000, 3_000_000),
+    agent_sizes: tuple[int, int] = (50_000, 250_000),
+) -> dict[str, Any]:
     """RSS per affinity entry and per agent: (RSS(size2) - RSS(size1)) / (size2 - size1), each in a fresh process."""
+
     def probe(what: str, size: int) -> int:
-        code = ("import sys; sys.path.insert(0, %r); from bench.engine_bench import _memory_probe; "
-                "print(_memory_probe(%r, %d, %r))") % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                       what, size, kind)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); from bench.engine_bench import _memory_probe; "
+            f"print(_memory_probe({what!r}, {size:d}, {kind!r}))"
+        )
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
         return int(out.stdout.strip().splitlines()[-1])
 
@@ -474,7 +553,11 @@ def bench_alloc(n_decisions: int = 100_000, *, n_agents: int = 50, warmup: int =
         after = sys.getallocatedblocks()
     finally:
         gc.enable()
-    return {"decisions": n_decisions, "blocks_delta": after - before, "blocks_per_decision": (after - before) / n_decisions}
+    return {
+        "decisions": n_decisions,
+        "blocks_delta": after - before,
+        "blocks_per_decision": (after - before) / n_decisions,
+    }
 
 
 # --------------------------------------------------------------------- CLI
@@ -504,12 +587,27 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "single":
         for st in STRATEGIES:
-            print(json.dumps(_strip(bench_single_shop(a.engine, st, n_agents=a.agents, n_decisions=a.decisions,
-                                                      churn=a.churn))))
+            print(
+                json.dumps(
+                    _strip(bench_single_shop(a.engine, st, n_agents=a.agents, n_decisions=a.decisions, churn=a.churn))
+                )
+            )
     elif a.cmd == "many":
-        print(json.dumps(_strip(bench_many_shops(a.engine, n_shops=a.shops, agents_per_shop=a.agents_per_shop,
-                                                 affinity=a.affinity, n_decisions=a.decisions, churn=a.churn,
-                                                 progress=True))))
+        print(
+            json.dumps(
+                _strip(
+                    bench_many_shops(
+                        a.engine,
+                        n_shops=a.shops,
+                        agents_per_shop=a.agents_per_shop,
+                        affinity=a.affinity,
+                        n_decisions=a.decisions,
+                        churn=a.churn,
+                        progress=True,
+                    )
+                )
+            )
+        )
     elif a.cmd == "memory":
         print(json.dumps(bench_memory()))
     else:
@@ -538,8 +636,11 @@ def batch_stream(events: Sequence[tuple], size: int) -> list[tuple[bytes, int, i
     now = 0
     for e in events:
         if e[0] == DISPATCH:
-            items.append(dispatch_pb2.DispatchRequest(shop_id=e[1], buyer_id=e[2], conversation_id=e[3], type=1,
-                                                      order_state=e[5]))
+            items.append(
+                dispatch_pb2.DispatchRequest(
+                    shop_id=e[1], buyer_id=e[2], conversation_id=e[3], type=1, order_state=e[5]
+                )
+            )
             now = max(now, e[4])
             if len(items) == size:
                 out.append((dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString(), now, size, churn))

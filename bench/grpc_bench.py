@@ -59,22 +59,29 @@ def gen_bootstrap(path: Path, n_shops: int = 200, agents: int = 20) -> None:
         sid = f"s{i}"
         ids = [f"{sid}:a{k}" for k in range(agents)]
         offline_shop = i % 10 == 9
-        shops.append({
-            "shop_id": sid,
-            "main_account": f"{sid}:main",
-            "strategy": STRATS[i % 5],
-            "offline_rule": "MAIN_ACCOUNT",
-            "tie_seed": i + 1,
-            "agents": [{"agent_id": a, "max_capacity": 1_000_000, "weight": 1 + k % 3} for k, a in enumerate(ids)],
-            "groups": [
-                {"group_id": "presale", "members": ids[: agents // 2], "order_states": ["NO_ORDER", "UNPAID"]},
-                {"group_id": "aftersale", "members": ids[agents // 2:],
-                 "order_states": ["PAID_UNSHIPPED", "SHIPPED", "AFTER_SALE"], "strategy": STRATS[(i + 2) % 5]},
-            ],
-            "exclusive_agents": [{"buyer_id": "vip", "agent_id": ids[0]}],
-            "presence": [] if offline_shop else
-            [{"agent_id": a, "presence": "ONLINE" if k % 7 else "OFFLINE"} for k, a in enumerate(ids)],
-        })
+        shops.append(
+            {
+                "shop_id": sid,
+                "main_account": f"{sid}:main",
+                "strategy": STRATS[i % 5],
+                "offline_rule": "MAIN_ACCOUNT",
+                "tie_seed": i + 1,
+                "agents": [{"agent_id": a, "max_capacity": 1_000_000, "weight": 1 + k % 3} for k, a in enumerate(ids)],
+                "groups": [
+                    {"group_id": "presale", "members": ids[: agents // 2], "order_states": ["NO_ORDER", "UNPAID"]},
+                    {
+                        "group_id": "aftersale",
+                        "members": ids[agents // 2 :],
+                        "order_states": ["PAID_UNSHIPPED", "SHIPPED", "AFTER_SALE"],
+                        "strategy": STRATS[(i + 2) % 5],
+                    },
+                ],
+                "exclusive_agents": [{"buyer_id": "vip", "agent_id": ids[0]}],
+                "presence": []
+                if offline_shop
+                else [{"agent_id": a, "presence": "ONLINE" if k % 7 else "OFFLINE"} for k, a in enumerate(ids)],
+            }
+        )
     path.write_text(json.dumps({"shops": shops}))
 
 
@@ -82,8 +89,9 @@ def request(tag: str, n: int, n_shops: int) -> dispatch_pb2.DispatchRequest:
     """The n-th routed request of a run: every 4th buyer has a recent contact (``h*``), others are new."""
     shop = f"s{(n * 7919) % n_shops}"
     buyer = f"h{n % 50}" if n % 4 == 0 else f"{tag}b{n}"
-    return dispatch_pb2.DispatchRequest(shop_id=shop, buyer_id=buyer, conversation_id=f"{tag}c{n}",
-                                        order_state=1 + n % 5)
+    return dispatch_pb2.DispatchRequest(
+        shop_id=shop, buyer_id=buyer, conversation_id=f"{tag}c{n}", order_state=1 + n % 5
+    )
 
 
 def batch_requests(tag: str, size: int, n_batches: int, n_shops: int) -> Iterator[dispatch_pb2.DispatchBatchRequest]:
@@ -97,9 +105,13 @@ def batch_requests(tag: str, size: int, n_batches: int, n_shops: int) -> Iterato
 
 
 def direct_request() -> dispatch_pb2.DispatchRequest:
-    return dispatch_pb2.DispatchRequest(shop_id="s1", buyer_id="b1", conversation_id="p2p-1",
-                                        type=common_pb2.ConversationType.Value("CONVERSATION_TYPE_SHOP_TO_SHOP"),
-                                        to_account="s1:a1")
+    return dispatch_pb2.DispatchRequest(
+        shop_id="s1",
+        buyer_id="b1",
+        conversation_id="p2p-1",
+        type=common_pb2.ConversationType.Value("CONVERSATION_TYPE_SHOP_TO_SHOP"),
+        to_account="s1:a1",
+    )
 
 
 def write_stream_body(path: Path, tag: str, size: int, decisions: int, n_shops: int) -> int:
@@ -165,8 +177,24 @@ def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen]:
 
 
 def dispatcher_cmd(port: int, bootstrap: Path, metrics_port: int | None = None) -> list[str]:
-    cmd = ["taskset", "-c", "0", PY, "-m", "dispatcher", "serve", "--port", str(port), "--bootstrap",
-           str(bootstrap), "--log-level", "warning", "--stats-interval", "0", "--no-auth"]
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        PY,
+        "-m",
+        "dispatcher",
+        "serve",
+        "--port",
+        str(port),
+        "--bootstrap",
+        str(bootstrap),
+        "--log-level",
+        "warning",
+        "--stats-interval",
+        "0",
+        "--no-auth",
+    ]
     if metrics_port is not None:
         cmd += ["--metrics-port", str(metrics_port)]
     return cmd
@@ -179,10 +207,33 @@ def baseline_cmd(port: int) -> list[str]:
 # --------------------------------------------------------------------- h2load
 
 
-def h2load(url: str, body: Path, *, clients: int, streams: int, duration: float | None = None, n: int | None = None,
-           rps: float | None = None, log_file: Path | None = None, warmup: float | None = None) -> dict[str, Any]:
-    cmd = ["taskset", "-c", "1", "h2load", "-t", "1", "-c", str(clients), "-m", str(streams), "-d", str(body),
-           *H2_HEADERS]
+def h2load(
+    url: str,
+    body: Path,
+    *,
+    clients: int,
+    streams: int,
+    duration: float | None = None,
+    n: int | None = None,
+    rps: float | None = None,
+    log_file: Path | None = None,
+    warmup: float | None = None,
+) -> dict[str, Any]:
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        "h2load",
+        "-t",
+        "1",
+        "-c",
+        str(clients),
+        "-m",
+        str(streams),
+        "-d",
+        str(body),
+        *H2_HEADERS,
+    ]
     if duration is not None:
         cmd += ["-D", f"{duration:g}"]
         if warmup:
@@ -200,12 +251,19 @@ def h2load(url: str, body: Path, *, clients: int, streams: int, duration: float 
     if not m:
         raise RuntimeError(f"h2load output not understood:\n{out}")
     secs = float(m.group(1)) / {"s": 1, "ms": 1e3, "us": 1e6}[m.group(2)]
-    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored",
-                    out)
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out
+    )
     codes = re.search(r"status codes: (\d+) 2xx", out)
-    res: dict[str, Any] = {"seconds": secs, "req_per_s": float(m.group(3)), "done": int(req.group(3)),
-                           "succeeded": int(req.group(4)), "failed": int(req.group(5)), "errored": int(req.group(6)),
-                           "http_2xx": int(codes.group(1)) if codes else 0}
+    res: dict[str, Any] = {
+        "seconds": secs,
+        "req_per_s": float(m.group(3)),
+        "done": int(req.group(3)),
+        "succeeded": int(req.group(4)),
+        "failed": int(req.group(5)),
+        "errored": int(req.group(6)),
+        "http_2xx": int(codes.group(1)) if codes else 0,
+    }
     if log_file is not None and log_file.exists():
         lat = sorted(int(line.split("\t")[2]) for line in log_file.read_text().splitlines() if line.count("\t") >= 2)
         if lat:
@@ -244,8 +302,24 @@ def stream_check(port: int, tag: str, size: int, n_shops: int) -> dict[str, Any]
 
 
 def batch_client(port: int, size: int, decisions: int, tag: str, n_shops: int) -> dict[str, Any]:
-    cmd = ["taskset", "-c", "1", PY, "-m", "bench.batch_client", "--port", str(port), "--size", str(size),
-           "--decisions", str(decisions), "--tag", tag, "--shops", str(n_shops)]
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        PY,
+        "-m",
+        "bench.batch_client",
+        "--port",
+        str(port),
+        "--size",
+        str(size),
+        "--decisions",
+        str(decisions),
+        "--tag",
+        tag,
+        "--shops",
+        str(n_shops),
+    ]
     COMMANDS.append(shlex.join(cmd))
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -260,8 +334,10 @@ def idle_spinners() -> Iterator[None]:
     handler is ~2 ms idle and ~0.2 ms with the spinners. They only take time
     nobody else wants (nice 19), so they measure the server without the VM's
     wake-up cost; the bench reports the latency both ways."""
-    procs = [subprocess.Popen(["taskset", "-c", str(cpu), "nice", "-n", "19", PY, "-c", "while True: pass"])
-             for cpu in (0, 1)]
+    procs = [
+        subprocess.Popen(["taskset", "-c", str(cpu), "nice", "-n", "19", PY, "-c", "while True: pass"])
+        for cpu in (0, 1)
+    ]
     COMMANDS.append(f"taskset -c {{0,1}} nice -n 19 {PY} -c 'while True: pass'   # idle spinners, see bench/README.md")
     try:
         time.sleep(0.5)
@@ -282,27 +358,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def half_load(url: str, body: Path, max_rps: float, *, runs: int, clients: int, duration: float,
-              log_file: Path) -> list[dict[str, Any]]:
+def half_load(
+    url: str, body: Path, max_rps: float, *, runs: int, clients: int, duration: float, log_file: Path
+) -> list[dict[str, Any]]:
     """``runs`` h2load runs at 50 % of ``max_rps`` (--rps per connection, one stream each)."""
     out = []
     for r in range(runs):
         log(f"50% load run {r} on {url}")
-        out.append(h2load(url, body, clients=clients, streams=1, duration=duration, warmup=1,
-                          rps=max_rps * 0.5 / clients, log_file=log_file))
+        out.append(
+            h2load(
+                url,
+                body,
+                clients=clients,
+                streams=1,
+                duration=duration,
+                warmup=1,
+                rps=max_rps * 0.5 / clients,
+                log_file=log_file,
+            )
+        )
     return out
 
 
 # --------------------------------------------------------------------- the whole gRPC suite
 
 
-def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tuple[int, ...] = (1, 16, 128, 1024),
-             stream_decisions: dict[int, int] | None = None, n_shops: int = 200, clients: int = 8,
-             streams: int = 8) -> dict[str, Any]:
+def run_grpc(
+    workdir: Path,
+    *,
+    runs: int = 3,
+    duration: float = 5.0,
+    sizes: tuple[int, ...] = (1, 16, 128, 1024),
+    stream_decisions: dict[int, int] | None = None,
+    n_shops: int = 200,
+    clients: int = 8,
+    streams: int = 8,
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     stream_decisions = stream_decisions or {1: 30_000, 16: 150_000, 128: 400_000, 1024: 600_000}
-    res: dict[str, Any] = {"runs": runs, "duration_s": duration, "clients": clients, "streams_per_client": streams,
-                           "n_shops": n_shops}
+    res: dict[str, Any] = {
+        "runs": runs,
+        "duration_s": duration,
+        "clients": clients,
+        "streams_per_client": streams,
+        "n_shops": n_shops,
+    }
     unary_body = workdir / "dispatch_p2p.bin"
     unary_body.write_bytes(frame(direct_request()))
     bootstrap = workdir / "bootstrap.json"
@@ -324,14 +424,31 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
         url = unary_url.format(port)
         for r in range(runs):
             log(f"{name} unary run {r}")
-            out["unary"].append(h2load(url, unary_body, clients=clients, streams=streams, duration=duration,
-                                       warmup=1, log_file=workdir / f"{tag}_unary.log"))
+            out["unary"].append(
+                h2load(
+                    url,
+                    unary_body,
+                    clients=clients,
+                    streams=streams,
+                    duration=duration,
+                    warmup=1,
+                    log_file=workdir / f"{tag}_unary.log",
+                )
+            )
         top = median([u["req_per_s"] for u in out["unary"]])
-        out["unary_half_load"] = half_load(url, unary_body, top, runs=runs, clients=clients, duration=duration,
-                                           log_file=workdir / f"{tag}_half.log")
+        out["unary_half_load"] = half_load(
+            url, unary_body, top, runs=runs, clients=clients, duration=duration, log_file=workdir / f"{tag}_half.log"
+        )
         with idle_spinners():
-            out["unary_half_load_busy"] = half_load(url, unary_body, top, runs=runs, clients=clients,
-                                                    duration=duration, log_file=workdir / f"{tag}_half_busy.log")
+            out["unary_half_load_busy"] = half_load(
+                url,
+                unary_body,
+                top,
+                runs=runs,
+                clients=clients,
+                duration=duration,
+                log_file=workdir / f"{tag}_half_busy.log",
+            )
         for size in sizes:
             for r in range(runs):
                 log(f"{name} stream size {size} run {r}")
@@ -369,11 +486,16 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
     off_port, on_port, empty_port = free_port(), free_port(), free_port()
     # Each run also records the server's CPU time per call (utime + stime from /proc): unlike req/s,
     # it does not move when a neighbour steals the core.
-    with server(dispatcher_cmd(off_port, bootstrap), off_port) as off_proc, \
-            server(dispatcher_cmd(on_port, bootstrap, metrics_port=free_port()), on_port) as on_proc, \
-            server(baseline_cmd(empty_port), empty_port) as empty_proc:
-        rotation = (("paired_empty_unary", empty_port, empty_proc), ("dispatcher_metrics_off_unary", off_port, off_proc),
-                    ("dispatcher_metrics_unary", on_port, on_proc))
+    with (
+        server(dispatcher_cmd(off_port, bootstrap), off_port) as off_proc,
+        server(dispatcher_cmd(on_port, bootstrap, metrics_port=free_port()), on_port) as on_proc,
+        server(baseline_cmd(empty_port), empty_port) as empty_proc,
+    ):
+        rotation = (
+            ("paired_empty_unary", empty_port, empty_proc),
+            ("dispatcher_metrics_off_unary", off_port, off_proc),
+            ("dispatcher_metrics_unary", on_port, on_proc),
+        )
         for key, p, _ in rotation:
             res[key] = []
             h2load(unary_url.format(p), unary_body, clients=clients, streams=streams, n=2000)  # warm-up, unmeasured
@@ -381,8 +503,14 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
             for key, p, proc in rotation:
                 log(f"{key} run {r}")
                 cpu0 = cpu_seconds(proc.pid)
-                h = h2load(unary_url.format(p), unary_body, clients=clients, streams=streams,
-                           duration=min(duration, 3.0), log_file=workdir / f"{key}.log")
+                h = h2load(
+                    unary_url.format(p),
+                    unary_body,
+                    clients=clients,
+                    streams=streams,
+                    duration=min(duration, 3.0),
+                    log_file=workdir / f"{key}.log",
+                )
                 h["server_cpu_us_per_call"] = (cpu_seconds(proc.pid) - cpu0) * 1e6 / max(1, h["done"])
                 res[key].append(h)
     res["commands"] = list(dict.fromkeys(COMMANDS))
@@ -390,6 +518,10 @@ def run_grpc(workdir: Path, *, runs: int = 3, duration: float = 5.0, sizes: tupl
 
 
 if __name__ == "__main__":
-    out = run_grpc(Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")), runs=1, duration=2,
-                   stream_decisions={1: 5000, 16: 20000, 128: 50000, 1024: 100000})
+    out = run_grpc(
+        Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")),
+        runs=1,
+        duration=2,
+        stream_decisions={1: 5000, 16: 20000, 128: 50000, 1024: 100000},
+    )
     print(json.dumps(out, indent=1, default=str))

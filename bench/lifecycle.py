@@ -133,17 +133,30 @@ def conversations(items: Sequence[Item]) -> int:
 
 def conversation_ops(c: Conversation) -> list[tuple[str, Any]]:
     """The 8 operations of a conversation, in order, as (kind, unary request message)."""
-    ops: list[tuple[str, Any]] = [("dispatch", dispatch_pb2.DispatchRequest(
-        shop_id=c.shop, buyer_id=c.buyer, conversation_id=c.conversation, order_state=c.order_state, at=ts(c.at)))]
+    ops: list[tuple[str, Any]] = [
+        (
+            "dispatch",
+            dispatch_pb2.DispatchRequest(
+                shop_id=c.shop, buyer_id=c.buyer, conversation_id=c.conversation, order_state=c.order_state, at=ts(c.at)
+            ),
+        )
+    ]
     for k, event in enumerate(EVENTS, start=1):
-        ops.append(("report_conversation", dispatch_pb2.ReportConversationRequest(
-            shop_id=c.shop, conversation_id=c.conversation, event=event, at=ts(c.at + k))))
+        ops.append(
+            (
+                "report_conversation",
+                dispatch_pb2.ReportConversationRequest(
+                    shop_id=c.shop, conversation_id=c.conversation, event=event, at=ts(c.at + k)
+                ),
+            )
+        )
     return ops
 
 
 def presence_op(p: PresenceChange) -> tuple[str, Any]:
-    return "set_presence", dispatch_pb2.SetPresenceRequest(shop_id=p.shop, agent_id=p.agent, presence=p.presence,
-                                                           at=ts(p.at))
+    return "set_presence", dispatch_pb2.SetPresenceRequest(
+        shop_id=p.shop, agent_id=p.agent, presence=p.presence, at=ts(p.at)
+    )
 
 
 def item_ops(item: Item) -> list[tuple[str, Any]]:
@@ -186,8 +199,15 @@ def _batch(items: Sequence[Item]) -> dispatch_pb2.OperateRequest:
 
 def mix(items: Sequence[Item]) -> dict[str, int]:
     """Operations by kind (and event) of a workload."""
-    out = {"conversations": 0, "returning": 0, "dispatch": 0, "buyer_message": 0, "agent_reply": 0, "closed": 0,
-           "set_presence": 0}
+    out = {
+        "conversations": 0,
+        "returning": 0,
+        "dispatch": 0,
+        "buyer_message": 0,
+        "agent_reply": 0,
+        "closed": 0,
+        "set_presence": 0,
+    }
     for item in items:
         if isinstance(item, PresenceChange):
             out["set_presence"] += 1

@@ -99,9 +99,29 @@ class Timeline:
 @contextlib.contextmanager
 def lifecycle_server(shops: int, contacts: int, contacts_at: int, extra: list[str] = ()) -> Iterator[tuple[int, int]]:
     port = gb.free_port()
-    cmd = ["taskset", "-c", "0", PY, "-m", "bench.lifecycle_server", "--shops", str(shops), "--contacts",
-           str(contacts), "--contacts-at-ms", str(contacts_at), "--", "--port", str(port), "--no-auth",
-           "--log-level", "warning", "--stats-interval", "0", *extra]
+    cmd = [
+        "taskset",
+        "-c",
+        "0",
+        PY,
+        "-m",
+        "bench.lifecycle_server",
+        "--shops",
+        str(shops),
+        "--contacts",
+        str(contacts),
+        "--contacts-at-ms",
+        str(contacts_at),
+        "--",
+        "--port",
+        str(port),
+        "--no-auth",
+        "--log-level",
+        "warning",
+        "--stats-interval",
+        "0",
+        *extra,
+    ]
     COMMANDS.append(shlex.join(cmd))
     t = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,11 +134,45 @@ def lifecycle_server(shops: int, contacts: int, contacts_at: int, extra: list[st
         proc.wait()
 
 
-def load(mode: str, port: int, pid: int, *, conversations: int, shops: int, contacts_per_shop: int, start: int,
-         tag: str, extra: list[str] = (), warmup: int = 500) -> dict[str, Any]:
-    cmd = ["taskset", "-c", "1", PY, "-m", "bench.lifecycle_load", mode, "--port", str(port), "--server-pid",
-           str(pid), "--conversations", str(conversations), "--warmup", str(warmup), "--shops", str(shops),
-           "--contacts", str(contacts_per_shop), "--start-ms", str(start), "--tag", tag, *extra]
+def load(
+    mode: str,
+    port: int,
+    pid: int,
+    *,
+    conversations: int,
+    shops: int,
+    contacts_per_shop: int,
+    start: int,
+    tag: str,
+    extra: list[str] = (),
+    warmup: int = 500,
+) -> dict[str, Any]:
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        PY,
+        "-m",
+        "bench.lifecycle_load",
+        mode,
+        "--port",
+        str(port),
+        "--server-pid",
+        str(pid),
+        "--conversations",
+        str(conversations),
+        "--warmup",
+        str(warmup),
+        "--shops",
+        str(shops),
+        "--contacts",
+        str(contacts_per_shop),
+        "--start-ms",
+        str(start),
+        "--tag",
+        tag,
+        *extra,
+    ]
     COMMANDS.append(shlex.join(cmd))
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -128,8 +182,19 @@ def load(mode: str, port: int, pid: int, *, conversations: int, shops: int, cont
     return res
 
 
-def node_load(workdir: Path, port: int, pid: int, *, conversations: int, shops: int, contacts_per_shop: int,
-              start: int, tag: str, concurrency: int, warmup: int = 500) -> dict[str, Any]:
+def node_load(
+    workdir: Path,
+    port: int,
+    pid: int,
+    *,
+    conversations: int,
+    shops: int,
+    contacts_per_shop: int,
+    start: int,
+    tag: str,
+    concurrency: int,
+    warmup: int = 500,
+) -> dict[str, Any]:
     def dump(items: list[lc.Item], path: Path) -> None:
         rows: list[list[Any]] = []
         for x in items:
@@ -142,10 +207,33 @@ def node_load(workdir: Path, port: int, pid: int, *, conversations: int, shops: 
     kw = {"n_shops": shops, "contacts_per_shop": contacts_per_shop}
     warm, items = workdir / f"{tag}_warm.json", workdir / f"{tag}_items.json"
     dump(lc.workload(warmup, seed=zlib.crc32((tag + "w").encode()), tag=tag + "w", start_ms=start, **kw), warm)
-    dump(lc.workload(conversations, seed=zlib.crc32(tag.encode()), tag=tag,
-                     start_ms=start + warmup * lc.MS_PER_CONVERSATION, **kw), items)
-    cmd = ["taskset", "-c", "1", "node", str(ROOT / "bench" / "lifecycle_node.js"), "--port", str(port),
-           "--server-pid", str(pid), "--items", str(items), "--warmup", str(warm), "--concurrency", str(concurrency)]
+    dump(
+        lc.workload(
+            conversations,
+            seed=zlib.crc32(tag.encode()),
+            tag=tag,
+            start_ms=start + warmup * lc.MS_PER_CONVERSATION,
+            **kw,
+        ),
+        items,
+    )
+    cmd = [
+        "taskset",
+        "-c",
+        "1",
+        "node",
+        str(ROOT / "bench" / "lifecycle_node.js"),
+        "--port",
+        str(port),
+        "--server-pid",
+        str(pid),
+        "--items",
+        str(items),
+        "--warmup",
+        str(warm),
+        "--concurrency",
+        str(concurrency),
+    ]
     COMMANDS.append(shlex.join(cmd))
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
@@ -159,7 +247,7 @@ def guarded(name: str, fn: Any) -> dict[str, Any]:
     """A path that depends on work in progress elsewhere: its failure is reported, not faked."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log(f"{name} failed: {exc}")
         return {"unavailable": f"failed: {str(exc).strip().splitlines()[-1][:300]}"}
 
@@ -184,8 +272,9 @@ def stage_breakdown(n_conversations: int, per_batch: int = 64) -> dict[str, Any]
             out["wire_unavailable"] = "the compiled engine has no operate_wire"
             continue
         eb.build_many(engine, 200, 20, 10_000, start_ms=now - 3 * HOUR_MS)
-        items = lc.workload(n_conversations, n_shops=200, contacts_per_shop=50, seed=5, tag="st",
-                            start_ms=now - 2 * HOUR_MS)
+        items = lc.workload(
+            n_conversations, n_shops=200, contacts_per_shop=50, seed=5, tag="st", start_ms=now - 2 * HOUR_MS
+        )
         bodies = [b.SerializeToString() for b in lc.operate_batches(items, per_batch)]
         if path == "wire":
             t = time.perf_counter()
@@ -217,15 +306,43 @@ def stage_breakdown(n_conversations: int, per_batch: int = 64) -> dict[str, Any]
 
 def sizes(quick: bool, contacts: int | None) -> dict[str, Any]:
     if quick:
-        cfg = {"unary": 800, "stream": 100_000, "pyclient": 30_000, "node": 30_000, "big_stream": 60_000,
-               "big_contacts": 1_000_000, "fsync": 40_000, "half_s": 2.0, "low": 250, "breakdown": 20_000}
+        cfg = {
+            "unary": 800,
+            "stream": 100_000,
+            "pyclient": 30_000,
+            "node": 30_000,
+            "big_stream": 60_000,
+            "big_contacts": 1_000_000,
+            "fsync": 40_000,
+            "half_s": 2.0,
+            "low": 250,
+            "breakdown": 20_000,
+        }
     else:
-        cfg = {"unary": 3000, "stream": 400_000, "pyclient": 100_000, "node": 100_000, "big_stream": 300_000,
-               "big_contacts": 10_000_000, "fsync": 150_000, "half_s": 4.0, "low": 600, "breakdown": 60_000}
+        cfg = {
+            "unary": 3000,
+            "stream": 400_000,
+            "pyclient": 100_000,
+            "node": 100_000,
+            "big_stream": 300_000,
+            "big_contacts": 10_000_000,
+            "fsync": 150_000,
+            "half_s": 4.0,
+            "low": 600,
+            "breakdown": 60_000,
+        }
     if contacts is not None:
         cfg["big_contacts"] = contacts
-    cfg.update(small_shops=200, small_contacts=200 * 50, big_shops=100_000, per_batch=64, streams=4, window=4,
-               unary_concurrency=64, client_concurrency=512)
+    cfg.update(
+        small_shops=200,
+        small_contacts=200 * 50,
+        big_shops=100_000,
+        per_batch=64,
+        streams=4,
+        window=4,
+        unary_concurrency=64,
+        client_concurrency=512,
+    )
     return cfg
 
 
@@ -235,38 +352,96 @@ def run_lifecycle(workdir: Path, *, quick: bool, contacts: int | None = None, sk
     res: dict[str, Any] = {"cfg": cfg, "quick": quick}
     py_missing, node_missing = pyclient_available(), node_available()
     tl = Timeline(budget_ms=12 * HOUR_MS)
-    stream_args = ["--per-batch", str(cfg["per_batch"]), "--streams", str(cfg["streams"]), "--window",
-                   str(cfg["window"])]
+    stream_args = [
+        "--per-batch",
+        str(cfg["per_batch"]),
+        "--streams",
+        str(cfg["streams"]),
+        "--window",
+        str(cfg["window"]),
+    ]
 
     def four_paths(port: int, pid: int, shops: int, per_shop: int, key: str, n: dict[str, int]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         common = {"shops": shops, "contacts_per_shop": per_shop}
         log(f"{key}: unary")
-        out["unary"] = load("client", port, pid, conversations=n["unary"], start=tl.take(n["unary"] + 500),
-                            tag=f"{key}u", extra=["--no-auto-batch", "--concurrency", str(cfg["unary_concurrency"])],
-                            warmup=200, **common)
+        out["unary"] = load(
+            "client",
+            port,
+            pid,
+            conversations=n["unary"],
+            start=tl.take(n["unary"] + 500),
+            tag=f"{key}u",
+            extra=["--no-auto-batch", "--concurrency", str(cfg["unary_concurrency"])],
+            warmup=200,
+            **common,
+        )
         log(f"{key}: stream")
-        out["stream"] = load("stream", port, pid, conversations=n["stream"], start=tl.take(n["stream"] + 500),
-                             tag=f"{key}s", extra=stream_args, **common)
+        out["stream"] = load(
+            "stream",
+            port,
+            pid,
+            conversations=n["stream"],
+            start=tl.take(n["stream"] + 500),
+            tag=f"{key}s",
+            extra=stream_args,
+            **common,
+        )
         log(f"{key}: pyclient")
-        out["pyclient"] = {"unavailable": py_missing} if py_missing else guarded("pyclient", lambda: load(
-            "client", port, pid, conversations=n["pyclient"], start=tl.take(n["pyclient"] + 500), tag=f"{key}p",
-            extra=["--auto-batch", "--concurrency", str(cfg["client_concurrency"])], **common))
+        out["pyclient"] = (
+            {"unavailable": py_missing}
+            if py_missing
+            else guarded(
+                "pyclient",
+                lambda: load(
+                    "client",
+                    port,
+                    pid,
+                    conversations=n["pyclient"],
+                    start=tl.take(n["pyclient"] + 500),
+                    tag=f"{key}p",
+                    extra=["--auto-batch", "--concurrency", str(cfg["client_concurrency"])],
+                    **common,
+                ),
+            )
+        )
         log(f"{key}: node")
-        out["node"] = {"unavailable": node_missing} if node_missing else guarded("node", lambda: node_load(
-            workdir, port, pid, conversations=n["node"], start=tl.take(n["node"] + 500), tag=f"{key}n",
-            concurrency=cfg["client_concurrency"], **common))
+        out["node"] = (
+            {"unavailable": node_missing}
+            if node_missing
+            else guarded(
+                "node",
+                lambda: node_load(
+                    workdir,
+                    port,
+                    pid,
+                    conversations=n["node"],
+                    start=tl.take(n["node"] + 500),
+                    tag=f"{key}n",
+                    concurrency=cfg["client_concurrency"],
+                    **common,
+                ),
+            )
+        )
         for k, v in out.items():
             if "conv_per_server_cpu_s" in v:
-                log(f"{key} {k}: {v['conv_per_server_cpu_s']:,.0f} conv/server-CPU-s, {v['conv_per_s']:,.0f} conv/s, "
-                    f"errors {sum(v['errors'].values())}")
+                log(
+                    f"{key} {k}: {v['conv_per_server_cpu_s']:,.0f} conv/server-CPU-s, {v['conv_per_s']:,.0f} conv/s, "
+                    f"errors {sum(v['errors'].values())}"
+                )
         return out
 
     # ---- 200 shops: the four paths, then latency.
     small = {"shops": cfg["small_shops"], "contacts_per_shop": cfg["small_contacts"] // cfg["small_shops"]}
     with lifecycle_server(cfg["small_shops"], cfg["small_contacts"], tl.contacts_at) as (port, pid):
-        res["small"] = four_paths(port, pid, cfg["small_shops"], small["contacts_per_shop"], "s",
-                                  {k: cfg[k] for k in ("unary", "stream", "pyclient", "node")})
+        res["small"] = four_paths(
+            port,
+            pid,
+            cfg["small_shops"],
+            small["contacts_per_shop"],
+            "s",
+            {k: cfg[k] for k in ("unary", "stream", "pyclient", "node")},
+        )
         lat: dict[str, Any] = {}
         top_unary = res["small"]["unary"]["conv_per_s"]
         top_py = res["small"]["pyclient"].get("conv_per_s")
@@ -278,9 +453,20 @@ def run_lifecycle(workdir: Path, *, quick: bool, contacts: int | None = None, sk
                     key = f"{name}_half{'_busy' if spin else ''}"
                     n = max(100, int(top * 0.5 * cfg["half_s"]))
                     log(f"latency: {key} at {top * 0.5:,.0f} conv/s")
-                    lat[key] = guarded(key, lambda: load(
-                        "client", port, pid, conversations=n, start=tl.take(n + 500), tag=f"l{key}",
-                        extra=[flag, "--rate", f"{top * 0.5:.1f}", "--latency"], warmup=100, **small))
+                    lat[key] = guarded(
+                        key,
+                        lambda: load(
+                            "client",
+                            port,
+                            pid,
+                            conversations=n,
+                            start=tl.take(n + 500),
+                            tag=f"l{key}",
+                            extra=[flag, "--rate", f"{top * 0.5:.1f}", "--latency"],
+                            warmup=100,
+                            **small,
+                        ),
+                    )
         for spin in (False, True):
             ctx = gb.idle_spinners() if spin else contextlib.nullcontext()
             with ctx:
@@ -289,22 +475,49 @@ def run_lifecycle(workdir: Path, *, quick: bool, contacts: int | None = None, sk
                         continue
                     key = f"{name}_low{'_busy' if spin else ''}"
                     log(f"latency: {key}")
-                    lat[key] = guarded(key, lambda: load(
-                        "client", port, pid, conversations=cfg["low"], start=tl.take(cfg["low"] + 500),
-                        tag=f"l{key}", extra=[flag, "--concurrency", "1", "--latency"], warmup=50, **small))
+                    lat[key] = guarded(
+                        key,
+                        lambda: load(
+                            "client",
+                            port,
+                            pid,
+                            conversations=cfg["low"],
+                            start=tl.take(cfg["low"] + 500),
+                            tag=f"l{key}",
+                            extra=[flag, "--concurrency", "1", "--latency"],
+                            warmup=50,
+                            **small,
+                        ),
+                    )
         res["latency"] = lat
 
     # ---- the stream with a data dir: --fsync always / batch.
     res["fsync"] = {}
     for mode in ("always", "batch"):
         with tempfile.TemporaryDirectory(prefix="dispatch-lc-", dir=workdir) as tmp:
-            extra = ["--data-dir", str(Path(tmp) / "data"), "--create-data-dir", "--fsync", mode,
-                     "--snapshot-every", "0", "--snapshot-interval", "0"]
+            extra = [
+                "--data-dir",
+                str(Path(tmp) / "data"),
+                "--create-data-dir",
+                "--fsync",
+                mode,
+                "--snapshot-every",
+                "0",
+                "--snapshot-interval",
+                "0",
+            ]
             with lifecycle_server(cfg["small_shops"], cfg["small_contacts"], tl.contacts_at, extra) as (port, pid):
                 log(f"fsync {mode}: stream")
-                res["fsync"][mode] = load("stream", port, pid, conversations=cfg["fsync"],
-                                          start=tl.take(cfg["fsync"] + 500), tag=f"f{mode[0]}", extra=stream_args,
-                                          **small)
+                res["fsync"][mode] = load(
+                    "stream",
+                    port,
+                    pid,
+                    conversations=cfg["fsync"],
+                    start=tl.take(cfg["fsync"] + 500),
+                    tag=f"f{mode[0]}",
+                    extra=stream_args,
+                    **small,
+                )
                 r = res["fsync"][mode]
                 log(f"fsync {mode}: {r['conv_per_s']:,.0f} conv/s, {r['conv_per_server_cpu_s']:,.0f} conv/server-CPU-s")
 
@@ -328,8 +541,12 @@ def main() -> None:
     p.add_argument("--contacts", type=int, default=None)
     p.add_argument("--skip-big", action="store_true")
     a = p.parse_args()
-    out = run_lifecycle(Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")) / "lifecycle", quick=a.quick,
-                        contacts=a.contacts, skip_big=a.skip_big)
+    out = run_lifecycle(
+        Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench")) / "lifecycle",
+        quick=a.quick,
+        contacts=a.contacts,
+        skip_big=a.skip_big,
+    )
     print(json.dumps(out, indent=1, default=str))
 
 
@@ -339,10 +556,12 @@ if __name__ == "__main__":
 
 # --------------------------------------------------------------------- RESULTS.md
 
-PATHS = (("unary", "1. unary RPCs (`AsyncDispatchClient(auto_batch=False)`)"),
-         ("stream", "2. OperateStream, pre-serialized batches"),
-         ("pyclient", "3. auto-batching Python client (`AsyncDispatchClient`)"),
-         ("node", "4. auto-batching Node client (clients/node)"))
+PATHS = (
+    ("unary", "1. unary RPCs (`AsyncDispatchClient(auto_batch=False)`)"),
+    ("stream", "2. OperateStream, pre-serialized batches"),
+    ("pyclient", "3. auto-batching Python client (`AsyncDispatchClient`)"),
+    ("node", "4. auto-batching Node client (clients/node)"),
+)
 
 
 def _rate(r: dict[str, Any] | None) -> float | None:
@@ -354,28 +573,59 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     out: list[tuple[str, str, str, bool]] = []
     s = res["small"]
     unary, stream = _rate(s["unary"]), _rate(s["stream"])
-    out.append(("lifecycle: stream at 200 shops, conversations/server-CPU-s", "≥ 100,000", f"{stream:,.0f}",
-                stream >= 100_000))
-    out.append(("lifecycle: stream / unary at 200 shops", "≥ 200×", f"{stream / unary:,.0f}× ({unary:,.0f} unary)",
-                stream / unary >= 200))
+    out.append(
+        ("lifecycle: stream at 200 shops, conversations/server-CPU-s", "≥ 100,000", f"{stream:,.0f}", stream >= 100_000)
+    )
+    out.append(
+        (
+            "lifecycle: stream / unary at 200 shops",
+            "≥ 200×",
+            f"{stream / unary:,.0f}× ({unary:,.0f} unary)",
+            stream / unary >= 200,
+        )
+    )
     big = res.get("big")
     if big:
         b = _rate(big["stream"])
         size = f"{res['cfg']['big_shops']:,} shops / {res['cfg']['big_contacts']:,} contacts"
-        out.append((f"lifecycle: stream at {size}", "≥ 30,000", f"{b:,.0f}"
-                    + ("" if res["cfg"]["big_contacts"] >= 10_000_000 else " (reduced contact count)"), b >= 30_000))
+        out.append(
+            (
+                f"lifecycle: stream at {size}",
+                "≥ 30,000",
+                f"{b:,.0f}" + ("" if res["cfg"]["big_contacts"] >= 10_000_000 else " (reduced contact count)"),
+                b >= 30_000,
+            )
+        )
     py = _rate(s["pyclient"])
-    out.append(("lifecycle: auto-batching Python client at 200 shops", "≥ 20,000",
-                f"{py:,.0f}" if py else f"not available: {s['pyclient'].get('unavailable')}", bool(py and py >= 20_000)))
+    out.append(
+        (
+            "lifecycle: auto-batching Python client at 200 shops",
+            "≥ 20,000",
+            f"{py:,.0f}" if py else f"not available: {s['pyclient'].get('unavailable')}",
+            bool(py and py >= 20_000),
+        )
+    )
     lat = res.get("latency", {})
     if "p50_us" in lat.get("pyclient_low", {}) and "p50_us" in lat.get("unary_low", {}):
         u, p = lat["unary_low"]["p50_us"] / 1000, lat["pyclient_low"]["p50_us"] / 1000
-        out.append(("lifecycle: auto-batched p50 at low load vs unary p50", "≤ unary + 0.3 ms",
-                    f"{p:.2f} ms vs {u:.2f} ms", p <= u + 0.3))
+        out.append(
+            (
+                "lifecycle: auto-batched p50 at low load vs unary p50",
+                "≤ unary + 0.3 ms",
+                f"{p:.2f} ms vs {u:.2f} ms",
+                p <= u + 0.3,
+            )
+        )
     fa = res.get("fsync", {}).get("always")
     if fa:
-        out.append(("lifecycle: stream with `--fsync always`, conversations/s", "≥ 10,000", f"{fa['conv_per_s']:,.0f}",
-                    fa["conv_per_s"] >= 10_000))
+        out.append(
+            (
+                "lifecycle: stream with `--fsync always`, conversations/s",
+                "≥ 10,000",
+                f"{fa['conv_per_s']:,.0f}",
+                fa["conv_per_s"] >= 10_000,
+            )
+        )
     return out
 
 
@@ -384,34 +634,45 @@ def render(res: dict[str, Any]) -> list[str]:
     L: list[str] = []
     w = L.append
     w("## Lifecycle: whole conversations over gRPC (issue 13)\n")
-    w(f"`bench/lifecycle_bench.py` ({'quick sizes' if res['quick'] else 'full sizes'}; alone: "
-      f"`.venv/bin/python -m bench.run --lifecycle-only{' --quick' if res['quick'] else ''}`). "
-      "Per conversation: 1 Dispatch, 3 BUYER_MESSAGE + 3 AGENT_REPLY (alternating), CLOSED = 8 operations, "
-      "with explicit `at` times in the past of the server clock (within `--max-clock-skew`); about 1 buyer in 4 "
-      "comes back (an earlier buyer of the same shop, or one of the loaded recent contacts, all within 72 h), "
-      "and 1 presence change (an agent going offline, or back online) per 8 conversations. The server "
-      "(`bench/lifecycle_server.py`: `dispatcher serve`, in memory, on an engine built in-process the way (b) "
-      "builds it: shops of 20 agents, five strategies, two groups, recent contacts made by dispatch, reply, "
-      "close) runs on core 0, each load generator in its own process on core 1.\n")
-    w(f"**conv/CPU-s** = conversations / server CPU seconds (utime+stime of the server process from "
-      f"`/proc/<pid>/stat`, read around the measured part, after a warm-up). Path 2 sends OperateRequests of "
-      f"{cfg['per_batch']} conversations × 8 operations + the presence changes among them "
-      f"(~{cfg['per_batch'] * 8 + cfg['per_batch'] // 8} operations), all 1st operations, then all 2nd, ...; "
-      "the median of 3 rounds (this shared 2-core VM moves a single figure by up to ±30 %); "
-      f"{cfg['streams']} streams, {cfg['window']} batches written ahead on each. Paths 1, 3, 4 run "
-      f"{cfg['unary_concurrency']} (unary) / {cfg['client_concurrency']} (auto-batching) concurrent "
-      "conversations, each awaiting its calls one after the other. Ratios are to the unary figure of the same "
-      "server in this run.\n")
+    w(
+        f"`bench/lifecycle_bench.py` ({'quick sizes' if res['quick'] else 'full sizes'}; alone: "
+        f"`.venv/bin/python -m bench.run --lifecycle-only{' --quick' if res['quick'] else ''}`). "
+        "Per conversation: 1 Dispatch, 3 BUYER_MESSAGE + 3 AGENT_REPLY (alternating), CLOSED = 8 operations, "
+        "with explicit `at` times in the past of the server clock (within `--max-clock-skew`); about 1 buyer in 4 "
+        "comes back (an earlier buyer of the same shop, or one of the loaded recent contacts, all within 72 h), "
+        "and 1 presence change (an agent going offline, or back online) per 8 conversations. The server "
+        "(`bench/lifecycle_server.py`: `dispatcher serve`, in memory, on an engine built in-process the way (b) "
+        "builds it: shops of 20 agents, five strategies, two groups, recent contacts made by dispatch, reply, "
+        "close) runs on core 0, each load generator in its own process on core 1.\n"
+    )
+    w(
+        f"**conv/CPU-s** = conversations / server CPU seconds (utime+stime of the server process from "
+        f"`/proc/<pid>/stat`, read around the measured part, after a warm-up). Path 2 sends OperateRequests of "
+        f"{cfg['per_batch']} conversations × 8 operations + the presence changes among them "
+        f"(~{cfg['per_batch'] * 8 + cfg['per_batch'] // 8} operations), all 1st operations, then all 2nd, ...; "
+        "the median of 3 rounds (this shared 2-core VM moves a single figure by up to ±30 %); "
+        f"{cfg['streams']} streams, {cfg['window']} batches written ahead on each. Paths 1, 3, 4 run "
+        f"{cfg['unary_concurrency']} (unary) / {cfg['client_concurrency']} (auto-batching) concurrent "
+        "conversations, each awaiting its calls one after the other. Ratios are to the unary figure of the same "
+        "server in this run.\n"
+    )
     sections = [("small", f"{cfg['small_shops']} shops, {cfg['small_contacts']:,} recent contacts loaded")]
     if res.get("big"):
-        sections.append(("big", f"{cfg['big_shops']:,} shops × 20 agents, {cfg['big_contacts']:,} recent contacts"
-                         + ("" if cfg["big_contacts"] >= 10_000_000 else " (**reduced**: the issue's size is 10 M)")))
+        sections.append(
+            (
+                "big",
+                f"{cfg['big_shops']:,} shops × 20 agents, {cfg['big_contacts']:,} recent contacts"
+                + ("" if cfg["big_contacts"] >= 10_000_000 else " (**reduced**: the issue's size is 10 M)"),
+            )
+        )
     for key, title in sections:
         rows = res[key]
         unary = _rate(rows["unary"])
         w(f"### {title}\n")
-        w("| path | conversations | conv/CPU-s | × unary | server CPU µs/operation | conv/s (wall) | "
-          "ops/batch | errors | affinity share |")
+        w(
+            "| path | conversations | conv/CPU-s | × unary | server CPU µs/operation | conv/s (wall) | "
+            "ops/batch | errors | affinity share |"
+        )
         w("|---|---|---|---|---|---|---|---|---|")
         for name, label in PATHS:
             r = rows.get(name) or {}
@@ -421,26 +682,33 @@ def render(res: dict[str, Any]) -> list[str]:
             reasons = r.get("reasons", {})
             aff = reasons.get("REASON_AFFINITY", 0) / max(1, sum(reasons.values()))
             opb = f"{r['ops_per_batch']:.0f}" if r.get("ops_per_batch") else "1"
-            w(f"| {label} | {r['conversations']:,} | **{r['conv_per_server_cpu_s']:,.0f}** | "
-              f"{r['conv_per_server_cpu_s'] / unary:,.1f}× | {r['server_cpu_us_per_op']:.2f} | {r['conv_per_s']:,.0f} | "
-              f"{opb} | {sum(r['errors'].values())} | {aff:.0%} |")
+            w(
+                f"| {label} | {r['conversations']:,} | **{r['conv_per_server_cpu_s']:,.0f}** | "
+                f"{r['conv_per_server_cpu_s'] / unary:,.1f}× | {r['server_cpu_us_per_op']:.2f} | {r['conv_per_s']:,.0f} | "
+                f"{opb} | {sum(r['errors'].values())} | {aff:.0%} |"
+            )
         w("")
     lat = res.get("latency", {})
     if lat:
         w("### Latency of one call (200 shops)\n")
-        w("End to end in the client process (from the call to its answer), every call of every conversation. "
-          "\"50 %\": an open loop starting conversations at half the rate that path reached above (its own max; "
-          "the auto-batching client's max is bound by the client's core). \"Low load\": one conversation at a "
-          "time (`--concurrency 1`); \"cores kept from idling\": the `nice -n 19` spinners of the gRPC section "
-          "(this VM takes ~2 ms to wake an idle vCPU).\n")
+        w(
+            "End to end in the client process (from the call to its answer), every call of every conversation. "
+            '"50 %": an open loop starting conversations at half the rate that path reached above (its own max; '
+            "the auto-batching client's max is bound by the client's core). \"Low load\": one conversation at a "
+            'time (`--concurrency 1`); "cores kept from idling": the `nice -n 19` spinners of the gRPC section '
+            "(this VM takes ~2 ms to wake an idle vCPU).\n"
+        )
         w("| load | client | conv/s | p50 ms | p99 ms | ops/batch | calls |\n|---|---|---|---|---|---|---|")
-        for key, load_name, client in (("unary_half", "50 % of max", "unary"),
-                                       ("pyclient_half", "50 % of max", "auto-batched"),
-                                       ("unary_half_busy", "50 % of max, cores kept from idling", "unary"),
-                                       ("pyclient_half_busy", "50 % of max, cores kept from idling", "auto-batched"),
-                                       ("unary_low", "low", "unary"), ("pyclient_low", "low", "auto-batched"),
-                                       ("unary_low_busy", "low, cores kept from idling", "unary"),
-                                       ("pyclient_low_busy", "low, cores kept from idling", "auto-batched")):
+        for key, load_name, client in (
+            ("unary_half", "50 % of max", "unary"),
+            ("pyclient_half", "50 % of max", "auto-batched"),
+            ("unary_half_busy", "50 % of max, cores kept from idling", "unary"),
+            ("pyclient_half_busy", "50 % of max, cores kept from idling", "auto-batched"),
+            ("unary_low", "low", "unary"),
+            ("pyclient_low", "low", "auto-batched"),
+            ("unary_low_busy", "low, cores kept from idling", "unary"),
+            ("pyclient_low_busy", "low, cores kept from idling", "auto-batched"),
+        ):
             r = lat.get(key)
             if not r:
                 continue
@@ -448,20 +716,28 @@ def render(res: dict[str, Any]) -> list[str]:
                 w(f"| {load_name} | {client} | not available: {r.get('unavailable')} | | | | |")
                 continue
             opb = f"{r['ops_per_batch']:.1f}" if r.get("ops_per_batch") else "1"
-            w(f"| {load_name} | {client} | {r['conv_per_s']:,.0f} | {r['p50_us'] / 1000:.2f} | "
-              f"{r['p99_us'] / 1000:.2f} | {opb} | {r['latency_samples']:,} |")
+            w(
+                f"| {load_name} | {client} | {r['conv_per_s']:,.0f} | {r['p50_us'] / 1000:.2f} | "
+                f"{r['p99_us'] / 1000:.2f} | {opb} | {r['latency_samples']:,} |"
+            )
         w("")
     if res.get("fsync"):
         w("### The stream with a data dir (200 shops)\n")
-        w("Path 2 against a server with `--data-dir <tmp> --create-data-dir --snapshot-every 0 --snapshot-interval 0` "
-          "(one journal record per batch; `always` answers after the fsync that covers it, group commit across "
-          "the streams; `batch` answers after the write and fsyncs every 100 ms).\n")
-        w("| `--fsync` | conversations | conv/s (wall) | conv/CPU-s | × unary (in memory) | errors |\n"
-          "|---|---|---|---|---|---|")
+        w(
+            "Path 2 against a server with `--data-dir <tmp> --create-data-dir --snapshot-every 0 --snapshot-interval 0` "
+            "(one journal record per batch; `always` answers after the fsync that covers it, group commit across "
+            "the streams; `batch` answers after the write and fsyncs every 100 ms).\n"
+        )
+        w(
+            "| `--fsync` | conversations | conv/s (wall) | conv/CPU-s | × unary (in memory) | errors |\n"
+            "|---|---|---|---|---|---|"
+        )
         unary = _rate(res["small"]["unary"])
         for mode, r in res["fsync"].items():
-            w(f"| {mode} | {r['conversations']:,} | **{r['conv_per_s']:,.0f}** | {r['conv_per_server_cpu_s']:,.0f} | "
-              f"{r['conv_per_server_cpu_s'] / unary:,.0f}× | {sum(r['errors'].values())} |")
+            w(
+                f"| {mode} | {r['conversations']:,} | **{r['conv_per_s']:,.0f}** | {r['conv_per_server_cpu_s']:,.0f} | "
+                f"{r['conv_per_server_cpu_s'] / unary:,.0f}× | {sum(r['errors'].values())} |"
+            )
         w("")
     bd = res.get("breakdown")
     if bd and "wire_s" in bd:
@@ -470,18 +746,20 @@ def render(res: dict[str, Any]) -> list[str]:
         wire_us = bd["wire_s"] * 1e6 / bd["conversations"]
         obj_us = (bd["object_parse_s"] + bd["object_apply_s"] + bd["object_serialize_s"]) * 1e6 / bd["conversations"]
         w("### Where the stream's server time goes (200 shops)\n")
-        w(f"In-process, the same kind of batches ({bd['conversations']:,} conversations, {bd['operations']:,} "
-          f"operations) through the engine alone: `operate_wire` (what the servicer calls: reads the OperateRequest "
-          f"bytes, applies every operation, writes the OperateResponse bytes) costs **{wire_us:.2f} µs per "
-          f"conversation** ({bd['wire_s'] * 1e9 / bd['operations']:.0f} ns per operation). Over gRPC the server "
-          f"spends {total_us:.2f} µs of CPU per conversation: the engine is {wire_us / total_us:.0%} of it, the "
-          f"rest ({total_us - wire_us:.2f} µs per conversation, {(total_us - wire_us) * cfg['per_batch']:.0f} µs "
-          "per batch of ~520 operations) is grpc.aio, HTTP/2 and the servicer around the engine call. For "
-          f"comparison, the object path (protobuf parse, the per-operation Python loop of "
-          f"`dispatcher/operations.py`, serialize), the fallback for batches the reader declines, costs "
-          f"{obj_us:.1f} µs per conversation (parse {bd['object_parse_s'] * 1e6 / bd['conversations']:.1f}, apply "
-          f"{bd['object_apply_s'] * 1e6 / bd['conversations']:.1f}, serialize "
-          f"{bd['object_serialize_s'] * 1e6 / bd['conversations']:.1f}).\n")
+        w(
+            f"In-process, the same kind of batches ({bd['conversations']:,} conversations, {bd['operations']:,} "
+            f"operations) through the engine alone: `operate_wire` (what the servicer calls: reads the OperateRequest "
+            f"bytes, applies every operation, writes the OperateResponse bytes) costs **{wire_us:.2f} µs per "
+            f"conversation** ({bd['wire_s'] * 1e9 / bd['operations']:.0f} ns per operation). Over gRPC the server "
+            f"spends {total_us:.2f} µs of CPU per conversation: the engine is {wire_us / total_us:.0%} of it, the "
+            f"rest ({total_us - wire_us:.2f} µs per conversation, {(total_us - wire_us) * cfg['per_batch']:.0f} µs "
+            "per batch of ~520 operations) is grpc.aio, HTTP/2 and the servicer around the engine call. For "
+            f"comparison, the object path (protobuf parse, the per-operation Python loop of "
+            f"`dispatcher/operations.py`, serialize), the fallback for batches the reader declines, costs "
+            f"{obj_us:.1f} µs per conversation (parse {bd['object_parse_s'] * 1e6 / bd['conversations']:.1f}, apply "
+            f"{bd['object_apply_s'] * 1e6 / bd['conversations']:.1f}, serialize "
+            f"{bd['object_serialize_s'] * 1e6 / bd['conversations']:.1f}).\n"
+        )
     elif bd:
         w(f"Stage breakdown: {bd.get('wire_unavailable')}.\n")
     analysis = ROOT / "bench" / "ANALYSIS_LIFECYCLE.md"

@@ -33,8 +33,10 @@ import uvloop
 from bench import lifecycle as lc
 from dispatcher._gen.dispatch.v1 import common_pb2, dispatch_pb2
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,16 +52,18 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def make_items(a: argparse.Namespace, n: int, tag: str, start_ms: int) -> list[lc.Item]:
-    return lc.workload(n, n_shops=a.shops, contacts_per_shop=a.contacts, seed=zlib.crc32(tag.encode()), tag=tag,
-                       start_ms=start_ms)
+    return lc.workload(
+        n, n_shops=a.shops, contacts_per_shop=a.contacts, seed=zlib.crc32(tag.encode()), tag=tag, start_ms=start_ms
+    )
 
 
 # --------------------------------------------------------------------- path 2: pre-serialized batches
 
 
 async def run_stream(a: argparse.Namespace) -> dict[str, Any]:
-    warm = [b.SerializeToString() for b in lc.operate_batches(
-        make_items(a, a.warmup, a.tag + "w", a.start_ms), a.per_batch)]
+    warm = [
+        b.SerializeToString() for b in lc.operate_batches(make_items(a, a.warmup, a.tag + "w", a.start_ms), a.per_batch)
+    ]
     items = make_items(a, a.conversations, a.tag, a.start_ms + a.warmup * lc.MS_PER_CONVERSATION)
     bodies = [b.SerializeToString() for b in lc.operate_batches(items, a.per_batch)]
     mix = lc.mix(items)
@@ -94,13 +98,13 @@ async def run_stream(a: argparse.Namespace) -> dict[str, Any]:
             assert got == len(mine), (got, len(mine))
 
         async def all_streams(bodies: list[bytes], parse: bool) -> None:
-            await asyncio.gather(*(one_stream(bodies[k::a.streams], parse) for k in range(a.streams)))
+            await asyncio.gather(*(one_stream(bodies[k :: a.streams], parse) for k in range(a.streams)))
 
         await all_streams(warm, False)
         rounds = []
         per = -(-len(bodies) // a.rounds)
         for r in range(a.rounds):
-            part = bodies[r * per:(r + 1) * per]
+            part = bodies[r * per : (r + 1) * per]
             cpu0, t0 = cpu_seconds(a.server_pid), time.perf_counter()
             await all_streams(part, not a.no_parse)
             rounds.append((len(part), time.perf_counter() - t0, cpu_seconds(a.server_pid) - cpu0))
@@ -109,11 +113,25 @@ async def run_stream(a: argparse.Namespace) -> dict[str, Any]:
     conv_per_batch = mix["conversations"] / len(bodies)
     rates = sorted(n * conv_per_batch / max(1e-9, c) for n, _, c in rounds)
     walls = sorted(n * conv_per_batch / t for n, t, _ in rounds)
-    return {"path": "stream", "conversations": mix["conversations"], "rounds": len(rounds),
-            "round_conv_per_server_cpu_s": rates, "conv_per_server_cpu_s": rates[len(rates) // 2],
-            "conv_per_s": walls[len(walls) // 2], "operations": ops, "batches": len(bodies),
-            "per_batch": a.per_batch, "ops_per_batch": ops / len(bodies), "streams": a.streams, "window": a.window,
-            "elapsed_s": elapsed, "server_cpu_s": cpu, "mix": mix, "errors": dict(errors), "reasons": dict(reasons)}
+    return {
+        "path": "stream",
+        "conversations": mix["conversations"],
+        "rounds": len(rounds),
+        "round_conv_per_server_cpu_s": rates,
+        "conv_per_server_cpu_s": rates[len(rates) // 2],
+        "conv_per_s": walls[len(walls) // 2],
+        "operations": ops,
+        "batches": len(bodies),
+        "per_batch": a.per_batch,
+        "ops_per_batch": ops / len(bodies),
+        "streams": a.streams,
+        "window": a.window,
+        "elapsed_s": elapsed,
+        "server_cpu_s": cpu,
+        "mix": mix,
+        "errors": dict(errors),
+        "reasons": dict(reasons),
+    }
 
 
 # --------------------------------------------------------------------- paths 1 and 3: the Python client
@@ -147,8 +165,9 @@ async def run_client(a: argparse.Namespace) -> dict[str, Any]:
         if isinstance(item, lc.PresenceChange):
             await call(client.set_presence(item.shop, item.agent, item.presence, at=item.at))
             return
-        res = await call(client.dispatch(item.shop, item.buyer, item.conversation, order_state=item.order_state,
-                                         at=item.at))
+        res = await call(
+            client.dispatch(item.shop, item.buyer, item.conversation, order_state=item.order_state, at=item.at)
+        )
         if res is not None:
             reasons[common_pb2.Reason.Name(res.reason)] += 1
         for k, event in enumerate(lc.EVENTS, start=1):
@@ -193,9 +212,18 @@ async def run_client(a: argparse.Namespace) -> dict[str, Any]:
     stats1 = dataclass_dict(client.batch_stats)
     await client.close()
     ops = sum(v for k, v in mix.items() if k not in ("conversations", "returning"))
-    out: dict[str, Any] = {"path": "pyclient" if a.auto_batch else "unary", "conversations": mix["conversations"],
-                           "operations": ops, "concurrency": a.concurrency, "rate": a.rate, "elapsed_s": elapsed,
-                           "server_cpu_s": cpu, "mix": mix, "errors": dict(errors), "reasons": dict(reasons)}
+    out: dict[str, Any] = {
+        "path": "pyclient" if a.auto_batch else "unary",
+        "conversations": mix["conversations"],
+        "operations": ops,
+        "concurrency": a.concurrency,
+        "rate": a.rate,
+        "elapsed_s": elapsed,
+        "server_cpu_s": cpu,
+        "mix": mix,
+        "errors": dict(errors),
+        "reasons": dict(reasons),
+    }
     if stats1:
         batches = stats1["batches"] - stats0["batches"]
         out["batches"] = batches

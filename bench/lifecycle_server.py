@@ -26,7 +26,7 @@ from dispatcher import cli
 
 def main() -> int:
     argv = sys.argv[1:]
-    own, serve = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, serve = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser()
     p.add_argument("--shops", type=int, required=True)
     p.add_argument("--agents", type=int, default=20)
@@ -37,8 +37,11 @@ def main() -> int:
     t = time.perf_counter()
     engine = eb.compiled_engine_cls()(7)
     built = eb.build_many(engine, a.shops, a.agents, a.contacts, start_ms=a.contacts_at_ms, capacity=a.capacity)
-    print(f"lifecycle_server: built {a.shops} shops, {built['affinity']} contacts in {time.perf_counter() - t:.0f}s",
-          file=sys.stderr, flush=True)
+    print(
+        f"lifecycle_server: built {a.shops} shops, {built['affinity']} contacts in {time.perf_counter() - t:.0f}s",
+        file=sys.stderr,
+        flush=True,
+    )
     _fastpath.Engine = lambda seed=0: engine  # type: ignore[assignment,misc]
     return cli.main(["serve", *serve])
 

@@ -38,8 +38,9 @@ def memory_latency(workdir: Path, sizes_mib: tuple[int, ...] = SIZES_MIB, runs: 
     def one(mib: int, huge: int) -> tuple[float, int]:
         samples = []
         for _ in range(runs):
-            out = subprocess.run(["taskset", "-c", "0", str(exe), str(mib), str(huge)], capture_output=True,
-                                 text=True, check=True).stdout.split()
+            out = subprocess.run(
+                ["taskset", "-c", "0", str(exe), str(mib), str(huge)], capture_output=True, text=True, check=True
+            ).stdout.split()
             samples.append((float(out[0]), int(out[1])))
         samples.sort()
         return samples[len(samples) // 2]

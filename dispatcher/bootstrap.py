@@ -18,6 +18,9 @@ or numbers. Durations are strings with units (``"72h"``, ``"10m"``,
 ``"1h30m"``, ``"45s"``, ``"250ms"``) or milliseconds under a ``_ms`` key
 (``"offline_grace_ms": 600000``). ``created_at`` is an ISO-8601 time or
 ``created_at_ms``. Unset fields take the same defaults as over gRPC.
+The rules that fire on time (spec §10-§11) are shop keys
+``reroute_unanswered_after`` (also a group key), ``max_reroutes``,
+``reclaim_after_offline`` and ``max_queue_wait`` (``"3m"``, or ``*_ms``); unset: off.
 
 Order of application: every shop without its robot/proxy references, then
 its agents, then the full shop settings, then groups, exclusive pairs and
@@ -64,9 +67,14 @@ _SHOP_KEYS = {
     "offline_grace_ms", "affinity_may_exceed_capacity", "exclusive_direct", "robot_first", "robot_agent_id",
     "offline_rule", "proxy_account", "staging_first_cap", "busy_threshold", "main_account_mode",
     "mobile_dispatch", "timezone", "tie_seed", "agents", "groups", "exclusive_agents", "presence",
+    "reroute_unanswered_after", "reroute_unanswered_after_ms", "max_reroutes", "reclaim_after_offline",
+    "reclaim_after_offline_ms", "max_queue_wait", "max_queue_wait_ms",
 }  # fmt: skip
 _AGENT_KEYS = {"agent_id", "role", "weight", "max_capacity", "created_at", "created_at_ms", "chat_permission"}
-_GROUP_KEYS = {"group_id", "members", "order_states", "sources", "robot_enabled", "robot_agent_id", "strategy"}
+_GROUP_KEYS = {
+    "group_id", "members", "order_states", "sources", "robot_enabled", "robot_agent_id", "strategy",
+    "reroute_unanswered_after", "reroute_unanswered_after_ms",
+}  # fmt: skip
 _EXCLUSIVE_KEYS = {"buyer_id", "agent_id"}
 _PRESENCE_KEYS = {"agent_id", "presence", "client"}
 _PREFIX = {
@@ -178,6 +186,11 @@ def _shop(obj: Mapping[str, Any], where: str) -> ShopConfig:
         mobile_dispatch=obj.get("mobile_dispatch", False),
         timezone=obj.get("timezone", "UTC"),
         tie_seed=obj.get("tie_seed", 0),
+        # §10-§11 rules that fire on time: off unless set (durations like "3m").
+        reroute_unanswered_after_ms=_duration(obj, "reroute_unanswered_after", 0, where),
+        max_reroutes=obj.get("max_reroutes", 1),
+        reclaim_after_offline_ms=_duration(obj, "reclaim_after_offline", 0, where),
+        max_queue_wait_ms=_duration(obj, "max_queue_wait", 0, where),
     )
 
 
@@ -263,6 +276,7 @@ def apply_bootstrap(engine: Any, shops: list[Any], at_ms: int, source: str = "bo
                         robot_enabled=g.get("robot_enabled", False),
                         robot_agent_id=g.get("robot_agent_id", ""),
                         strategy=_enum(g["strategy"], Strategy, f"{step}.strategy") if "strategy" in g else 0,
+                        reroute_unanswered_after_ms=_duration(g, "reroute_unanswered_after", 0, step),
                     )
                 )
                 counts["groups"] += 1

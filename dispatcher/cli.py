@@ -235,6 +235,7 @@ async def serve(settings: ServeSettings) -> int:
         metrics_host=settings.metrics_host or settings.host,
         max_concurrent_streams=settings.max_concurrent_streams,
         max_clock_skew=settings.max_clock_skew,
+        tick_interval_ms=settings.tick_interval_ms,
     )
     try:
         port = await server.start(settings.host, settings.port)

@@ -48,6 +48,7 @@ ENV_VARS: Final = {
     "auth_policy": "DISPATCH_AUTH_POLICY",
     "no_auth": "DISPATCH_NO_AUTH",
     "max_clock_skew": "DISPATCH_MAX_CLOCK_SKEW",
+    "tick_interval_ms": "DISPATCH_TICK_INTERVAL_MS",
     "max_concurrent_rpcs": "DISPATCH_MAX_CONCURRENT_RPCS",
     "max_concurrent_streams": "DISPATCH_MAX_CONCURRENT_STREAMS",
     # Ecosystem (dispatcher/observability.py, dispatcher/docs/OPERATING.md).
@@ -83,6 +84,7 @@ class ServeSettings:
     auth_policy: Path | None = None
     no_auth: bool = False
     max_clock_skew: float = 300.0
+    tick_interval_ms: int = 100
     max_concurrent_rpcs: int = 1024
     max_concurrent_streams: int = 1024
     config: Path | None = None
@@ -134,6 +136,19 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _tick_interval(text: str) -> int:
+    """Milliseconds (>= 0); 0 or "off" turns ticking off."""
+    if str(text).strip().lower() in ("off", "none"):
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds or off") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (0 or off: no ticking)")
     return value
 
 
@@ -194,6 +209,14 @@ def _add_security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, s
         default=env.get(ENV_VARS["max_clock_skew"], 300),
         help="seconds a caller's `at` may be ahead of the server clock; later ones are refused "
         "(INVALID_ARGUMENT). 0 or off: no bound, for replays of recorded times [$DISPATCH_MAX_CLOCK_SKEW, 300]",
+    )
+    group.add_argument(
+        "--tick-interval-ms",
+        type=_tick_interval,
+        default=env.get(ENV_VARS["tick_interval_ms"], 100),
+        help="milliseconds between two ticks of the server clock, which fire the timed rules' deadlines "
+        "(reroute, reclaim, max queue wait) when no call moves a shop's time. 0 or off: time moves only "
+        "by the callers' `at`, for replays and simulations of recorded times [$DISPATCH_TICK_INTERVAL_MS, 100]",
     )
     group.add_argument(
         "--max-concurrent-rpcs",
@@ -421,6 +444,7 @@ def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
         auth_policy=Path(ns.auth_policy) if ns.auth_policy else None,
         no_auth=bool(ns.no_auth),
         max_clock_skew=float(ns.max_clock_skew),
+        tick_interval_ms=int(ns.tick_interval_ms),
         max_concurrent_rpcs=int(ns.max_concurrent_rpcs),
         max_concurrent_streams=int(ns.max_concurrent_streams),
         config=Path(ns.config) if ns.config else None,

@@ -16,8 +16,10 @@ from typing import Any, Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from _fastpath import AgentConfig, GroupConfig, InvalidArgumentError, ShopConfig
+from _fastpath import AgentConfig, GroupConfig, InvalidArgumentError, ShopConfig, TimerKind
+from _fastpath.contract import Assignment
 from _fastpath.model import AFFINITY_WINDOW_MS_DEFAULT, timestamp_to_ms
+from _fastpath.wire import WAITING_REASONS
 
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 
@@ -126,7 +128,16 @@ def shop_from_pb(shop: admin_pb2.ShopConfig) -> ShopConfig:
         mobile_dispatch=shop.mobile_dispatch,
         timezone=shop.timezone or "UTC",
         tie_seed=shop.tie_seed,
+        reroute_unanswered_after_ms=_optional_ms(shop, "reroute_unanswered_after"),
+        max_reroutes=shop.max_reroutes or 1,
+        reclaim_after_offline_ms=_optional_ms(shop, "reclaim_after_offline"),
+        max_queue_wait_ms=_optional_ms(shop, "max_queue_wait"),
     )
+
+
+def _optional_ms(message: Any, field: str) -> int:
+    """A Duration field in ms; unset: 0 (the rule is off)."""
+    return duration_ms(getattr(message, field), field) if message.HasField(field) else 0
 
 
 def shop_config_to_pb(config: ShopConfig) -> admin_pb2.ShopConfig:
@@ -149,6 +160,10 @@ def shop_config_to_pb(config: ShopConfig) -> admin_pb2.ShopConfig:
         mobile_dispatch=config.mobile_dispatch,
         timezone=config.timezone,
         tie_seed=config.tie_seed,
+        reroute_unanswered_after=_duration(config.reroute_unanswered_after_ms),
+        max_reroutes=config.max_reroutes,
+        reclaim_after_offline=_duration(config.reclaim_after_offline_ms),
+        max_queue_wait=_duration(config.max_queue_wait_ms),
     )
 
 
@@ -174,11 +189,12 @@ def group_from_pb(group: admin_pb2.Group) -> GroupConfig:
         robot_enabled=group.robot_enabled,
         robot_agent_id=group.robot_agent_id,
         strategy=group.strategy,
+        reroute_unanswered_after_ms=_optional_ms(group, "reroute_unanswered_after"),
     )
 
 
-def assignment_to_pb(item: tuple[str, str, str, str, int, int]) -> dispatch_pb2.Assignment:
-    shop_id, conversation_id, buyer_id, agent_id, reason, at_ms = item
+def assignment_to_pb(item: Assignment) -> dispatch_pb2.Assignment:
+    shop_id, conversation_id, buyer_id, agent_id, reason, at_ms = item[:6]
     return dispatch_pb2.Assignment(
         shop_id=shop_id,
         conversation_id=conversation_id,
@@ -186,16 +202,54 @@ def assignment_to_pb(item: tuple[str, str, str, str, int, int]) -> dispatch_pb2.
         agent_id=agent_id,
         reason=reason,  # type: ignore[arg-type]
         at=timestamp(at_ms),
+        previous_agent_id=item[6] if len(item) > 6 else "",  # §10 re-route / reclaim
     )
+
+
+_DEADLINE_KINDS: Final = {int(TimerKind.REROUTE): "reroute", int(TimerKind.RECLAIM): "reclaim",
+                          int(TimerKind.QUEUE): "queue_timeout"}  # fmt: skip
+
+
+def _deadlines(state: dict[str, Any]) -> list[admin_pb2.Deadline]:
+    """GetShopState's next deadlines (spec §10, §11)."""
+    return [
+        admin_pb2.Deadline(
+            at=timestamp(d["at_ms"]),
+            kind=_DEADLINE_KINDS[d["kind"]],
+            agent_id=d["id"] if d["kind"] == TimerKind.RECLAIM else "",
+            conversation_id="" if d["kind"] == TimerKind.RECLAIM else d["id"],
+        )
+        for d in state.get("next_deadlines", ())
+    ]
 
 
 def _waiting(items: list[dict[str, Any]]) -> list[admin_pb2.WaitingConversation]:
     return [
         admin_pb2.WaitingConversation(
-            conversation_id=w["conversation_id"], buyer_id=w["buyer_id"], since=timestamp(w["since_ms"])
+            conversation_id=w["conversation_id"],
+            buyer_id=w["buyer_id"],
+            since=timestamp(w["since_ms"]),
+            priority=w.get("priority", 0),
+            position=w.get("position", 0),
         )
         for w in items
     ]
+
+
+def set_waiting_place(response: dispatch_pb2.DispatchResponse, engine: Any, shop_id: str) -> None:
+    """Spec §11: a waiting answer (``wire.WAITING_REASONS``) carries the conversation's position
+    and, once the shop's hand-out rate is known, its estimated wait (``engine.waiting_position``);
+    the same fields the engine's wire codec writes (``wire.encode_decision``)."""
+    if response.reason not in WAITING_REASONS:
+        return
+    place = engine.waiting_position(shop_id, response.conversation_id)
+    if place is None:
+        return
+    position, eta_ms = place
+    response.position = position
+    if eta_ms is not None:
+        response.estimated_wait.SetInParent()
+        response.estimated_wait.FromMilliseconds(eta_ms)
 
 
 def _agent_state(a: dict[str, Any]) -> admin_pb2.AgentState:
@@ -230,6 +284,8 @@ def shop_state_to_pb(state: dict[str, Any], config: ShopConfig) -> admin_pb2.Sho
         pool=_waiting(state["pool"]),
         live_conversations=state["live_conversations"],
         config=shop_config_to_pb(config),
+        pending_deadlines=state.get("deadlines", 0),
+        next_deadlines=_deadlines(state),
     )
 
 

@@ -271,7 +271,7 @@ class _Collector(Collector):
                 def run() -> None:
                     try:
                         future.set_result(eco.snapshot())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the scraping thread
+                    except BaseException as exc:
                         future.set_exception(exc)
 
                 loop.call_soon_threadsafe(run)

@@ -26,7 +26,7 @@ from _fastpath.contract import DispatchCall, EngineProtocol
 from _fastpath.model import InvalidArgumentError, timestamp_to_ms
 
 from ._gen.dispatch.v1 import dispatch_pb2
-from .convert import check_clock_skew
+from .convert import check_clock_skew, set_waiting_place
 
 __all__ = ["KINDS", "OperationContext", "apply_operations", "check_kinds", "status_of"]
 
@@ -77,7 +77,7 @@ def _at(request: Any, now: int, max_skew_ms: int | None) -> int:
 def _dispatch(ctx: OperationContext, op: dispatch_pb2.DispatchRequest, now: int) -> dispatch_pb2.OperationResult:
     call = DispatchCall(
         op.shop_id, op.buyer_id, op.conversation_id, _at(op, now, ctx.max_skew_ms), op.type, op.source,
-        op.order_state, op.to_account, op.trace,
+        op.order_state, op.to_account, op.trace, op.priority,
     )  # fmt: skip
     reason, agent_id, group_id, trace = ctx.engine.dispatch(*call)
     ctx.flush()  # a dispatch hands out nothing but itself; keep the outbox empty between operations
@@ -89,6 +89,7 @@ def _dispatch(ctx: OperationContext, op: dispatch_pb2.DispatchRequest, now: int)
     )
     if trace:
         response.trace.extend(trace)
+    set_waiting_place(response, ctx.engine, op.shop_id)
     return dispatch_pb2.OperationResult(dispatch=response)
 
 

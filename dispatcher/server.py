@@ -42,6 +42,7 @@ from .convert import (
     assignment_to_pb,
     group_from_pb,
     now_ms,
+    set_waiting_place,
     shop_config_to_pb,
     shop_from_pb,
     shop_state_page,
@@ -76,6 +77,10 @@ MAX_BATCH: Final = 4096
 MAX_CLOCK_SKEW: Final = 300.0
 """Seconds a caller's ``at`` may be ahead of the server clock (``--max-clock-skew``);
 a later one is refused with INVALID_ARGUMENT. See dispatcher/docs/SECURITY.md."""
+
+TICK_INTERVAL_MS: Final = 100
+"""Milliseconds between two ticks of the server's clock (``--tick-interval-ms``): §10/§11
+deadlines fire at most this late when no call moves their shop's time."""
 
 MAX_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 """Largest message received or sent. A full batch of 4096 requests with 128-byte
@@ -121,6 +126,7 @@ class Counters:
     """What the server did, counted instead of logged."""
 
     handed_out: int = 0
+    deadlines_fired: int = 0  # §10/§11 deadlines fired by the server's ticks
     events: int = 0
     admin_calls: int = 0
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -133,6 +139,7 @@ class Counters:
         return {
             "dispatched": {Reason(i).name.lower(): sum(row) for i, row in enumerate(decisions) if sum(row)},
             "handed_out": self.handed_out,
+            "deadlines_fired": self.deadlines_fired,
             "events": self.events,
             "admin_calls": self.admin_calls,
             "errors": dict(sorted(self.errors.items())),
@@ -298,14 +305,17 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             request.order_state,
             request.to_account,
             request.trace,
+            request.priority,
         )
-        return dispatch_pb2.DispatchResponse(
+        response = dispatch_pb2.DispatchResponse(
             agent_id=agent_id or "",
             reason=reason,  # type: ignore[arg-type]  # an int from the engine; mypy-protobuf wants its NewType
             group_id=group_id or "",
             trace=trace,
             conversation_id=request.conversation_id,
         )
+        set_waiting_place(response, self._engine, request.shop_id)
+        return response
 
     def _batch(self, raw: bytes) -> bytes:
         """A serialized DispatchBatchRequest in, its DispatchBatchResponse out; every
@@ -361,6 +371,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                     request.order_state,
                     request.to_account,
                     request.trace,
+                    request.priority,
                 )
             except DispatchError as exc:
                 code = _status_code(exc)
@@ -372,6 +383,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             )
             if trace:
                 response.trace.extend(trace)
+            set_waiting_place(response, self._engine, request.shop_id)
         return out
 
     async def Dispatch(self, request: bytes, context: Context) -> bytes:  # type: ignore[override]
@@ -785,6 +797,7 @@ class DispatchServer:
         max_concurrent_streams: int | None = MAX_CONCURRENT_STREAMS,
         journal: Any | None = None,
         max_clock_skew: float | None = MAX_CLOCK_SKEW,
+        tick_interval_ms: int | None = TICK_INTERVAL_MS,
     ) -> None:
         # Security options (see dispatcher/security.py): callers are
         # authenticated by ``auth`` unless ``no_auth`` is asked for explicitly;
@@ -806,6 +819,12 @@ class DispatchServer:
         if max_clock_skew is not None and max_clock_skew < 0:
             raise ValueError(f"max_clock_skew={max_clock_skew} is negative (0 or None: no bound)")
         self.max_clock_skew_ms = round(max_clock_skew * 1000) if max_clock_skew else None
+        # §10: the server's clock moves the engine's time every tick_interval_ms (None or 0: only
+        # the callers' ``at`` moves it, for replays and simulations of recorded times).
+        if tick_interval_ms is not None and tick_interval_ms < 0:
+            raise ValueError(f"tick_interval_ms={tick_interval_ms} is negative (0 or None: no ticking)")
+        self.tick_interval_ms = tick_interval_ms or None
+        self._ticker: asyncio.Task[None] | None = None
         self._max_message_bytes = max_message_bytes
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
@@ -844,11 +863,16 @@ class DispatchServer:
         await server.start()
         self._server = server
         self.port = bound
+        if self.tick_interval_ms:
+            self._ticker = asyncio.ensure_future(self._tick_loop(self.tick_interval_ms))
         await self.ecosystem.started()
         return bound
 
     async def stop(self, grace: float | None = 10.0) -> None:
         self._core.draining.set()  # client streams end between batches
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         await self.ecosystem.draining()
         self.hub.close()
         if self._server is not None:
@@ -859,6 +883,27 @@ class DispatchServer:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+    def tick(self, now: int | None = None) -> int:
+        """Move the engine's time to ``now`` (the server clock when None): the deadlines of
+        §10/§11 due by then fire, journaled as one ``tick`` record when any did, and their
+        hand-outs go to the watchers. How many fired; 0 while the journal cannot write."""
+        try:
+            fired = int(self.engine.tick(now_ms() if now is None else now))
+        except (DispatchError, JournalError):
+            return 0
+        if fired:
+            self.counters.deadlines_fired += fired
+            self._core.flush()
+        return fired
+
+    async def _tick_loop(self, interval_ms: int) -> None:
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                self.tick()
+            except Exception:
+                log.exception("tick.failed")
 
     def decisions(self) -> list[list[int]]:
         """Decisions answered by this server, ``[reason][strategy]`` (strategy 0: none picked the agent)."""

@@ -48,6 +48,8 @@ from typing import Any, Final
 import grpc
 import structlog
 
+from _fastpath.contract import Assignment
+
 from .convert import assignment_to_pb
 
 __all__ = [
@@ -58,8 +60,9 @@ __all__ = [
     "Subscriber",
 ]
 
-HandOut = tuple[str, str, str, str, int, int]
-"""One hand-out as the engine's outbox holds it: (shop, conversation, buyer, agent, reason, at_ms)."""
+HandOut = Assignment
+"""One hand-out as the engine's outbox holds it: (shop, conversation, buyer, agent, reason, at_ms),
+and for a §10 re-route or reclaim the previous agent (``_fastpath.contract.Assignment``)."""
 
 WATCH_BACKLOG: Final = 65536
 """Hand-outs a WatchAssignments subscriber may have queued; one more ends it with RESOURCE_EXHAUSTED.
@@ -392,5 +395,5 @@ class AssignmentHub:
                 )
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
-            except Exception:  # noqa: BLE001 - the client went away before the status reached it
+            except Exception:
                 return

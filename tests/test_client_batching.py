@@ -26,7 +26,7 @@ Code = grpc.StatusCode
 
 
 @pytest.fixture
-async def batching(server: ThreadedServer) -> AsyncIterator[AsyncDispatchClient]:  # noqa: F811
+async def batching(server: ThreadedServer) -> AsyncIterator[AsyncDispatchClient]:
     async with AsyncDispatchClient(server.target, timeout=30) as c:
         assert c.auto_batch  # the default
         yield c
@@ -127,7 +127,7 @@ async def test_calls_of_one_loop_iteration_go_as_one_batch(batching: AsyncDispat
     assert stats.streams == 1  # every batch on the one shared stream
 
 
-async def test_max_batch_size_and_batches_in_flight(server: ThreadedServer) -> None:  # noqa: F811
+async def test_max_batch_size_and_batches_in_flight(server: ThreadedServer) -> None:
     async with AsyncDispatchClient(server.target, max_batch_size=100, max_batches_in_flight=2) as c:
         await make_shop(c, capacity=10_000)
         await c.set_presence("s", "s:a", ONLINE, at=T0)
@@ -220,7 +220,7 @@ async def test_calls_for_one_shop_keep_their_order(batching: AsyncDispatchClient
 # ------------------------------------------------------------------ latency
 
 
-async def test_a_lone_call_is_sent_at_once(server: ThreadedServer) -> None:  # noqa: F811
+async def test_a_lone_call_is_sent_at_once(server: ThreadedServer) -> None:
     async with (
         AsyncDispatchClient(server.target) as c,
         AsyncDispatchClient(server.target, max_batch_delay=0.25) as slow,
@@ -362,7 +362,7 @@ async def test_an_unanswered_batch_times_out(stallable: threading.Event) -> None
 
 async def test_flow_control_refusals_are_the_calls_errors(
     batching: AsyncDispatchClient, server: ThreadedServer
-) -> None:  # noqa: F811
+) -> None:
     core = getattr(server.server, "_core", None)
     if core is None or not hasattr(core, "max_operations_in_flight"):
         pytest.skip("the server's flow-control bound is not where this test expects it")
@@ -378,7 +378,7 @@ async def test_flow_control_refusals_are_the_calls_errors(
     assert (await batching.get_shop_state("s")).live_conversations == 3
 
 
-async def test_closing_fails_unanswered_calls_cancelled(server: ThreadedServer) -> None:  # noqa: F811
+async def test_closing_fails_unanswered_calls_cancelled(server: ThreadedServer) -> None:
     c = AsyncDispatchClient(server.target)
     await make_shop(c)
     pending = asyncio.ensure_future(c.dispatch("s", "b", "c", at=T0))

@@ -773,17 +773,16 @@ def test_undecodable_bytes_are_invalid_argument_on_every_rpc(hostile: Any) -> No
         if first is not None:  # field 1 exists (a string, or a message whose field 1 is a string): invalid UTF-8
             inputs.append(b"\x0a\x02\xc3\x28" if first.message_type is None else b"\x0a\x04\x0a\x02\xc3\x28")
         for garbage in inputs:
-            if client_streaming:
-                call = ch.stream_stream(path, request_serializer=None, response_deserializer=None)
-                fn = lambda: list(call(iter([garbage]), timeout=10))  # noqa: E731
-            elif server_streaming:
-                call = ch.unary_stream(path, request_serializer=None, response_deserializer=None)
-                fn = lambda: list(call(garbage, timeout=10))  # noqa: E731
-            else:
-                call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
-                fn = lambda: call(garbage, timeout=10)  # noqa: E731
             with pytest.raises(grpc.RpcError) as info:
-                fn()
+                if client_streaming:
+                    call = ch.stream_stream(path, request_serializer=None, response_deserializer=None)
+                    list(call(iter([garbage]), timeout=10))
+                elif server_streaming:
+                    call = ch.unary_stream(path, request_serializer=None, response_deserializer=None)
+                    list(call(garbage, timeout=10))
+                else:
+                    call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
+                    call(garbage, timeout=10)
             assert info.value.code() == IA, (path, garbage, info.value.code(), info.value.details())
     assert a.GetShopState(admin_pb2.GetShopStateRequest(shop_id="s")) == before
 

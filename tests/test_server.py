@@ -386,7 +386,7 @@ def _mixed_batch(prefix: str) -> list[dispatch_pb2.DispatchRequest]:
         dispatch_request("s", "b1", f"{prefix}1", at=T0),
         dispatch_request("nope", "b2", f"{prefix}2", at=T0),  # unknown shop
         dispatch_request("s", "b3", "", at=T0),  # no conversation id
-        dispatch_request("s", "b1", f"{prefix}1", at=T0),  # duplicate of the first
+        dispatch_request("s", "b4", f"{prefix}1", at=T0),  # the first's id, another buyer (a retry would answer)
         dispatch_request("s", "b5", f"{prefix}5", at=T0, trace=True),
     ]
 
@@ -503,7 +503,8 @@ async def test_bad_input_gets_precise_statuses_and_the_server_keeps_serving(clie
         (client.dispatch("s", "b", "c", type=99), IA, ("type",)),
         (client.dispatch("s", "b", "c", order_state=42), IA, ("order_state",)),
         (client.dispatch("s", "", "", type=pb.ConversationType.CONVERSATION_TYPE_SHOP_TO_SHOP), IA, ("to_account",)),
-        (client.dispatch("s", "b", "live"), AE, ("live",)),
+        (client.dispatch("s", "other", "live"), AE, ("live",)),  # another buyer (the same one: a retry, §12)
+        (client.dispatch("s", "b", "c", priority=10), IA, ("priority",)),
         (client.dispatch("s", "b", "c", at=-5), IA, ("at",)),
         (client.set_presence("s", "ghost", ONLINE), NF, ("ghost",)),
         (client.set_presence("s", "s:a", pb.Presence.PRESENCE_UNSPECIFIED), IA, ("presence",)),
@@ -656,3 +657,46 @@ async def test_watch_ends_with_ok_when_the_server_stops() -> None:
     finally:
         if not locals().get("stopped"):
             running.stop()
+
+
+# ------------------------------------------------------------------ §11 priority and position, §12 retries
+
+
+async def test_waiting_answers_carry_position_and_estimated_wait_and_retries_are_safe(
+    client: AsyncDispatchClient,
+) -> None:
+    """Over gRPC, on every path: unary (the engine's wire codec), batch, Operate; GetShopState
+    lists the queue in hand-out order with priorities and positions."""
+    await make_shop(client, agents=(("s:a", 1),), online=("s:a",))
+    await client.dispatch("s", "b0", "busy", at=T0)
+    for i in range(3):  # two hand-outs 4 s apart: the queue's rate is known
+        await client.dispatch("s", f"w{i}", f"w{i}", at=T0)
+    await client.report_conversation("s", "busy", EV.CONVERSATION_EVENT_CLOSED, at=T0 + 1_000)
+    await client.report_conversation("s", "w0", EV.CONVERSATION_EVENT_CLOSED, at=T0 + 5_000)
+    low = await client.dispatch("s", "b1", "low", at=T0 + 5_000)
+    assert (low.reason, low.position, low.estimated_wait.ToMilliseconds()) == (R.REASON_QUEUED, 2, 8_000)
+    high = await client.dispatch("s", "b2", "high", at=T0 + 5_000, priority=9)
+    assert (high.reason, high.position, high.estimated_wait.ToMilliseconds()) == (R.REASON_QUEUED, 1, 4_000)
+    (batched,) = await client.dispatch_batch([dispatch_request("s", "b1", "low", at=T0 + 6_000, priority=3)])
+    assert (batched.reason, batched.position, batched.estimated_wait.ToMilliseconds()) == (R.REASON_QUEUED, 3, 12_000)
+    operated = await client.operate(
+        [dispatch_pb2.Operation(dispatch=dispatch_request("s", "b2", "high", at=T0 + 7_000))]
+    )
+    assert operated.results[0].dispatch.position == 1
+    served = await client.dispatch("s", "w1", "w1", at=T0 + 8_000)  # a retry of a held one
+    assert (served.agent_id, served.reason, served.position, served.HasField("estimated_wait")) == (
+        "s:a",
+        R.REASON_GROUP,
+        0,
+        False,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.dispatch("s", "someone-else", "low", at=T0 + 8_000)
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    state = await client.get_shop_state("s")
+    assert [(w.conversation_id, w.priority, w.position) for w in state.queue] == [
+        ("high", 9, 1),
+        ("w2", 0, 2),
+        ("low", 0, 3),
+    ]
+    assert state.live_conversations == 4

@@ -529,7 +529,7 @@ class Journal:
                 except OSError as exc:  # ENOSPC, EIO, EROFS...: the writer thread kept what it lost
                     self._stall(exc)
                     break
-                except BaseException as exc:  # noqa: BLE001 - anything else ends all durability
+                except BaseException as exc:
                     self._fail(exc)
                     return
                 self.writes += 1
@@ -540,7 +540,7 @@ class Journal:
                     if self.on_fsync is not None:
                         try:
                             self.on_fsync(fsync_s)
-                        except Exception:  # noqa: BLE001 - a metrics hook never breaks the journal
+                        except Exception:
                             log.exception("journal.on_fsync_failed")
                 if self.mode != "always" or fsync_s is not None:
                     self.durable_seq = upto

@@ -17,7 +17,12 @@ live (the engine is deterministic).
 when the call succeeded, append the record *synchronously*, in the same
 event-loop step, so the journal order is the order in which the engine applied
 the calls. Failed calls (``DispatchError``) change nothing and write nothing;
-non buyer-to-shop dispatches (``DIRECT``) change nothing and write nothing.
+non buyer-to-shop dispatches (``DIRECT``) and retried dispatches of an open
+conversation (spec §12, seen as the engine's ``retry_count`` moving) change
+nothing and write nothing. Inside a wire or operate batch record a retry is
+replayed with the batch, and answers (and changes) the same on replay.
+A dispatch record carries its priority (spec §11) as a 10th argument, after
+the trace (always False), only when it is not 0.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ READ_ONLY: Final = frozenset(
     {
         "kind", "seed", "has_shop", "shop_ids", "shop_config", "shop_state", "conversation",
         "recent_contact", "exclusive_agent", "table_sizes", "export_state", "drain_outbox",
-        "totals", "effective_strategy", "decision_counts", "operation_counts",
+        "totals", "effective_strategy", "decision_counts", "operation_counts", "pending_deadlines",
+        "waiting_position", "retry_count",
     }
 )  # fmt: skip
 """Engine attributes the wrapper passes through. Anything else fails loudly, so a
@@ -122,10 +128,36 @@ class JournaledEngine:
         self.engine.delete_exclusive_agent(shop_id, buyer_id)
         self._append(encode(["delete_exclusive_agent", shop_id, buyer_id]))
 
+    # ---------------------------------------------------------------- time (spec §10)
+
+    def tick(self, now_ms: int) -> int:
+        """The server's clock ticking: every shop's deadlines due by ``now_ms`` fire. Recorded
+        (``["tick", now_ms]``) only when one fired, so replay fires exactly the same ones."""
+        self._check()
+        fired = self.engine.tick(now_ms)
+        if fired:
+            self._append(encode(["tick", now_ms]))
+        return fired
+
+    def tick_shop(self, shop_id: str, at_ms: int) -> int:
+        self._check()
+        fired = self.engine.tick_shop(shop_id, at_ms)
+        if fired:
+            self._append(encode(["tick_shop", shop_id, at_ms]))
+        return fired
+
+    def _due_first(self, shop_id: str, at_ms: int) -> None:
+        """A call with ``at`` first fires its shop's deadlines due by then, as a record of its
+        own: the call may then be refused (not recorded) or be a retry (not recorded), and
+        replay still fires them at the same point."""
+        if self.engine.tick_shop(shop_id, at_ms):
+            self._append(encode(["tick_shop", shop_id, at_ms]))
+
     # ---------------------------------------------------------------- events
 
     def set_presence(self, shop_id: str, agent_id: str, presence: int, client: int, at_ms: int) -> None:
         self._check()
+        self._due_first(shop_id, at_ms)
         self.engine.set_presence(shop_id, agent_id, presence, client, at_ms)
         self._append(_dumps(["set_presence", shop_id, agent_id, int(presence), int(client), at_ms]).encode())
 
@@ -141,6 +173,7 @@ class JournaledEngine:
         to_group_id: str = "",
     ) -> str | None:
         self._check()
+        self._due_first(shop_id, at_ms)
         result = self.engine.conversation_event(
             shop_id, conversation_id, event, at_ms, buyer_id, agent_id, to_agent_id, to_group_id
         )
@@ -163,6 +196,7 @@ class JournaledEngine:
 
     def claim_from_pool(self, shop_id: str, agent_id: str, at_ms: int, conversation_id: str = "") -> tuple[str, str]:
         self._check()
+        self._due_first(shop_id, at_ms)
         result = self.engine.claim_from_pool(shop_id, agent_id, at_ms, conversation_id)
         self._append(_dumps(["claim_from_pool", shop_id, agent_id, at_ms, conversation_id]).encode())
         return result
@@ -178,14 +212,23 @@ class JournaledEngine:
         order_state: int = 0,
         to_account: str = "",
         trace: bool = False,
+        priority: int = 0,
     ) -> tuple[int, str | None, str | None, list[str] | None]:
         self._check()
         call = DispatchCall(
-            shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account, trace
-        )
-        result = self.engine.dispatch(*call)
+            shop_id, buyer_id, conversation_id, at_ms, int(conv_type), source, int(order_state), to_account, trace,
+            priority,
+        )  # fmt: skip
         if conv_type in _BUYER_TO_SHOP:
-            self._append(_dumps(["dispatch", *call[:-1]]).encode())  # the trace changes nothing: not recorded
+            self._due_first(shop_id, at_ms)
+        retries = self.engine.retry_count()
+        result = self.engine.dispatch(*call)
+        # A retry of an open conversation (§12) changes nothing: not recorded, like DIRECT.
+        if conv_type in _BUYER_TO_SHOP and self.engine.retry_count() == retries:
+            # The trace changes nothing: recorded as False, and left out with a priority of 0
+            # (the record of data dirs written before priorities).
+            args = list(call[:8]) if not priority else [*call[:8], False, priority]
+            self._append(_dumps(["dispatch", *args]).encode())
         return result
 
     def dispatch_batch_wire(
@@ -201,10 +244,11 @@ class JournaledEngine:
 
     def dispatch_wire(self, data: bytes, now_ms: int, max_at_ms: int | None = None) -> bytes | None:
         self._check()
+        retries = self.engine.retry_count()
         answer = self.engine.dispatch_wire(data, now_ms, max_at_ms)
         # Journaled as the one-item batch that decides it alike; point-to-point
-        # (DIRECT) answers change nothing and write nothing, as in dispatch().
-        if answer is not None and response_reason(answer) != Reason.DIRECT:
+        # (DIRECT) answers and retries (§12) change nothing and write nothing, as in dispatch().
+        if answer is not None and response_reason(answer) != Reason.DIRECT and self.engine.retry_count() == retries:
             self._append(b"".join((_WIRE_BATCH, now_ms.to_bytes(8, "big", signed=True), batch_of_one(data))))
         return answer
 
@@ -255,6 +299,8 @@ _APPLY: Final[dict[str, Callable[[Any, list[Any]], Any]]] = {
     "delete_group": lambda e, a: e.delete_group(*a),
     "set_exclusive_agent": lambda e, a: e.set_exclusive_agent(*a),
     "delete_exclusive_agent": lambda e, a: e.delete_exclusive_agent(*a),
+    "tick": lambda e, a: e.tick(*a),
+    "tick_shop": lambda e, a: e.tick_shop(*a),
 }
 
 _APPLY.update(

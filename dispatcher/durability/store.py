@@ -363,7 +363,7 @@ def recover(directory: Path, engine_factory: Callable[[], Any], *, repair: bool 
             state = read_snapshot(snap)
             engine = engine_factory()
             engine.import_state(state)
-        except (SnapshotError, Exception) as exc:  # noqa: BLE001 - any load failure: try the previous one
+        except (SnapshotError, Exception) as exc:
             failures.append(f"{snap.path.name}: {exc}")
             log.error("snapshot.unusable", file=snap.path.name, error=str(exc))
             discarded.append(snap)
@@ -541,7 +541,7 @@ class DurableStore:
                 try:
                     await self.snapshot("policy")
                     backoff = 0.0
-                except Exception as exc:  # noqa: BLE001 - a failed snapshot leaves the journal intact
+                except Exception as exc:
                     self.snapshot_failures += 1
                     backoff = min(60.0, max(1.0, backoff * 2))
                     log.error("snapshot.failed", error=str(exc), retry_s=backoff)
@@ -611,7 +611,7 @@ class DurableStore:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         clean = True
         try:
@@ -620,7 +620,7 @@ class DurableStore:
                 if snapshot and journal.seq > self.snapshot_seq:
                     try:
                         await self.snapshot("shutdown")
-                    except Exception as exc:  # noqa: BLE001 - the journal still holds everything
+                    except Exception as exc:
                         log.error("snapshot.failed", error=str(exc), reason="shutdown")
             if journal is not None:
                 clean = await journal.close()

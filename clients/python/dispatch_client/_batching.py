@@ -204,11 +204,11 @@ class _Stream:
             raise
         except grpc.RpcError as exc:
             self.owner._break(self, exc.code(), exc.details() or "")
-        except Exception as exc:  # noqa: BLE001 - e.g. InvalidStateError: the call has ended; the reader knows why
+        except Exception as exc:
             if not self.broken:
                 try:
                     code, details = await call.code(), await call.details()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     code, details = grpc.StatusCode.UNKNOWN, repr(exc)
                 self.owner._break(self, code, details)
 
@@ -232,7 +232,7 @@ class _Stream:
             raise
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             code, details = grpc.StatusCode.UNKNOWN, repr(exc)
         owner._break(self, code, details)
 
@@ -354,7 +354,7 @@ class AutoBatcher:
             batch.timer = None
         try:
             results = dispatch_pb2.OperateResponse.FromString(raw).results
-        except Exception:  # noqa: BLE001 - DecodeError
+        except Exception:
             batch.fail(OperationError(grpc.StatusCode.INTERNAL, "the server's answer to a batch could not be parsed"))
             self._break(stream, grpc.StatusCode.INTERNAL, "the server's answer to a batch could not be parsed")
             return

@@ -90,14 +90,18 @@ def dispatch_request(
     buyer_id: str = "",
     conversation_id: str = "",
     *,
-    type: int = 0,  # noqa: A002 - the proto field's name
+    type: int = 0,
     source: str = "",
     order_state: int = 0,
     to_account: str = "",
     at: Time = None,
     trace: bool = False,
+    priority: int = 0,
 ) -> dispatch_pb2.DispatchRequest:
-    """A DispatchRequest; enums take their numbers (``pb.OrderState.ORDER_STATE_UNPAID``) or names."""
+    """A DispatchRequest; enums take their numbers (``pb.OrderState.ORDER_STATE_UNPAID``) or names.
+    ``priority`` is 0..9 (higher is handed out first if the conversation has to wait); a waiting
+    answer carries ``position`` and, once known, ``estimated_wait``. Retrying a dispatch of an
+    open conversation with the same buyer is safe: it answers what is current and changes nothing."""
     return dispatch_pb2.DispatchRequest(
         shop_id=shop_id,
         buyer_id=buyer_id,
@@ -108,6 +112,7 @@ def dispatch_request(
         to_account=to_account,
         at=to_timestamp(at),
         trace=trace,
+        priority=priority,
     )
 
 

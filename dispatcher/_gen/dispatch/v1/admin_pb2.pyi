@@ -56,6 +56,10 @@ class ShopConfig(_message.Message):
     MOBILE_DISPATCH_FIELD_NUMBER: _builtins.int
     TIMEZONE_FIELD_NUMBER: _builtins.int
     TIE_SEED_FIELD_NUMBER: _builtins.int
+    REROUTE_UNANSWERED_AFTER_FIELD_NUMBER: _builtins.int
+    MAX_REROUTES_FIELD_NUMBER: _builtins.int
+    RECLAIM_AFTER_OFFLINE_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_WAIT_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop. Required."""
     main_account: _builtins.str
@@ -106,6 +110,10 @@ class ShopConfig(_message.Message):
     """Seed of the shop's tie-breaking random numbers; 0 derives one from the
     server's --seed and the shop id. Same seed, same requests, same answers.
     """
+    max_reroutes: _builtins.int
+    """Spec §10: how many times one conversation may be re-routed for silence.
+    Unset or 0: 1 (a second silence does not move it again). At most 100.
+    """
     @_builtins.property
     def affinity_window(self) -> _duration_pb2.Duration:
         """How long a recent contact keeps its buyer. Unset: 72 hours. When set:
@@ -116,6 +124,29 @@ class ShopConfig(_message.Message):
     def offline_grace(self) -> _duration_pb2.Duration:
         """How long after going offline a recent contact still gets its buyer
         (REASON_AFFINITY_HELD). Unset: 0 (no grace). At most 366 days.
+        """
+
+    @_builtins.property
+    def reroute_unanswered_after(self) -> _duration_pb2.Duration:
+        """Spec §10: when an agent that received a conversation (dispatch, hand-out,
+        transfer) has not replied this long after, the conversation is routed again
+        without it (REASON_REROUTED; watchers get an Assignment naming the previous
+        agent); nobody else can take it: it stays. Robots never time out. Unset or
+        0: off. At most 366 days. A group may set its own.
+        """
+
+    @_builtins.property
+    def reclaim_after_offline(self) -> _duration_pb2.Duration:
+        """Spec §10: when an agent has been OFFLINE (not suspended) this long, each
+        conversation it holds whose buyer awaits a reply is routed again without it
+        (REASON_RECLAIMED); coming back before cancels it. Unset or 0: off.
+        """
+
+    @_builtins.property
+    def max_queue_wait(self) -> _duration_pb2.Duration:
+        """Spec §11: a conversation that has waited this long in the queue moves to
+        the message pool (an Assignment with reason REASON_QUEUE_TIMEOUT and no
+        agent tells watchers). Unset or 0: off.
         """
 
     def __init__(
@@ -138,10 +169,14 @@ class ShopConfig(_message.Message):
         mobile_dispatch: _builtins.bool = ...,
         timezone: _builtins.str = ...,
         tie_seed: _builtins.int = ...,
+        reroute_unanswered_after: _duration_pb2.Duration | None = ...,
+        max_reroutes: _builtins.int = ...,
+        reclaim_after_offline: _duration_pb2.Duration | None = ...,
+        max_queue_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "busy_threshold", b"busy_threshold", "offline_grace", b"offline_grace", "staging_first_cap", b"staging_first_cap"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "busy_threshold", b"busy_threshold", "max_queue_wait", b"max_queue_wait", "offline_grace", b"offline_grace", "reclaim_after_offline", b"reclaim_after_offline", "reroute_unanswered_after", b"reroute_unanswered_after", "staging_first_cap", b"staging_first_cap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "busy_threshold", b"busy_threshold", "exclusive_direct", b"exclusive_direct", "main_account", b"main_account", "main_account_mode", b"main_account_mode", "mobile_dispatch", b"mobile_dispatch", "offline_grace", b"offline_grace", "offline_rule", b"offline_rule", "proxy_account", b"proxy_account", "robot_agent_id", b"robot_agent_id", "robot_first", b"robot_first", "shop_id", b"shop_id", "staging_first_cap", b"staging_first_cap", "strategy", b"strategy", "tie_seed", b"tie_seed", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "busy_threshold", b"busy_threshold", "exclusive_direct", b"exclusive_direct", "main_account", b"main_account", "main_account_mode", b"main_account_mode", "max_queue_wait", b"max_queue_wait", "max_reroutes", b"max_reroutes", "mobile_dispatch", b"mobile_dispatch", "offline_grace", b"offline_grace", "offline_rule", b"offline_rule", "proxy_account", b"proxy_account", "reclaim_after_offline", b"reclaim_after_offline", "reroute_unanswered_after", b"reroute_unanswered_after", "robot_agent_id", b"robot_agent_id", "robot_first", b"robot_first", "shop_id", b"shop_id", "staging_first_cap", b"staging_first_cap", "strategy", b"strategy", "tie_seed", b"tie_seed", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__affinity_may_exceed_capacity: _TypeAlias = _typing.Literal["affinity_may_exceed_capacity"]  # noqa: Y015
     _WhichOneofArgType__affinity_may_exceed_capacity: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity"]  # noqa: Y015
@@ -233,6 +268,7 @@ class Group(_message.Message):
     ROBOT_ENABLED_FIELD_NUMBER: _builtins.int
     ROBOT_AGENT_ID_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    REROUTE_UNANSWERED_AFTER_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop (must exist). Required."""
     group_id: _builtins.str
@@ -257,6 +293,13 @@ class Group(_message.Message):
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Entry sources this group is bound to."""
 
+    @_builtins.property
+    def reroute_unanswered_after(self) -> _duration_pb2.Duration:
+        """Spec §10: the re-route delay of conversations its members receive (the
+        shortest of an agent's groups that set one wins over the shop's). Unset
+        or 0: the shop's reroute_unanswered_after.
+        """
+
     def __init__(
         self,
         *,
@@ -268,10 +311,11 @@ class Group(_message.Message):
         robot_enabled: _builtins.bool = ...,
         robot_agent_id: _builtins.str = ...,
         strategy: _common_pb2.Strategy.ValueType = ...,
+        reroute_unanswered_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reroute_unanswered_after", b"reroute_unanswered_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "members", b"members", "order_states", b"order_states", "robot_agent_id", b"robot_agent_id", "robot_enabled", b"robot_enabled", "shop_id", b"shop_id", "sources", b"sources", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "members", b"members", "order_states", b"order_states", "reroute_unanswered_after", b"reroute_unanswered_after", "robot_agent_id", b"robot_agent_id", "robot_enabled", b"robot_enabled", "shop_id", b"shop_id", "sources", b"sources", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -676,6 +720,8 @@ class ShopState(_message.Message):
     LIVE_CONVERSATIONS_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PENDING_DEADLINES_FIELD_NUMBER: _builtins.int
+    NEXT_DEADLINES_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop."""
     live_conversations: _builtins.int
@@ -683,6 +729,10 @@ class ShopState(_message.Message):
     next_page_token: _builtins.str
     """Set when more agents follow: pass it as GetShopStateRequest.page_token.
     Empty on the last (or only) page.
+    """
+    pending_deadlines: _builtins.int
+    """Spec §10/§11 deadlines pending in the shop (re-routes, reclaims, queue
+    timeouts).
     """
     @_builtins.property
     def clock(self) -> _timestamp_pb2.Timestamp:
@@ -704,19 +754,25 @@ class ShopState(_message.Message):
 
     @_builtins.property
     def queue(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitingConversation]:
-        """Conversations waiting because everyone was full, oldest first."""
+        """Conversations waiting because everyone was full, in hand-out order:
+        highest priority first, then oldest first (position 1, 2, ...).
+        """
 
     @_builtins.property
     def staging(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitingConversation]:
-        """Conversations in the staging pool, oldest first."""
+        """Conversations in the staging pool, in hand-out order (as `queue`)."""
 
     @_builtins.property
     def pool(self) -> _containers.RepeatedCompositeFieldContainer[Global___WaitingConversation]:
-        """Conversations in the message pool, oldest first."""
+        """Conversations in the message pool, in hand-out order (as `queue`)."""
 
     @_builtins.property
     def config(self) -> Global___ShopConfig:
         """The shop's configuration with every default applied."""
+
+    @_builtins.property
+    def next_deadlines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deadline]:
+        """The next of them (at most 10), soonest first."""
 
     def __init__(
         self,
@@ -731,14 +787,54 @@ class ShopState(_message.Message):
         live_conversations: _builtins.int = ...,
         config: Global___ShopConfig | None = ...,
         next_page_token: _builtins.str = ...,
+        pending_deadlines: _builtins.int = ...,
+        next_deadlines: _abc.Iterable[Global___Deadline] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "clock", b"clock", "config", b"config", "groups", b"groups", "live_conversations", b"live_conversations", "next_page_token", b"next_page_token", "pool", b"pool", "queue", b"queue", "shop_id", b"shop_id", "staging", b"staging"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "clock", b"clock", "config", b"config", "groups", b"groups", "live_conversations", b"live_conversations", "next_deadlines", b"next_deadlines", "next_page_token", b"next_page_token", "pending_deadlines", b"pending_deadlines", "pool", b"pool", "queue", b"queue", "shop_id", b"shop_id", "staging", b"staging"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShopState: _TypeAlias = ShopState  # noqa: Y015
+
+@_typing.final
+class Deadline(_message.Message):
+    """A pending deadline of a rule that fires on time (spec §10, §11)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """What it does: "reroute" (conversation_id), "reclaim" (agent_id) or
+    "queue_timeout" (conversation_id).
+    """
+    conversation_id: _builtins.str
+    """The conversation it is about (reroute, queue_timeout)."""
+    agent_id: _builtins.str
+    """The agent it is about (reclaim)."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it fires (the shop's time)."""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "at", b"at", "conversation_id", b"conversation_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deadline: _TypeAlias = Deadline  # noqa: Y015
 
 @_typing.final
 class AgentState(_message.Message):
@@ -855,10 +951,19 @@ class WaitingConversation(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     BUYER_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation."""
     buyer_id: _builtins.str
     """Its buyer."""
+    priority: _builtins.int
+    """The priority it was dispatched with (0..9; higher is handed out first)."""
+    position: _builtins.int
+    """Its place in its waiting list: 1 + the conversations of the list that
+    would be handed out before it (all of a higher priority, and the older
+    ones of its own). 1 = next.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Since when it waits."""
@@ -869,10 +974,12 @@ class WaitingConversation(_message.Message):
         conversation_id: _builtins.str = ...,
         buyer_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "conversation_id", b"conversation_id", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "conversation_id", b"conversation_id", "position", b"position", "priority", b"priority", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

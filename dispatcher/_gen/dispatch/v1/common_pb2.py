@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64ispatch/v1/common.proto\x12\x0b\x64ispatch.v1*\xc4\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x11\n\rREASON_DIRECT\x10\x01\x12\x1f\n\x1bREASON_OFFLINE_MAIN_ACCOUNT\x10\x02\x12 \n\x1cREASON_OFFLINE_PROXY_ACCOUNT\x10\x03\x12\x1f\n\x1bREASON_OFFLINE_MESSAGE_POOL\x10\x04\x12\x1a\n\x16REASON_OFFLINE_STAGING\x10\x05\x12\x13\n\x0fREASON_AFFINITY\x10\x06\x12\x18\n\x14REASON_AFFINITY_HELD\x10\x07\x12\x14\n\x10REASON_EXCLUSIVE\x10\x08\x12\x10\n\x0cREASON_ROBOT\x10\t\x12\x10\n\x0cREASON_GROUP\x10\n\x12\x13\n\x0fREASON_FALLBACK\x10\x0b\x12\x11\n\rREASON_QUEUED\x10\x0c*\xbd\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19STRATEGY_LEAST_SATURATION\x10\x01\x12\x19\n\x15STRATEGY_FEWEST_TODAY\x10\x02\x12!\n\x1dSTRATEGY_CAPACITY_ROUND_ROBIN\x10\x03\x12\x1a\n\x16STRATEGY_FEWEST_UNREAD\x10\x04\x12\x1e\n\x1aSTRATEGY_WEIGHTED_BUSYNESS\x10\x05*\xa3\x01\n\x0bOfflineRule\x12\x1c\n\x18OFFLINE_RULE_UNSPECIFIED\x10\x00\x12\x1d\n\x19OFFLINE_RULE_MAIN_ACCOUNT\x10\x01\x12\x1e\n\x1aOFFLINE_RULE_PROXY_ACCOUNT\x10\x02\x12\x1d\n\x19OFFLINE_RULE_MESSAGE_POOL\x10\x03\x12\x18\n\x14OFFLINE_RULE_STAGING\x10\x04*\xb3\x01\n\x0fMainAccountMode\x12!\n\x1dMAIN_ACCOUNT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMAIN_ACCOUNT_MODE_ONLY_MAIN\x10\x01\x12\x1e\n\x1aMAIN_ACCOUNT_MODE_EXCLUDED\x10\x02\x12\x1e\n\x1aMAIN_ACCOUNT_MODE_FALLBACK\x10\x03\x12\x1c\n\x18MAIN_ACCOUNT_MODE_MEMBER\x10\x04*g\n\x08Presence\x12\x18\n\x14PRESENCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRESENCE_ONLINE\x10\x01\x12\x16\n\x12PRESENCE_SUSPENDED\x10\x02\x12\x14\n\x10PRESENCE_OFFLINE\x10\x03*G\n\x06\x43lient\x12\x16\n\x12\x43LIENT_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43LIENT_DESKTOP\x10\x01\x12\x11\n\rCLIENT_MOBILE\x10\x02*Y\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_MAIN\x10\x01\x12\x0c\n\x08ROLE_SUB\x10\x02\x12\x0e\n\nROLE_PROXY\x10\x03\x12\x0e\n\nROLE_ROBOT\x10\x04*\xcc\x01\n\x10\x43onversationType\x12!\n\x1d\x43ONVERSATION_TYPE_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONVERSATION_TYPE_BUYER_TO_SHOP\x10\x01\x12\"\n\x1e\x43ONVERSATION_TYPE_SHOP_TO_SHOP\x10\x02\x12&\n\"CONVERSATION_TYPE_PLATFORM_TO_SHOP\x10\x03\x12$\n CONVERSATION_TYPE_BUYER_TO_BUYER\x10\x04*\xb0\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATE_NO_ORDER\x10\x01\x12\x16\n\x12ORDER_STATE_UNPAID\x10\x02\x12\x1e\n\x1aORDER_STATE_PAID_UNSHIPPED\x10\x03\x12\x17\n\x13ORDER_STATE_SHIPPED\x10\x04\x12\x1a\n\x16ORDER_STATE_AFTER_SALE\x10\x05*\xe5\x01\n\x11\x43onversationEvent\x12\"\n\x1e\x43ONVERSATION_EVENT_UNSPECIFIED\x10\x00\x12$\n CONVERSATION_EVENT_BUYER_MESSAGE\x10\x01\x12\"\n\x1e\x43ONVERSATION_EVENT_AGENT_REPLY\x10\x02\x12\x1d\n\x19\x43ONVERSATION_EVENT_CLOSED\x10\x03\x12\"\n\x1e\x43ONVERSATION_EVENT_TRANSFERRED\x10\x04\x12\x1f\n\x1b\x43ONVERSATION_EVENT_ASSIGNED\x10\x05*e\n\x08WaitKind\x12\x19\n\x15WAIT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fWAIT_KIND_QUEUE\x10\x01\x12\x15\n\x11WAIT_KIND_STAGING\x10\x02\x12\x12\n\x0eWAIT_KIND_POOL\x10\x03\x42+\n\x0f\x63om.dispatch.v1P\x01Z\x16\x64ispatch/v1;dispatchv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64ispatch/v1/common.proto\x12\x0b\x64ispatch.v1*\x89\x03\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x11\n\rREASON_DIRECT\x10\x01\x12\x1f\n\x1bREASON_OFFLINE_MAIN_ACCOUNT\x10\x02\x12 \n\x1cREASON_OFFLINE_PROXY_ACCOUNT\x10\x03\x12\x1f\n\x1bREASON_OFFLINE_MESSAGE_POOL\x10\x04\x12\x1a\n\x16REASON_OFFLINE_STAGING\x10\x05\x12\x13\n\x0fREASON_AFFINITY\x10\x06\x12\x18\n\x14REASON_AFFINITY_HELD\x10\x07\x12\x14\n\x10REASON_EXCLUSIVE\x10\x08\x12\x10\n\x0cREASON_ROBOT\x10\t\x12\x10\n\x0cREASON_GROUP\x10\n\x12\x13\n\x0fREASON_FALLBACK\x10\x0b\x12\x11\n\rREASON_QUEUED\x10\x0c\x12\x13\n\x0fREASON_REROUTED\x10\r\x12\x14\n\x10REASON_RECLAIMED\x10\x0e\x12\x18\n\x14REASON_QUEUE_TIMEOUT\x10\x0f*\xbd\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19STRATEGY_LEAST_SATURATION\x10\x01\x12\x19\n\x15STRATEGY_FEWEST_TODAY\x10\x02\x12!\n\x1dSTRATEGY_CAPACITY_ROUND_ROBIN\x10\x03\x12\x1a\n\x16STRATEGY_FEWEST_UNREAD\x10\x04\x12\x1e\n\x1aSTRATEGY_WEIGHTED_BUSYNESS\x10\x05*\xa3\x01\n\x0bOfflineRule\x12\x1c\n\x18OFFLINE_RULE_UNSPECIFIED\x10\x00\x12\x1d\n\x19OFFLINE_RULE_MAIN_ACCOUNT\x10\x01\x12\x1e\n\x1aOFFLINE_RULE_PROXY_ACCOUNT\x10\x02\x12\x1d\n\x19OFFLINE_RULE_MESSAGE_POOL\x10\x03\x12\x18\n\x14OFFLINE_RULE_STAGING\x10\x04*\xb3\x01\n\x0fMainAccountMode\x12!\n\x1dMAIN_ACCOUNT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMAIN_ACCOUNT_MODE_ONLY_MAIN\x10\x01\x12\x1e\n\x1aMAIN_ACCOUNT_MODE_EXCLUDED\x10\x02\x12\x1e\n\x1aMAIN_ACCOUNT_MODE_FALLBACK\x10\x03\x12\x1c\n\x18MAIN_ACCOUNT_MODE_MEMBER\x10\x04*g\n\x08Presence\x12\x18\n\x14PRESENCE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRESENCE_ONLINE\x10\x01\x12\x16\n\x12PRESENCE_SUSPENDED\x10\x02\x12\x14\n\x10PRESENCE_OFFLINE\x10\x03*G\n\x06\x43lient\x12\x16\n\x12\x43LIENT_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43LIENT_DESKTOP\x10\x01\x12\x11\n\rCLIENT_MOBILE\x10\x02*Y\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_MAIN\x10\x01\x12\x0c\n\x08ROLE_SUB\x10\x02\x12\x0e\n\nROLE_PROXY\x10\x03\x12\x0e\n\nROLE_ROBOT\x10\x04*\xcc\x01\n\x10\x43onversationType\x12!\n\x1d\x43ONVERSATION_TYPE_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONVERSATION_TYPE_BUYER_TO_SHOP\x10\x01\x12\"\n\x1e\x43ONVERSATION_TYPE_SHOP_TO_SHOP\x10\x02\x12&\n\"CONVERSATION_TYPE_PLATFORM_TO_SHOP\x10\x03\x12$\n CONVERSATION_TYPE_BUYER_TO_BUYER\x10\x04*\xb0\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATE_NO_ORDER\x10\x01\x12\x16\n\x12ORDER_STATE_UNPAID\x10\x02\x12\x1e\n\x1aORDER_STATE_PAID_UNSHIPPED\x10\x03\x12\x17\n\x13ORDER_STATE_SHIPPED\x10\x04\x12\x1a\n\x16ORDER_STATE_AFTER_SALE\x10\x05*\xe5\x01\n\x11\x43onversationEvent\x12\"\n\x1e\x43ONVERSATION_EVENT_UNSPECIFIED\x10\x00\x12$\n CONVERSATION_EVENT_BUYER_MESSAGE\x10\x01\x12\"\n\x1e\x43ONVERSATION_EVENT_AGENT_REPLY\x10\x02\x12\x1d\n\x19\x43ONVERSATION_EVENT_CLOSED\x10\x03\x12\"\n\x1e\x43ONVERSATION_EVENT_TRANSFERRED\x10\x04\x12\x1f\n\x1b\x43ONVERSATION_EVENT_ASSIGNED\x10\x05*e\n\x08WaitKind\x12\x19\n\x15WAIT_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fWAIT_KIND_QUEUE\x10\x01\x12\x15\n\x11WAIT_KIND_STAGING\x10\x02\x12\x12\n\x0eWAIT_KIND_POOL\x10\x03\x42+\n\x0f\x63om.dispatch.v1P\x01Z\x16\x64ispatch/v1;dispatchv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.dispatch.v1P\001Z\026dispatch/v1;dispatchv1'
   _globals['_REASON']._serialized_start=42
-  _globals['_REASON']._serialized_end=366
-  _globals['_STRATEGY']._serialized_start=369
-  _globals['_STRATEGY']._serialized_end=558
-  _globals['_OFFLINERULE']._serialized_start=561
-  _globals['_OFFLINERULE']._serialized_end=724
-  _globals['_MAINACCOUNTMODE']._serialized_start=727
-  _globals['_MAINACCOUNTMODE']._serialized_end=906
-  _globals['_PRESENCE']._serialized_start=908
-  _globals['_PRESENCE']._serialized_end=1011
-  _globals['_CLIENT']._serialized_start=1013
-  _globals['_CLIENT']._serialized_end=1084
-  _globals['_ROLE']._serialized_start=1086
-  _globals['_ROLE']._serialized_end=1175
-  _globals['_CONVERSATIONTYPE']._serialized_start=1178
-  _globals['_CONVERSATIONTYPE']._serialized_end=1382
-  _globals['_ORDERSTATE']._serialized_start=1385
-  _globals['_ORDERSTATE']._serialized_end=1561
-  _globals['_CONVERSATIONEVENT']._serialized_start=1564
-  _globals['_CONVERSATIONEVENT']._serialized_end=1793
-  _globals['_WAITKIND']._serialized_start=1795
-  _globals['_WAITKIND']._serialized_end=1896
+  _globals['_REASON']._serialized_end=435
+  _globals['_STRATEGY']._serialized_start=438
+  _globals['_STRATEGY']._serialized_end=627
+  _globals['_OFFLINERULE']._serialized_start=630
+  _globals['_OFFLINERULE']._serialized_end=793
+  _globals['_MAINACCOUNTMODE']._serialized_start=796
+  _globals['_MAINACCOUNTMODE']._serialized_end=975
+  _globals['_PRESENCE']._serialized_start=977
+  _globals['_PRESENCE']._serialized_end=1080
+  _globals['_CLIENT']._serialized_start=1082
+  _globals['_CLIENT']._serialized_end=1153
+  _globals['_ROLE']._serialized_start=1155
+  _globals['_ROLE']._serialized_end=1244
+  _globals['_CONVERSATIONTYPE']._serialized_start=1247
+  _globals['_CONVERSATIONTYPE']._serialized_end=1451
+  _globals['_ORDERSTATE']._serialized_start=1454
+  _globals['_ORDERSTATE']._serialized_end=1630
+  _globals['_CONVERSATIONEVENT']._serialized_start=1633
+  _globals['_CONVERSATIONEVENT']._serialized_end=1862
+  _globals['_WAITKIND']._serialized_start=1864
+  _globals['_WAITKIND']._serialized_end=1965
 # @@protoc_insertion_point(module_scope)

@@ -66,6 +66,18 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """Everyone was full; the conversation waits in the shop's queue (agent_id is
     empty) and is handed out oldest first, reported on WatchAssignments.
     """
+    REASON_REROUTED: _Reason.ValueType  # 13
+    """Spec §10, on an Assignment: its agent did not reply within
+    reroute_unanswered_after; routed again without it (previous_agent_id).
+    """
+    REASON_RECLAIMED: _Reason.ValueType  # 14
+    """Spec §10, on an Assignment: its agent stayed offline reclaim_after_offline
+    with the buyer awaiting a reply; routed again without it (previous_agent_id).
+    """
+    REASON_QUEUE_TIMEOUT: _Reason.ValueType  # 15
+    """Spec §11, on an Assignment: it waited max_queue_wait in the queue and moved
+    to the message pool (agent_id is empty) until ClaimFromPool.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Why a conversation went where it went. Every DispatchResponse and every
@@ -111,6 +123,18 @@ of the shop did.
 REASON_QUEUED: Reason.ValueType  # 12
 """Everyone was full; the conversation waits in the shop's queue (agent_id is
 empty) and is handed out oldest first, reported on WatchAssignments.
+"""
+REASON_REROUTED: Reason.ValueType  # 13
+"""Spec §10, on an Assignment: its agent did not reply within
+reroute_unanswered_after; routed again without it (previous_agent_id).
+"""
+REASON_RECLAIMED: Reason.ValueType  # 14
+"""Spec §10, on an Assignment: its agent stayed offline reclaim_after_offline
+with the buyer awaiting a reply; routed again without it (previous_agent_id).
+"""
+REASON_QUEUE_TIMEOUT: Reason.ValueType  # 15
+"""Spec §11, on an Assignment: it waited max_queue_wait in the queue and moved
+to the message pool (agent_id is empty) until ClaimFromPool.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from dispatcher._gen.dispatch.v1 import common_pb2 as dispatch_dot_v1_dot_common__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64ispatch/v1/dispatch.proto\x12\x0b\x64ispatch.v1\x1a\x18\x64ispatch/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x83\x02\n\x0f\x44ispatchRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12+\n\x04type\x18\x04 \x01(\x0e\x32\x1d.dispatch.v1.ConversationType\x12\x0e\n\x06source\x18\x05 \x01(\t\x12,\n\x0border_state\x18\x06 \x01(\x0e\x32\x17.dispatch.v1.OrderState\x12\x12\n\nto_account\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05trace\x18\t \x01(\x08\"\xa6\x01\n\x10\x44ispatchResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x06reason\x18\x02 \x01(\x0e\x32\x13.dispatch.v1.Reason\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\r\n\x05trace\x18\x04 \x03(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x17\n\x0f\x63onversation_id\x18\x06 \x01(\t\"F\n\x14\x44ispatchBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.dispatch.v1.DispatchRequest\"I\n\x15\x44ispatchBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.dispatch.v1.DispatchResponse\"\xa7\x01\n\nAssignment\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12#\n\x06reason\x18\x05 \x01(\x0e\x32\x13.dispatch.v1.Reason\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x01\n\x12SetPresenceRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x08presence\x18\x03 \x01(\x0e\x32\x15.dispatch.v1.Presence\x12#\n\x06\x63lient\x18\x04 \x01(\x0e\x32\x13.dispatch.v1.Client\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13SetPresenceResponse\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.dispatch.v1.Assignment\"\xea\x01\n\x19ReportConversationRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x03 \x01(\t\x12-\n\x05\x65vent\x18\x04 \x01(\x0e\x32\x1e.dispatch.v1.ConversationEvent\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x13\n\x0bto_agent_id\x18\x06 \x01(\t\x12\x13\n\x0bto_group_id\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x1aReportConversationResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x17.dispatch.v1.Assignment\"z\n\x14\x43laimFromPoolRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x15\x43laimFromPoolResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"+\n\x17WatchAssignmentsRequest\x12\x10\n\x08shop_ids\x18\x01 \x03(\t\"\x83\x02\n\tOperation\x12\x30\n\x08\x64ispatch\x18\x01 \x01(\x0b\x32\x1c.dispatch.v1.DispatchRequestH\x00\x12\x37\n\x0cset_presence\x18\x02 \x01(\x0b\x32\x1f.dispatch.v1.SetPresenceRequestH\x00\x12\x45\n\x13report_conversation\x18\x03 \x01(\x0b\x32&.dispatch.v1.ReportConversationRequestH\x00\x12<\n\x0f\x63laim_from_pool\x18\x04 \x01(\x0b\x32!.dispatch.v1.ClaimFromPoolRequestH\x00\x42\x06\n\x04kind\"\xb0\x02\n\x0fOperationResult\x12\x31\n\x08\x64ispatch\x18\x01 \x01(\x0b\x32\x1d.dispatch.v1.DispatchResponseH\x00\x12\x38\n\x0cset_presence\x18\x02 \x01(\x0b\x32 .dispatch.v1.SetPresenceResponseH\x00\x12\x46\n\x13report_conversation\x18\x03 \x01(\x0b\x32\'.dispatch.v1.ReportConversationResponseH\x00\x12=\n\x0f\x63laim_from_pool\x18\x04 \x01(\x0b\x32\".dispatch.v1.ClaimFromPoolResponseH\x00\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x06\n\x04kind\"<\n\x0eOperateRequest\x12*\n\noperations\x18\x01 \x03(\x0b\x32\x16.dispatch.v1.Operation\"@\n\x0fOperateResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.dispatch.v1.OperationResult2\x84\x06\n\x08\x44ispatch\x12G\n\x08\x44ispatch\x12\x1c.dispatch.v1.DispatchRequest\x1a\x1d.dispatch.v1.DispatchResponse\x12V\n\rDispatchBatch\x12!.dispatch.v1.DispatchBatchRequest\x1a\".dispatch.v1.DispatchBatchResponse\x12[\n\x0e\x44ispatchStream\x12!.dispatch.v1.DispatchBatchRequest\x1a\".dispatch.v1.DispatchBatchResponse(\x01\x30\x01\x12P\n\x0bSetPresence\x12\x1f.dispatch.v1.SetPresenceRequest\x1a .dispatch.v1.SetPresenceResponse\x12\x65\n\x12ReportConversation\x12&.dispatch.v1.ReportConversationRequest\x1a\'.dispatch.v1.ReportConversationResponse\x12V\n\rClaimFromPool\x12!.dispatch.v1.ClaimFromPoolRequest\x1a\".dispatch.v1.ClaimFromPoolResponse\x12\x44\n\x07Operate\x12\x1b.dispatch.v1.OperateRequest\x1a\x1c.dispatch.v1.OperateResponse\x12N\n\rOperateStream\x12\x1b.dispatch.v1.OperateRequest\x1a\x1c.dispatch.v1.OperateResponse(\x01\x30\x01\x12S\n\x10WatchAssignments\x12$.dispatch.v1.WatchAssignmentsRequest\x1a\x17.dispatch.v1.Assignment0\x01\x42+\n\x0f\x63om.dispatch.v1P\x01Z\x16\x64ispatch/v1;dispatchv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64ispatch/v1/dispatch.proto\x12\x0b\x64ispatch.v1\x1a\x18\x64ispatch/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x95\x02\n\x0f\x44ispatchRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12+\n\x04type\x18\x04 \x01(\x0e\x32\x1d.dispatch.v1.ConversationType\x12\x0e\n\x06source\x18\x05 \x01(\t\x12,\n\x0border_state\x18\x06 \x01(\x0e\x32\x17.dispatch.v1.OrderState\x12\x12\n\nto_account\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05trace\x18\t \x01(\x08\x12\x10\n\x08priority\x18\n \x01(\r\"\xeb\x01\n\x10\x44ispatchResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x06reason\x18\x02 \x01(\x0e\x32\x13.dispatch.v1.Reason\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\r\n\x05trace\x18\x04 \x03(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x17\n\x0f\x63onversation_id\x18\x06 \x01(\t\x12\x10\n\x08position\x18\x07 \x01(\r\x12\x31\n\x0e\x65stimated_wait\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x14\x44ispatchBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.dispatch.v1.DispatchRequest\"I\n\x15\x44ispatchBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.dispatch.v1.DispatchResponse\"\xc2\x01\n\nAssignment\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12#\n\x06reason\x18\x05 \x01(\x0e\x32\x13.dispatch.v1.Reason\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11previous_agent_id\x18\x07 \x01(\t\"\xad\x01\n\x12SetPresenceRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x08presence\x18\x03 \x01(\x0e\x32\x15.dispatch.v1.Presence\x12#\n\x06\x63lient\x18\x04 \x01(\x0e\x32\x13.dispatch.v1.Client\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13SetPresenceResponse\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.dispatch.v1.Assignment\"\xea\x01\n\x19ReportConversationRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x03 \x01(\t\x12-\n\x05\x65vent\x18\x04 \x01(\x0e\x32\x1e.dispatch.v1.ConversationEvent\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x13\n\x0bto_agent_id\x18\x06 \x01(\t\x12\x13\n\x0bto_group_id\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\\\n\x1aReportConversationResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x17.dispatch.v1.Assignment\"z\n\x14\x43laimFromPoolRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x15\x43laimFromPoolResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\"+\n\x17WatchAssignmentsRequest\x12\x10\n\x08shop_ids\x18\x01 \x03(\t\"\x83\x02\n\tOperation\x12\x30\n\x08\x64ispatch\x18\x01 \x01(\x0b\x32\x1c.dispatch.v1.DispatchRequestH\x00\x12\x37\n\x0cset_presence\x18\x02 \x01(\x0b\x32\x1f.dispatch.v1.SetPresenceRequestH\x00\x12\x45\n\x13report_conversation\x18\x03 \x01(\x0b\x32&.dispatch.v1.ReportConversationRequestH\x00\x12<\n\x0f\x63laim_from_pool\x18\x04 \x01(\x0b\x32!.dispatch.v1.ClaimFromPoolRequestH\x00\x42\x06\n\x04kind\"\xb0\x02\n\x0fOperationResult\x12\x31\n\x08\x64ispatch\x18\x01 \x01(\x0b\x32\x1d.dispatch.v1.DispatchResponseH\x00\x12\x38\n\x0cset_presence\x18\x02 \x01(\x0b\x32 .dispatch.v1.SetPresenceResponseH\x00\x12\x46\n\x13report_conversation\x18\x03 \x01(\x0b\x32\'.dispatch.v1.ReportConversationResponseH\x00\x12=\n\x0f\x63laim_from_pool\x18\x04 \x01(\x0b\x32\".dispatch.v1.ClaimFromPoolResponseH\x00\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x06\n\x04kind\"<\n\x0eOperateRequest\x12*\n\noperations\x18\x01 \x03(\x0b\x32\x16.dispatch.v1.Operation\"@\n\x0fOperateResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.dispatch.v1.OperationResult2\x84\x06\n\x08\x44ispatch\x12G\n\x08\x44ispatch\x12\x1c.dispatch.v1.DispatchRequest\x1a\x1d.dispatch.v1.DispatchResponse\x12V\n\rDispatchBatch\x12!.dispatch.v1.DispatchBatchRequest\x1a\".dispatch.v1.DispatchBatchResponse\x12[\n\x0e\x44ispatchStream\x12!.dispatch.v1.DispatchBatchRequest\x1a\".dispatch.v1.DispatchBatchResponse(\x01\x30\x01\x12P\n\x0bSetPresence\x12\x1f.dispatch.v1.SetPresenceRequest\x1a .dispatch.v1.SetPresenceResponse\x12\x65\n\x12ReportConversation\x12&.dispatch.v1.ReportConversationRequest\x1a\'.dispatch.v1.ReportConversationResponse\x12V\n\rClaimFromPool\x12!.dispatch.v1.ClaimFromPoolRequest\x1a\".dispatch.v1.ClaimFromPoolResponse\x12\x44\n\x07Operate\x12\x1b.dispatch.v1.OperateRequest\x1a\x1c.dispatch.v1.OperateResponse\x12N\n\rOperateStream\x12\x1b.dispatch.v1.OperateRequest\x1a\x1c.dispatch.v1.OperateResponse(\x01\x30\x01\x12S\n\x10WatchAssignments\x12$.dispatch.v1.WatchAssignmentsRequest\x1a\x17.dispatch.v1.Assignment0\x01\x42+\n\x0f\x63om.dispatch.v1P\x01Z\x16\x64ispatch/v1;dispatchv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +36,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dispatch.v1.dispatch_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.dispatch.v1P\001Z\026dispatch/v1;dispatchv1'
-  _globals['_DISPATCHREQUEST']._serialized_start=128
-  _globals['_DISPATCHREQUEST']._serialized_end=387
-  _globals['_DISPATCHRESPONSE']._serialized_start=390
-  _globals['_DISPATCHRESPONSE']._serialized_end=556
-  _globals['_DISPATCHBATCHREQUEST']._serialized_start=558
-  _globals['_DISPATCHBATCHREQUEST']._serialized_end=628
-  _globals['_DISPATCHBATCHRESPONSE']._serialized_start=630
-  _globals['_DISPATCHBATCHRESPONSE']._serialized_end=703
-  _globals['_ASSIGNMENT']._serialized_start=706
-  _globals['_ASSIGNMENT']._serialized_end=873
-  _globals['_SETPRESENCEREQUEST']._serialized_start=876
-  _globals['_SETPRESENCEREQUEST']._serialized_end=1049
-  _globals['_SETPRESENCERESPONSE']._serialized_start=1051
-  _globals['_SETPRESENCERESPONSE']._serialized_end=1118
-  _globals['_REPORTCONVERSATIONREQUEST']._serialized_start=1121
-  _globals['_REPORTCONVERSATIONREQUEST']._serialized_end=1355
-  _globals['_REPORTCONVERSATIONRESPONSE']._serialized_start=1357
-  _globals['_REPORTCONVERSATIONRESPONSE']._serialized_end=1449
-  _globals['_CLAIMFROMPOOLREQUEST']._serialized_start=1451
-  _globals['_CLAIMFROMPOOLREQUEST']._serialized_end=1573
-  _globals['_CLAIMFROMPOOLRESPONSE']._serialized_start=1575
-  _globals['_CLAIMFROMPOOLRESPONSE']._serialized_end=1659
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=1661
-  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=1704
-  _globals['_OPERATION']._serialized_start=1707
-  _globals['_OPERATION']._serialized_end=1966
-  _globals['_OPERATIONRESULT']._serialized_start=1969
-  _globals['_OPERATIONRESULT']._serialized_end=2273
-  _globals['_OPERATEREQUEST']._serialized_start=2275
-  _globals['_OPERATEREQUEST']._serialized_end=2335
-  _globals['_OPERATERESPONSE']._serialized_start=2337
-  _globals['_OPERATERESPONSE']._serialized_end=2401
-  _globals['_DISPATCH']._serialized_start=2404
-  _globals['_DISPATCH']._serialized_end=3176
+  _globals['_DISPATCHREQUEST']._serialized_start=160
+  _globals['_DISPATCHREQUEST']._serialized_end=437
+  _globals['_DISPATCHRESPONSE']._serialized_start=440
+  _globals['_DISPATCHRESPONSE']._serialized_end=675
+  _globals['_DISPATCHBATCHREQUEST']._serialized_start=677
+  _globals['_DISPATCHBATCHREQUEST']._serialized_end=747
+  _globals['_DISPATCHBATCHRESPONSE']._serialized_start=749
+  _globals['_DISPATCHBATCHRESPONSE']._serialized_end=822
+  _globals['_ASSIGNMENT']._serialized_start=825
+  _globals['_ASSIGNMENT']._serialized_end=1019
+  _globals['_SETPRESENCEREQUEST']._serialized_start=1022
+  _globals['_SETPRESENCEREQUEST']._serialized_end=1195
+  _globals['_SETPRESENCERESPONSE']._serialized_start=1197
+  _globals['_SETPRESENCERESPONSE']._serialized_end=1264
+  _globals['_REPORTCONVERSATIONREQUEST']._serialized_start=1267
+  _globals['_REPORTCONVERSATIONREQUEST']._serialized_end=1501
+  _globals['_REPORTCONVERSATIONRESPONSE']._serialized_start=1503
+  _globals['_REPORTCONVERSATIONRESPONSE']._serialized_end=1595
+  _globals['_CLAIMFROMPOOLREQUEST']._serialized_start=1597
+  _globals['_CLAIMFROMPOOLREQUEST']._serialized_end=1719
+  _globals['_CLAIMFROMPOOLRESPONSE']._serialized_start=1721
+  _globals['_CLAIMFROMPOOLRESPONSE']._serialized_end=1805
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_start=1807
+  _globals['_WATCHASSIGNMENTSREQUEST']._serialized_end=1850
+  _globals['_OPERATION']._serialized_start=1853
+  _globals['_OPERATION']._serialized_end=2112
+  _globals['_OPERATIONRESULT']._serialized_start=2115
+  _globals['_OPERATIONRESULT']._serialized_end=2419
+  _globals['_OPERATEREQUEST']._serialized_start=2421
+  _globals['_OPERATEREQUEST']._serialized_end=2481
+  _globals['_OPERATERESPONSE']._serialized_start=2483
+  _globals['_OPERATERESPONSE']._serialized_end=2547
+  _globals['_DISPATCH']._serialized_start=2550
+  _globals['_DISPATCH']._serialized_end=3322
 # @@protoc_insertion_point(module_scope)

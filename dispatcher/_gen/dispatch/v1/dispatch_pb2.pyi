@@ -20,6 +20,7 @@ Conventions used by every request of this package:
 from collections import abc as _abc
 from dispatcher._gen.dispatch.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -50,6 +51,7 @@ class DispatchRequest(_message.Message):
     TO_ACCOUNT_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop the conversation is addressed to. Required."""
     buyer_id: _builtins.str
@@ -72,6 +74,12 @@ class DispatchRequest(_message.Message):
     """
     trace: _builtins.bool
     """When true, the response carries a short decision trace."""
+    priority: _builtins.int
+    """0..9, higher first (0 when unset; above 9 is INVALID_ARGUMENT). If the
+    conversation has to wait (queue, staging, message pool), waiting
+    conversations are handed out highest priority first, then oldest first.
+    A retry of an open conversation keeps the priority it was first given.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the conversation was opened; server clock when unset."""
@@ -88,10 +96,11 @@ class DispatchRequest(_message.Message):
         to_account: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         trace: _builtins.bool = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "buyer_id", b"buyer_id", "conversation_id", b"conversation_id", "order_state", b"order_state", "shop_id", b"shop_id", "source", b"source", "to_account", b"to_account", "trace", b"trace", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "buyer_id", b"buyer_id", "conversation_id", b"conversation_id", "order_state", b"order_state", "priority", b"priority", "shop_id", b"shop_id", "source", b"source", "to_account", b"to_account", "trace", b"trace", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -109,6 +118,8 @@ class DispatchResponse(_message.Message):
     TRACE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_WAIT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The receiving agent; empty when the conversation waits (REASON_QUEUED,
     REASON_OFFLINE_MESSAGE_POOL, REASON_OFFLINE_STAGING) or on error.
@@ -121,6 +132,12 @@ class DispatchResponse(_message.Message):
     """
     conversation_id: _builtins.str
     """The request's conversation_id, echoed so batch answers are easy to join."""
+    position: _builtins.int
+    """When the conversation waits (REASON_QUEUED, REASON_OFFLINE_STAGING,
+    REASON_OFFLINE_MESSAGE_POOL): its place in that waiting list, 1 + the
+    conversations that would be handed out before it (every one of a higher
+    priority, and the older ones of its own). 0 (unset) otherwise.
+    """
     @_builtins.property
     def trace(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The decision trace ("step:outcome" lines), when the request asked for it."""
@@ -132,6 +149,14 @@ class DispatchResponse(_message.Message):
         Dispatch reports errors as the call's status instead.
         """
 
+    @_builtins.property
+    def estimated_wait(self) -> _duration_pb2.Duration:
+        """When the conversation waits: position times the shop's recent mean time
+        between two hand-outs from that list (an exponentially weighted average
+        over event times). Unset when it does not wait, or when that list has not
+        handed out two conversations yet (no history).
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +166,12 @@ class DispatchResponse(_message.Message):
         trace: _abc.Iterable[_builtins.str] | None = ...,
         error: _status_pb2.Status | None = ...,
         conversation_id: _builtins.str = ...,
+        position: _builtins.int = ...,
+        estimated_wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "estimated_wait", b"estimated_wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "error", b"error", "group_id", b"group_id", "reason", b"reason", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "error", b"error", "estimated_wait", b"estimated_wait", "group_id", b"group_id", "position", b"position", "reason", b"reason", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,6 +237,7 @@ class Assignment(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_AGENT_ID_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop."""
     conversation_id: _builtins.str
@@ -222,6 +250,10 @@ class Assignment(_message.Message):
     """Why: the reason of the routing that took it out of the queue (e.g.
     REASON_GROUP), REASON_OFFLINE_STAGING for a staging push, or
     REASON_OFFLINE_MESSAGE_POOL for a pool claim.
+    """
+    previous_agent_id: _builtins.str
+    """REASON_REROUTED and REASON_RECLAIMED: the agent it was taken from (spec
+    §10). Empty otherwise.
     """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
@@ -236,10 +268,11 @@ class Assignment(_message.Message):
         agent_id: _builtins.str = ...,
         reason: _common_pb2.Reason.ValueType = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        previous_agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "at", b"at", "buyer_id", b"buyer_id", "conversation_id", b"conversation_id", "reason", b"reason", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "at", b"at", "buyer_id", b"buyer_id", "conversation_id", b"conversation_id", "previous_agent_id", b"previous_agent_id", "reason", b"reason", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,7 +449,9 @@ class ClaimFromPoolRequest(_message.Message):
     agent_id: _builtins.str
     """The claiming agent (not a robot). Required."""
     conversation_id: _builtins.str
-    """A particular pooled conversation; the oldest one when empty."""
+    """A particular pooled conversation; the next one (highest priority, then
+    oldest) when empty.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When; server clock when unset."""

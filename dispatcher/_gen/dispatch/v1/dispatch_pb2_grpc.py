@@ -92,8 +92,11 @@ class DispatchServicer(object):
 
     def Dispatch(self, request, context):
         """Routes one new conversation. For a buyer-to-shop conversation this
-        records it (its id must not be in use in the shop); other types are
-        answered REASON_DIRECT with the addressed to_account and change nothing.
+        records it; other types are answered REASON_DIRECT with the addressed
+        to_account and change nothing. Retries are safe: a conversation id that is
+        still open with the same buyer is answered with what is current for it
+        (its agent and the reason it went there, or where it waits, with its
+        position) and nothing changes; with another buyer it is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,8 +138,9 @@ class DispatchServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ClaimFromPool(self, request, context):
-        """An agent takes the oldest (or the named) conversation from the shop's
-        message pool. FAILED_PRECONDITION when the pool is empty.
+        """An agent takes the next (highest priority, then oldest) or the named
+        conversation from the shop's message pool. FAILED_PRECONDITION when the
+        pool is empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

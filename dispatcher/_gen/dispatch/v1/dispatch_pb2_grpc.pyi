@@ -52,8 +52,11 @@ class DispatchStub:
     def __new__(cls, channel: _aio.Channel) -> DispatchAsyncStub: ...
     Dispatch: _grpc.UnaryUnaryMultiCallable[_dispatch_pb2.DispatchRequest, _dispatch_pb2.DispatchResponse]
     """Routes one new conversation. For a buyer-to-shop conversation this
-    records it (its id must not be in use in the shop); other types are
-    answered REASON_DIRECT with the addressed to_account and change nothing.
+    records it; other types are answered REASON_DIRECT with the addressed
+    to_account and change nothing. Retries are safe: a conversation id that is
+    still open with the same buyer is answered with what is current for it
+    (its agent and the reason it went there, or where it waits, with its
+    position) and nothing changes; with another buyer it is ALREADY_EXISTS.
     """
     DispatchBatch: _grpc.UnaryUnaryMultiCallable[_dispatch_pb2.DispatchBatchRequest, _dispatch_pb2.DispatchBatchResponse]
     """Routes up to 4096 conversations in one call, in order. A bad item gets its
@@ -75,8 +78,9 @@ class DispatchStub:
     transfer, or an assignment made outside the dispatcher.
     """
     ClaimFromPool: _grpc.UnaryUnaryMultiCallable[_dispatch_pb2.ClaimFromPoolRequest, _dispatch_pb2.ClaimFromPoolResponse]
-    """An agent takes the oldest (or the named) conversation from the shop's
-    message pool. FAILED_PRECONDITION when the pool is empty.
+    """An agent takes the next (highest priority, then oldest) or the named
+    conversation from the shop's message pool. FAILED_PRECONDITION when the
+    pool is empty.
     """
     Operate: _grpc.UnaryUnaryMultiCallable[_dispatch_pb2.OperateRequest, _dispatch_pb2.OperateResponse]
     """Applies a batch of any mix of operations (dispatch, presence, conversation
@@ -113,8 +117,11 @@ class DispatchAsyncStub(DispatchStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Dispatch: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.DispatchRequest, _dispatch_pb2.DispatchResponse]  # type: ignore[assignment]
     """Routes one new conversation. For a buyer-to-shop conversation this
-    records it (its id must not be in use in the shop); other types are
-    answered REASON_DIRECT with the addressed to_account and change nothing.
+    records it; other types are answered REASON_DIRECT with the addressed
+    to_account and change nothing. Retries are safe: a conversation id that is
+    still open with the same buyer is answered with what is current for it
+    (its agent and the reason it went there, or where it waits, with its
+    position) and nothing changes; with another buyer it is ALREADY_EXISTS.
     """
     DispatchBatch: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.DispatchBatchRequest, _dispatch_pb2.DispatchBatchResponse]  # type: ignore[assignment]
     """Routes up to 4096 conversations in one call, in order. A bad item gets its
@@ -136,8 +143,9 @@ class DispatchAsyncStub(DispatchStub):
     transfer, or an assignment made outside the dispatcher.
     """
     ClaimFromPool: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.ClaimFromPoolRequest, _dispatch_pb2.ClaimFromPoolResponse]  # type: ignore[assignment]
-    """An agent takes the oldest (or the named) conversation from the shop's
-    message pool. FAILED_PRECONDITION when the pool is empty.
+    """An agent takes the next (highest priority, then oldest) or the named
+    conversation from the shop's message pool. FAILED_PRECONDITION when the
+    pool is empty.
     """
     Operate: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.OperateRequest, _dispatch_pb2.OperateResponse]  # type: ignore[assignment]
     """Applies a batch of any mix of operations (dispatch, presence, conversation
@@ -177,8 +185,11 @@ class DispatchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dispatch_pb2.DispatchResponse, _abc.Awaitable[_dispatch_pb2.DispatchResponse]]:
         """Routes one new conversation. For a buyer-to-shop conversation this
-        records it (its id must not be in use in the shop); other types are
-        answered REASON_DIRECT with the addressed to_account and change nothing.
+        records it; other types are answered REASON_DIRECT with the addressed
+        to_account and change nothing. Retries are safe: a conversation id that is
+        still open with the same buyer is answered with what is current for it
+        (its agent and the reason it went there, or where it waits, with its
+        position) and nothing changes; with another buyer it is ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -230,8 +241,9 @@ class DispatchServicer(metaclass=_abc_1.ABCMeta):
         request: _dispatch_pb2.ClaimFromPoolRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispatch_pb2.ClaimFromPoolResponse, _abc.Awaitable[_dispatch_pb2.ClaimFromPoolResponse]]:
-        """An agent takes the oldest (or the named) conversation from the shop's
-        message pool. FAILED_PRECONDITION when the pool is empty.
+        """An agent takes the next (highest priority, then oldest) or the named
+        conversation from the shop's message pool. FAILED_PRECONDITION when the
+        pool is empty.
         """
 
     @_abc_1.abstractmethod
