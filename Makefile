@@ -10,7 +10,7 @@ PORT   ?= 50051
 
 FASTPATH_SRC := $(wildcard _fastpath/*.pyx _fastpath/*.pxd)
 
-.PHONY: all install serve test test-fast bench bench-quick bench-tools protos clean fuzz
+.PHONY: all install serve lint test test-fast bench bench-quick bench-tools protos clean fuzz
 
 all: install
 
@@ -31,9 +31,18 @@ serve: $(STAMP)
 	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth \
 	    --data-dir var/dispatch --create-data-dir
 
-# The whole suite; DISPATCH_EXPECT_COMPILED makes a silent fallback to the
-# pure-Python engine a test failure.
-test: $(STAMP)
+# Lint and types, pinned in pyproject.toml: ruff (format + lint), mypy --strict
+# (dispatcher/, clients/python/, the engine's Python side), cython-lint (_fastpath).
+# cython-lint runs pycodestyle from PATH, hence the venv first on it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint _fastpath/*.pyx _fastpath/*.pxd
+
+# The whole suite, lint first; DISPATCH_EXPECT_COMPILED makes a silent fallback
+# to the pure-Python engine a test failure.
+test: $(STAMP) lint
 	DISPATCH_EXPECT_COMPILED=1 $(PY) -m pytest -q
 
 # A long fuzz run (>= 1,000,000 inputs against a live server; about half an

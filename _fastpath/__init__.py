@@ -29,6 +29,7 @@ from .model import (
     Role,
     ShopConfig,
     Strategy,
+    TimerKind,
     WaitKind,
 )
 from .reference import ReferenceEngine
@@ -57,6 +58,7 @@ __all__ = [
     "Role",
     "ShopConfig",
     "Strategy",
+    "TimerKind",
     "WaitKind",
 ]
 

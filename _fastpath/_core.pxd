@@ -3,8 +3,9 @@
 # One .pxd per part, included below in the order of the parts (the order of
 # _core.pyx's includes and of the reference engine's modules), except that a
 # part's types come before the first part that uses them: the C tables
-# (hashtable, heap) first, and wire's structs before engine's CompiledEngine,
-# which owns a WireBuffer and an array of WireItems.
+# (hashtable, heap) first, and wire's and operations' structs before engine's
+# CompiledEngine, which owns WireBuffers and arrays of WireItems and
+# WireOperations.
 #
 # Everything a decision touches lives in C structs and C arrays, keyed by
 # integer handles: shop handles (engine-wide, never reused), agent slots (per
@@ -38,7 +39,9 @@ include "validation.pxd"
 include "eligibility.pxd"
 include "strategies.pxd"
 include "shop.pxd"
+include "timers.pxd"
 include "routing.pxd"
 include "wire.pxd"
+include "operations.pxd"
 include "engine.pxd"
 include "snapshot.pxd"

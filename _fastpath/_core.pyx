@@ -18,10 +18,16 @@ a ``.pxd`` with its C types and their invariants, included by ``_core.pxd``.
 - shop: one tenant's agents, groups, rosters, local day and PRNG (§2);
 - routing: Router, the tables and the decision: decide / offline / route /
   assign / remember / settle (§4, §6, §7, §8);
+- timers: the rules that fire on time (§10 re-route, reclaim; §11
+  max_queue_wait): per-shop deadline heaps, a heap of shops by their next
+  deadline (tick), and the hooks the routing state changes call;
 - engine: CompiledEngine(Router), the public API: configuration and
   conversation events (§8), dispatch (§3, §4), reads (§9);
 - wire: the protobuf wire reader/writer and the glue of dispatch_wire /
   dispatch_batch_wire;
+- operations: operate_wire (issue 13), a batch of any mix of operations
+  read from the bytes: dispatches through wire's glue, the ordinary events
+  in C, the rest through the engine's own methods;
 - snapshot: export_state / import_state.
 
 Its behaviour is defined by ``_fastpath.reference.ReferenceEngine``; the
@@ -49,6 +55,7 @@ from _fastpath.model import (
     WaitKind,
     check_enum,
     check_id,
+    check_priority,
     check_time,
     day_bounds,
     shop_seed,
@@ -56,6 +63,17 @@ from _fastpath.model import (
 from _fastpath.model import GroupConfig, ShopConfig
 from _fastpath.model import SNAPSHOT_FORMAT, group_dict
 from _fastpath.wire import WireItem as PyWireItem, check_batch_size, dispatch_item
+from _fastpath.wire import (
+    check_operations_size,
+    encode_claim_response,
+    encode_decision,
+    encode_event_response,
+    encode_presence_response,
+    encode_result,
+    encode_result_error,
+    error_code,
+)
+from _fastpath.model import timestamp_to_ms
 
 __all__ = ["CompiledEngine", "c_constants"]
 
@@ -67,6 +85,8 @@ include "eligibility.pyx"
 include "strategies.pyx"
 include "shop.pyx"
 include "routing.pyx"
+include "timers.pyx"
 include "engine.pyx"
 include "wire.pyx"
+include "operations.pyx"
 include "snapshot.pyx"

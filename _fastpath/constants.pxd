@@ -20,6 +20,9 @@ cdef enum:
     REASON_GROUP = 10
     REASON_FALLBACK = 11
     REASON_QUEUED = 12
+    REASON_REROUTED = 13        # §10: its agent did not reply in time
+    REASON_RECLAIMED = 14       # §10: its agent stayed offline too long
+    REASON_QUEUE_TIMEOUT = 15   # §11: max_queue_wait passed; moved to the message pool
 
 # Strategy (model.Strategy, spec §5); 0 on a group: the shop's.
 cdef enum:
@@ -90,11 +93,23 @@ cdef enum:
 cdef enum:
     MAX_ID = 128                  # model.MAX_ID_BYTES: an id is 1..MAX_ID UTF-8 bytes
     DEFAULT_MAIN_CAPACITY = 100   # model.DEFAULT_MAIN_CAPACITY: a main account never put_agent'ed
+    MAX_PRIORITY = 9              # model.MAX_PRIORITY: a dispatch's priority is 0..MAX_PRIORITY (spec §11)
+    N_PRIORITIES = 10             # model.N_PRIORITIES: one FIFO per level in every waiting list
+
+# Operation.kind (wire.OP_*, the field numbers of the dispatch.v1 Operation
+# oneof; issue 13) and the length of the operation counters (index 0 unused:
+# wire.OPERATION_KINDS).
+cdef enum:
+    OP_DISPATCH = 1
+    OP_SET_PRESENCE = 2
+    OP_REPORT_CONVERSATION = 3
+    OP_CLAIM_FROM_POOL = 4
+    N_OPERATION_KINDS = 5
 
 # Shape of the decision counters, [reason][strategy] (model.N_REASONS,
 # model.N_STRATEGIES; strategy 0 = no strategy chose the agent).
 cdef enum:
-    N_REASONS = 13
+    N_REASONS = 16
     N_STRATEGIES = 6
 
 # 64-bit limits: C macros (an enum is an int), compile-time constants.

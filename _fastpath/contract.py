@@ -18,8 +18,10 @@ __all__ = ["Assignment", "Decision", "DispatchCall", "EngineProtocol"]
 Decision = tuple[int, str | None, str | None, list[str] | None]
 """(reason, agent_id, group_id, trace) of one ``dispatch``."""
 
-Assignment = tuple[str, str, str, str, int, int]
-"""An outbox hand-out: (shop_id, conversation_id, buyer_id, agent_id, reason, at_ms)."""
+Assignment = tuple[str, str, str, str, int, int] | tuple[str, str, str, str, int, int, str]
+"""An outbox hand-out: (shop_id, conversation_id, buyer_id, agent_id, reason, at_ms), and for a
+re-route or reclaim (§10, reasons REROUTED / RECLAIMED) a 7th item, the previous agent's id. A
+queue timeout (QUEUE_TIMEOUT) has agent_id "": it moved to the message pool."""
 
 
 class DispatchCall(NamedTuple):
@@ -34,6 +36,7 @@ class DispatchCall(NamedTuple):
     order_state: int = 0
     to_account: str = ""
     trace: bool = False
+    priority: int = 0  # spec §11, 0..9; last, so older positional calls keep their meaning
 
 
 @runtime_checkable
@@ -68,7 +71,9 @@ class EngineProtocol(Protocol):
         to_agent_id: str = "",
         to_group_id: str = "",
     ) -> str | None: ...
-    def claim_from_pool(self, shop_id: str, agent_id: str, at_ms: int, conversation_id: str = "") -> tuple[str, str]: ...
+    def claim_from_pool(
+        self, shop_id: str, agent_id: str, at_ms: int, conversation_id: str = ""
+    ) -> tuple[str, str]: ...
 
     # the decision (spec §4–§7)
     def dispatch(
@@ -82,6 +87,7 @@ class EngineProtocol(Protocol):
         order_state: int = 0,
         to_account: str = "",
         trace: bool = False,
+        priority: int = 0,
     ) -> Decision: ...
     def dispatch_batch_wire(
         self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
@@ -93,6 +99,11 @@ class EngineProtocol(Protocol):
         self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
     ) -> tuple[bytes, int, int] | None: ...
     def operation_counts(self) -> list[int]: ...
+
+    # time (spec §10): deadlines fire when a shop's time passes them
+    def tick(self, now_ms: int) -> int: ...
+    def tick_shop(self, shop_id: str, at_ms: int) -> int: ...
+    def pending_deadlines(self) -> int: ...
 
     # reading (spec §9)
     def drain_outbox(self) -> list[Assignment]: ...
@@ -106,6 +117,9 @@ class EngineProtocol(Protocol):
     def totals(self) -> dict[str, int]: ...
     def effective_strategy(self, shop_id: str, group_id: str = "") -> int: ...
     def decision_counts(self) -> list[list[int]]: ...
+    # §11 waiting positions, §12 retries
+    def waiting_position(self, shop_id: str, conversation_id: str) -> tuple[int, int | None] | None: ...
+    def retry_count(self) -> int: ...
 
     # snapshots
     def export_state(self) -> dict[str, Any]: ...

@@ -17,6 +17,8 @@ cdef class CompiledEngine(Router):
     def __dealloc__(self):
         free(self.out.p)
         free(self.wire_items)
+        free(self.scratch.p)
+        free(self.wire_ops)
 
     @property
     def seed(self):
@@ -79,6 +81,7 @@ cdef class CompiledEngine(Router):
                 self.forget_expired(shop)
         shop.apply_config(config)
         shop.rebuild()
+        timers_configure(self, shop)
         self.settle(shop, -1)
 
     def _check_robot(self, Shop shop, dict agent_slot, robot_id, field):
@@ -97,6 +100,8 @@ cdef class CompiledEngine(Router):
         self.shop_map.remove_at(self.shop_map.find_str(0, shop_id))
         self.affinity.clear_namespace(shop.handle)
         self.exclusive.clear_namespace(shop.handle)
+        if shop.handle < self.timers.n_shops:
+            timers_drop(self.timers, shop.handle)  # offline agents' reclaim deadlines
         self.shop_ptrs[shop.handle] = NULL
         self.shop_list[shop.handle] = None
 
@@ -122,6 +127,7 @@ cdef class CompiledEngine(Router):
         a.created_at_ms = config.created_at_ms
         a.chat_permission = config.chat_permission
         shop.rebuild()
+        timers_configure(self, shop)
         self.settle(shop, slot)
 
     def _check_role_change(self, Shop shop, int32_t slot, int32_t role):
@@ -166,6 +172,8 @@ cdef class CompiledEngine(Router):
         a.today = 0
         a.today_day = 0
         shop.rebuild()
+        self.timers.on_presence(shop, slot, False, shop.clock)
+        timers_configure(self, shop)
         self.settle(shop, -1)
 
     def put_group(self, config):
@@ -191,6 +199,7 @@ cdef class CompiledEngine(Router):
             shop.group_configs.append(config)
             shop.group_sources.append(handles)
         shop.rebuild()
+        timers_configure(self, shop)
         self.settle(shop, -1)
 
     def delete_group(self, shop_id, group_id):
@@ -204,6 +213,7 @@ cdef class CompiledEngine(Router):
         else:
             raise NotFoundError(f"group {group_id!r} not found in shop {shop_id!r}")
         shop.rebuild()
+        timers_configure(self, shop)
         self.settle(shop, -1)
 
     def set_exclusive_agent(self, shop_id, buyer_id, agent_id):
@@ -248,11 +258,14 @@ cdef class CompiledEngine(Router):
         a = &shop.agents[slot]
         if a.role == ROLE_ROBOT:
             raise FailedPreconditionError(f"agent {agent_id!r} is a robot; presence does not apply")
+        timers_fire_due(self, shop, at_ms)
         now = shop.advance(at_ms)
-        if pres == PRESENCE_OFFLINE and a.presence != PRESENCE_OFFLINE:
+        went_offline = pres == PRESENCE_OFFLINE and a.presence != PRESENCE_OFFLINE
+        if went_offline:
             a.offline_at_ms = now
         a.presence = pres
         a.client = cli
+        self.timers.on_presence(shop, slot, went_offline, now)
         shop.refresh(slot)
         self.settle(shop, slot)
 
@@ -277,6 +290,7 @@ cdef class CompiledEngine(Router):
         time_ms(at_ms)
         if ev == 0:
             raise InvalidArgumentError("event is required")
+        timers_fire_due(self, shop, at_ms)  # §10: what time passing did comes first
         idx = self.conversations.find(shop.handle, p, n, hash_key(shop.handle, p, n))
         if ev == EVENT_ASSIGNED:
             if idx >= 0:
@@ -291,7 +305,10 @@ cdef class CompiledEngine(Router):
             idx = self.conversations.insert(shop.handle, p, n, bp, bn, hash_key(shop.handle, p, n))
             self.conversations.entries[idx].at_ms = now
             shop.live += 1
+            if self.timers.tracks_shop(shop.handle):
+                self.timers.track_new(shop, self.conversations, idx, NULL, 0, 0)
             self.assign(shop, idx, slot, now)
+            set_reason(&self.conversations.entries[idx], REASON_DIRECT)  # given directly, outside the dispatcher
             self.settle(shop, -1)
             return agent_id_of(shop, slot)
         if idx < 0:
@@ -321,6 +338,7 @@ cdef class CompiledEngine(Router):
                 e.flags = flags & ~CONV_UNREAD
                 shop.agents[holder].unread -= 1
                 shop.refresh(holder)
+            self.timers.on_reply(self.conversations, idx)
             self.remember(shop, idx, holder, now)
             self.settle(shop, holder)
             return None
@@ -366,6 +384,7 @@ cdef class CompiledEngine(Router):
         time_ms(at_ms)
         if shop.agents[slot].role == ROLE_ROBOT:
             raise InvalidArgumentError(f"agent {agent_id!r} is a robot")
+        timers_fire_due(self, shop, at_ms)  # §11: a queue timeout due by now is in the pool first
         message_pool = shop.waiting_message_pool
         if not message_pool:
             raise FailedPreconditionError(f"the message pool of shop {shop_id!r} is empty")
@@ -378,7 +397,7 @@ cdef class CompiledEngine(Router):
                 raise NotFoundError(f"conversation {conversation_id!r} is not in the message pool")
         now = shop.advance(at_ms)
         message_pool.remove(item)
-        self.assign(shop, self.conversation_index(shop, item[0]), slot, now)
+        self.handed_out(shop, message_pool, item[0], slot, REASON_OFFLINE_MESSAGE_POOL, now)
         self.outbox.append((shop.shop_id, item[0], item[1], agent_id_of(shop, slot), REASON_OFFLINE_MESSAGE_POOL, now))
         self.settle(shop, -1)
         return item[0], item[1]
@@ -386,8 +405,12 @@ cdef class CompiledEngine(Router):
     # ------------------------------------------------------------ dispatch
 
     def dispatch(self, shop_id, buyer_id, conversation_id, at_ms, conv_type=1, source="",
-                 order_state=0, to_account="", bint trace=False):
-        """Decide who gets a new conversation: (reason, agent_id, group_id, trace)."""
+                 order_state=0, to_account="", bint trace=False, priority=0):
+        """Decide who gets a new conversation: (reason, agent_id, group_id, trace).
+
+        A retry (the conversation is open with the same buyer) answers what is current
+        and changes nothing (§12, retry_answer); ``priority`` (0..9, §11) orders it among
+        the waiting."""
         cdef Router core = self  # a Router-typed receiver: Cython calls its final methods directly
         cdef Py_ssize_t sn, tn, idx
         cdef const char* sp
@@ -410,6 +433,7 @@ cdef class CompiledEngine(Router):
         rq.source = utf8_id(source, &rq.source_len, "source", True)
         rq.order_state = enum_value(order_state, ORDER_STATE_MAX, OrderState, "order_state")
         rq.at_ms = time_ms(at_ms)
+        rq.priority = priority_value(priority)
         rq.py_conversation = <PyObject*>conversation_id
         rq.py_buyer = <PyObject*>buyer_id
         rq.py_source = <PyObject*>source
@@ -419,13 +443,43 @@ cdef class CompiledEngine(Router):
         shop = core.shop_at(self.shop_map.entries[idx].handle)
         rq.conversation_hash = hash_key(shop.handle, rq.conversation, rq.conversation_len)
         core.prefetch_decision(shop, &rq)
-        if self.conversations.find(shop.handle, rq.conversation, rq.conversation_len, rq.conversation_hash) >= 0:
-            raise AlreadyExistsError(f"conversation {conversation_id!r} already exists in shop {shop_id!r}")
+        if core.timers.due(shop.handle, rq.at_ms):
+            timers_fire_due(self, shop, rq.at_ms)  # §10: what time passing did comes first
+        idx = self.conversations.find(shop.handle, rq.conversation, rq.conversation_len, rq.conversation_hash)
+        if idx >= 0:
+            return self.retry_answer(shop, idx, conversation_id, &rq, trace)
         if trace:
             tr = []
         reason = core.decide(shop, &rq, tr, &d)
         return (reason, agent_id_of(shop, d.slot) if d.slot >= 0 else None,
                 <object>shop.groups[d.group].id if d.group >= 0 else None, tr)
+
+    cdef tuple retry_answer(self, Shop shop, Py_ssize_t idx, object conversation_id, const Request* rq, bint trace):
+        """A dispatch of open conversation ``idx``: a retry if the buyer is the same (§12:
+        what is current, nothing changed), else ALREADY_EXISTS (reference: Router.retry_answer)."""
+        cdef Entry* e = &self.conversations.entries[idx]
+        cdef int32_t reason, wait
+        if rq.buyer_len != e.vlen or memcmp(rq.buyer, entry_bytes(e) + e.klen, rq.buyer_len) != 0:
+            raise AlreadyExistsError(f"conversation {conversation_id!r} already exists in shop {shop.shop_id!r}")
+        self.retries += 1
+        reason = self.retry_reason(shop, idx)
+        wait = e.flags & CONV_WAIT_MASK
+        if wait:
+            position = (<WaitList>self.waiting_of(shop, wait)).position(conversation_id)
+            return reason, None, None, ([f"retry:{WaitKind(wait).name.lower()}:{position}"] if trace else None)
+        agent_id = agent_id_of(shop, e.handle)
+        return reason, agent_id, None, ([f"retry:{agent_id}"] if trace else None)
+
+    def waiting_position(self, shop_id, conversation_id):
+        """Where a waiting conversation stands (§11): (position, 1 = next; estimated wait in
+        ms, None while unknown), or None when it does not wait. Changes nothing."""
+        cdef Shop shop = self.shop_for(shop_id)
+        check_id(conversation_id, "conversation_id")
+        return self.waiting_place(shop, self.conversation_index(shop, conversation_id), conversation_id)
+
+    def retry_count(self):
+        """Dispatches this object answered as retries (§12; not decisions). A counter, not state."""
+        return self.retries
 
     def dispatch_batch_wire(self, data, int64_t now_ms, Py_ssize_t max_items, max_at_ms=None):
         """A serialized ``DispatchBatchRequest`` in, its ``DispatchBatchResponse`` out.
@@ -446,6 +500,44 @@ cdef class CompiledEngine(Router):
         the object path, protobuf and ``dispatch``, which answers or refuses).
         See ``_fastpath.wire`` (the reference) and wire.pyx (unary_wire)."""
         return unary_wire(self, data, now_ms, max_at_ms)
+
+    def operate_wire(self, data, int64_t now_ms, Py_ssize_t max_items, max_at_ms=None):
+        """A serialized ``OperateRequest`` in, its ``OperateResponse`` out (issue 13):
+        (response bytes, operations, operations that failed), or ``None``, with nothing
+        changed, when the bytes are not a batch this codec reads or an operation's ``at``
+        is later than ``max_at_ms``. See ``_fastpath.reference.operations`` (the
+        reference) and operations.pyx."""
+        return operate_wire(self, data, now_ms, max_items, max_at_ms)
+
+    # ------------------------------------------------------------ time (§10, timers.pyx)
+
+    def tick(self, now_ms):
+        """The engine's time is ``now_ms``: fire every shop's deadlines due by then; how many fired."""
+        time_ms(now_ms)
+        return timers_tick(self, now_ms)
+
+    def tick_shop(self, shop_id, at_ms):
+        """Fire one shop's deadlines due by ``at_ms``; how many. An unknown shop or invalid time: 0."""
+        cdef Py_ssize_t n, idx
+        cdef const char* p
+        if not isinstance(shop_id, str) or not isinstance(at_ms, int) or isinstance(at_ms, bool):
+            return 0
+        if not 0 <= at_ms <= MAX_TIME:
+            return 0
+        p = PyUnicode_AsUTF8AndSize(shop_id, &n)
+        idx = self.shop_map.find(0, p, n, hash_key(0, p, n))
+        if idx < 0:
+            return 0
+        return timers_fire_due(self, self.shop_at(self.shop_map.entries[idx].handle), at_ms)
+
+    def pending_deadlines(self):
+        """Deadlines pending in every shop (a gauge)."""
+        return self.timers.pending
+
+    def operation_counts(self):
+        """Operations this object applied through ``operate_wire``, by kind
+        (``wire.OP_*``; index 0 unused): a copy. Counters, not state."""
+        return [self.operations[k] for k in range(N_OPERATION_KINDS)]
 
     # ------------------------------------------------------------ reading (§9)
 
@@ -474,6 +566,7 @@ cdef class CompiledEngine(Router):
         cdef int64_t now = shop.clock
         cdef int32_t s
         cdef Agent* a
+        deadlines, next_deadlines = timers_next(self, shop, 10)
         memberships = {}
         for g in shop.group_configs:
             for m in g.members:
@@ -501,7 +594,8 @@ cdef class CompiledEngine(Router):
             })
 
         def waiting(items):
-            return [{"conversation_id": w[0], "buyer_id": w[1], "since_ms": w[4]} for w in items]
+            return [{"conversation_id": w[0], "buyer_id": w[1], "since_ms": w[4], "priority": w[5],
+                     "position": position} for position, w in enumerate(items, 1)]
 
         return {
             "shop_id": shop_id,
@@ -512,6 +606,8 @@ cdef class CompiledEngine(Router):
             "staging": waiting(shop.waiting_staging),
             "pool": waiting(shop.waiting_message_pool),
             "live_conversations": shop.live,
+            "deadlines": deadlines,
+            "next_deadlines": next_deadlines,
         }
 
     def totals(self):

@@ -20,8 +20,9 @@ ctypedef union EntryData:
 ctypedef struct Entry:
     uint32_t hash      # low 32 bits of hash_key(ns, key)
     int32_t ns         # namespace: the shop handle (0 in engine-wide maps)
-    int64_t at_ms      # recent contact: time of the contact (it expires at at_ms + window);
-                       # conversation: time it was created (dispatched or assigned); else 0
+    # at_ms: recent contact: time of the contact (it expires at at_ms + window);
+    # conversation: time it was created (dispatched or assigned); else 0
+    int64_t at_ms
     int32_t handle     # an agent slot, shop handle or source handle (per map); -1: none
     uint16_t flags     # conversation: CONV_* flags (routing.pxd); else 0
     uint8_t klen       # key length in bytes (<= 255)

@@ -8,12 +8,12 @@
 
 
 cdef inline bint heap_less(const Agent* ag, int32_t kind, int32_t x, int32_t y) noexcept nogil:
-    cdef int64_t l, r
+    cdef int64_t lhs, rhs
     if kind == HEAP_SAT:
-        l = <int64_t>ag[x].active * ag[y].max_capacity
-        r = <int64_t>ag[y].active * ag[x].max_capacity
-        if l != r:
-            return l < r
+        lhs = <int64_t>ag[x].active * ag[y].max_capacity
+        rhs = <int64_t>ag[y].active * ag[x].max_capacity
+        if lhs != rhs:
+            return lhs < rhs
         return x < y
     if ag[x].unread != ag[y].unread:
         return ag[x].unread < ag[y].unread

@@ -22,8 +22,11 @@ __all__ = [
     "MAX_CAPACITY",
     "MAX_DURATION_MS",
     "MAX_ID_BYTES",
+    "MAX_PRIORITY",
+    "MAX_REROUTES",
     "MAX_TIME_MS",
     "MAX_WEIGHT",
+    "N_PRIORITIES",
     "N_REASONS",
     "N_STRATEGIES",
     "SNAPSHOT_FORMAT",
@@ -45,9 +48,11 @@ __all__ = [
     "Role",
     "ShopConfig",
     "Strategy",
+    "TimerKind",
     "WaitKind",
     "check_enum",
     "check_id",
+    "check_priority",
     "check_time",
     "day_bounds",
     "fnv1a64",
@@ -66,12 +71,19 @@ MAX_DURATION_MS: Final = 366 * 24 * HOUR_MS
 """Longest affinity window or offline grace accepted (one year)."""
 
 MAX_WEIGHT: Final = 1_000_000
+MAX_REROUTES: Final = 100
+"""Largest ``max_reroutes`` (spec §10): times one conversation may be routed again for silence."""
 MAX_CAPACITY: Final = 1_000_000
 MAX_TIME_MS: Final = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: the last instant a protobuf Timestamp can hold."""
 MIN_TIME_MS: Final = 0
 LATEST_SECONDS: Final = 253_402_300_799
 """9999-12-31T23:59:59Z: the latest Timestamp.seconds accepted (the last whole second of MAX_TIME_MS)."""
+
+MAX_PRIORITY: Final = 9
+"""A dispatch's ``priority`` is 0..9 (spec §11); waiting conversations go highest first."""
+N_PRIORITIES: Final = MAX_PRIORITY + 1
+"""Priority levels: one FIFO per level in every waiting list."""
 
 
 class Reason(enum.IntEnum):
@@ -90,6 +102,9 @@ class Reason(enum.IntEnum):
     GROUP = 10
     FALLBACK = 11
     QUEUED = 12
+    REROUTED = 13  # §10: its agent did not reply in time; routed again without it
+    RECLAIMED = 14  # §10: its agent stayed offline too long; routed again without it
+    QUEUE_TIMEOUT = 15  # §11: it waited max_queue_wait in the queue; moved to the message pool
 
 
 class Strategy(enum.IntEnum):
@@ -166,6 +181,14 @@ class ConversationEvent(enum.IntEnum):
     ASSIGNED = 5  # assigned outside the dispatcher (e.g. by an administrator)
 
 
+class TimerKind(enum.IntEnum):
+    """What a pending deadline (spec §10, §11) does when the shop's time passes it."""
+
+    REROUTE = 1  # a conversation's holder has not replied: route it again without it
+    RECLAIM = 2  # an agent has been offline: route its unanswered conversations again
+    QUEUE = 3  # a conversation has waited max_queue_wait in the queue: to the message pool
+
+
 class WaitKind(enum.IntEnum):
     """Where a conversation that nobody could take is waiting."""
 
@@ -238,6 +261,15 @@ def check_time(at_ms: object, field: str = "at") -> int:
     return at_ms
 
 
+def check_priority(value: object) -> int:
+    """A dispatch's priority (spec §11): an int in 0..MAX_PRIORITY."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError("priority must be an integer")
+    if not 0 <= value <= MAX_PRIORITY:
+        raise InvalidArgumentError(f"priority={value} is outside 0..{MAX_PRIORITY}")
+    return value
+
+
 def timestamp_to_ms(seconds: int, nanos: int, field: str) -> int:
     """A protobuf Timestamp's (seconds, nanos) in whole milliseconds (finer nanos are truncated).
 
@@ -299,6 +331,11 @@ class ShopConfig:
     mobile_dispatch: bool = False
     timezone: str = "UTC"
     tie_seed: int = 0
+    # §10-§11 rules that fire on time; 0 = off (the default).
+    reroute_unanswered_after_ms: int = 0
+    max_reroutes: int = 1
+    reclaim_after_offline_ms: int = 0
+    max_queue_wait_ms: int = 0
 
     def normalized(self) -> ShopConfig:
         """Validate every field; return a copy with defaults applied to unset enums."""
@@ -312,6 +349,10 @@ class ShopConfig:
         _check_int(self.staging_first_cap, "staging_first_cap", 1, MAX_CAPACITY)
         _check_int(self.busy_threshold, "busy_threshold", 0, MAX_CAPACITY)
         _check_int(self.tie_seed, "tie_seed", 0, 2**64 - 1)
+        _check_int(self.reroute_unanswered_after_ms, "reroute_unanswered_after", 0, MAX_DURATION_MS)
+        _check_int(self.max_reroutes, "max_reroutes", 1, MAX_REROUTES)
+        _check_int(self.reclaim_after_offline_ms, "reclaim_after_offline", 0, MAX_DURATION_MS)
+        _check_int(self.max_queue_wait_ms, "max_queue_wait", 0, MAX_DURATION_MS)
         check_id(self.robot_agent_id, "robot_agent_id", optional=True)
         check_id(self.proxy_account, "proxy_account", optional=True)
         if self.robot_first and not self.robot_agent_id:
@@ -377,6 +418,7 @@ class GroupConfig:
     robot_enabled: bool = False
     robot_agent_id: str = ""
     strategy: int = Strategy.UNSPECIFIED
+    reroute_unanswered_after_ms: int = 0  # §10: 0 = the shop's setting
 
     def normalized(self) -> GroupConfig:
         check_id(self.shop_id, "shop_id")
@@ -391,6 +433,7 @@ class GroupConfig:
         sources = tuple(dict.fromkeys(check_id(s, "sources[]") for s in self.sources))
         check_id(self.robot_agent_id, "robot_agent_id", optional=True)
         strategy = _check_enum(self.strategy, Strategy, "strategy")
+        _check_int(self.reroute_unanswered_after_ms, "reroute_unanswered_after", 0, MAX_DURATION_MS)
         if not isinstance(self.robot_enabled, bool):
             raise InvalidArgumentError("robot_enabled must be a boolean")
         return dataclasses.replace(

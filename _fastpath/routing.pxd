@@ -8,6 +8,10 @@ cdef enum:
     CONV_WAIT_MASK = 3        # flags & 3: the WAIT_* kind of a waiting conversation, 0 if served
     CONV_UNREAD = 4           # the buyer's last message is not answered yet
     CONV_FORWARDED = 8        # it was transferred at least once
+    # Bits 11-15: the REASON_* a held conversation went to its agent with (the
+    # answer to a retried Dispatch, spec §12; set_reason), 0 while it waits.
+    CONV_REASON_SHIFT = 11
+    CONV_REASON_MASK = 0xF800
 
 
 # One buyer-to-shop decision to make, already validated (ids 1..MAX_ID bytes,
@@ -24,6 +28,7 @@ ctypedef struct Request:
     Py_ssize_t source_len          # its length in bytes (0..MAX_ID; 0 = no source)
     int32_t order_state            # 0..ORDER_STATE_MAX
     int64_t at_ms                  # the event time (the shop clock takes the later of it and its own)
+    int32_t priority               # 0..MAX_PRIORITY (spec §11): its FIFO if it has to wait
     PyObject* py_conversation      # the same ids as str (borrowed), or NULL: made from the
     PyObject* py_buyer             # bytes only if the conversation has to wait (waiting lists
     PyObject* py_source            # hold Python tuples)
@@ -62,8 +67,10 @@ cdef class Router:
     cdef int32_t n_handles          # handles handed out (shop_list length)
     cdef int32_t cap_handles        # shop_ptrs allocated
     cdef int32_t n_sources          # source handles handed out
+    cdef Timers timers              # §10-§11 deadlines and the tracks of shops that use them (timers.pxd)
     cdef list outbox                # hand-outs after their Dispatch: (shop, conversation, buyer, agent, reason, at)
     cdef int64_t decisions[N_REASONS][N_STRATEGIES]  # counters: decisions made by this object
+    cdef int64_t retries            # counter: dispatches answered as retries (§12), not decisions
 
     @cython.final
     cdef Shop shop_at(self, int32_t handle)
@@ -105,6 +112,13 @@ cdef class Router:
     cdef int remember(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1
     @cython.final
     cdef int settle(self, Shop shop, int32_t focus) except -1
+    @cython.final
+    cdef int handed_out(self, Shop shop, WaitList waiting, object conversation_id, int32_t slot, int32_t reason,
+                        int64_t now) except -1
+    @cython.final
+    cdef int32_t retry_reason(self, Shop shop, Py_ssize_t conv) noexcept
+    @cython.final
+    cdef object waiting_place(self, Shop shop, Py_ssize_t conv, object conversation_id)
     @cython.final
     cdef tuple waiting_item(self, const Request* rq, int64_t now)
     @cython.final

@@ -10,6 +10,11 @@
 # conversation has to wait.
 
 
+cdef inline void set_reason(Entry* e, int32_t reason) noexcept:
+    """Record why a held conversation went to its agent (CONV_REASON bits; §12 retries)."""
+    e.flags = (e.flags & ~CONV_REASON_MASK) | ((reason << CONV_REASON_SHIFT) & CONV_REASON_MASK)
+
+
 cdef class Router:
 
     def __cinit__(self, seed=0):
@@ -28,7 +33,9 @@ cdef class Router:
         if self.shop_ptrs == NULL:
             raise MemoryError()
         self.n_sources = 0
+        self.retries = 0
         self.outbox = []
+        self.timers = Timers()
 
     def __dealloc__(self):
         free(self.shop_ptrs)
@@ -151,6 +158,8 @@ cdef class Router:
                                          rq.buyer, rq.buyer_len, rq.conversation_hash)
         self.conversations.entries[conv].at_ms = now
         shop.live += 1
+        if self.timers.tracks_shop(shop.handle):  # §10: remembered with its source and order state
+            self.timers.track_new(shop, self.conversations, conv, rq.source, rq.source_len, rq.order_state)
 
         # Step 1: is the shop online?
         if not shop_online(shop):
@@ -167,13 +176,14 @@ cdef class Router:
                             rq.order_state, now, trace, out)
         if reason:
             self.assign(shop, conv, out.slot, now)
+            set_reason(&self.conversations.entries[conv], reason)
         else:
             # Step 7: everyone is full.
             reason = REASON_QUEUED
             out.strategy = 0
             self.wait_in(shop, conv, WAIT_QUEUE, rq, now)
             if trace is not None:
-                trace.append(f"queued:{len(shop.waiting_queue)}")
+                trace.append(f"queued:{shop.waiting_queue.position_of_last(rq.priority)}")
         self.decisions[reason][out.strategy] += 1
         return reason
 
@@ -187,10 +197,12 @@ cdef class Router:
         if rule == OFFLINE_MAIN_ACCOUNT:
             out.slot = shop.main_slot
             self.assign(shop, conv, out.slot, now)
+            set_reason(&self.conversations.entries[conv], REASON_OFFLINE_MAIN_ACCOUNT)
             return REASON_OFFLINE_MAIN_ACCOUNT
         if rule == OFFLINE_PROXY_ACCOUNT:
             out.slot = shop.proxy_slot
             self.assign(shop, conv, out.slot, now)
+            set_reason(&self.conversations.entries[conv], REASON_OFFLINE_PROXY_ACCOUNT)
             return REASON_OFFLINE_PROXY_ACCOUNT
         if rule == OFFLINE_MESSAGE_POOL:
             self.wait_in(shop, conv, WAIT_POOL, rq, now)
@@ -327,7 +339,8 @@ cdef class Router:
         if s >= 0:
             out.strategy = shop.strategy
             if trace is not None:
-                trace.append(f"{'fallback' if groups_on else 'strategy'}:{Strategy(shop.strategy).name}:{agent_id_of(shop, s)}")
+                step = "fallback" if groups_on else "strategy"
+                trace.append(f"{step}:{Strategy(shop.strategy).name}:{agent_id_of(shop, s)}")
             out.slot = s
             return REASON_FALLBACK if groups_on else REASON_GROUP
         if trace is not None:
@@ -335,7 +348,8 @@ cdef class Router:
         if shop.mode == MODE_FALLBACK:
             # §7 case C: the main account receives only when every other agent is offline.
             s = shop.main_slot
-            if shop.rosters[0].n_avail == 0 and available(shop, s) and shop.agents[s].active < shop.agents[s].max_capacity:
+            if (shop.rosters[0].n_avail == 0 and available(shop, s)
+                    and shop.agents[s].active < shop.agents[s].max_capacity):
                 if trace is not None:
                     trace.append(f"fallback:main:{agent_id_of(shop, s)}")
                 out.slot = s
@@ -350,11 +364,13 @@ cdef class Router:
         cdef Entry* e = &self.conversations.entries[conv]
         cdef Agent* a = &shop.agents[slot]
         e.handle = slot
-        e.flags = (e.flags & CONV_FORWARDED) | CONV_UNREAD  # the opening message awaits a reply
+        e.flags = (e.flags & (CONV_FORWARDED | CONV_TRACKED)) | CONV_UNREAD  # the opening message awaits a reply
         a.active += 1
         a.unread += 1
         shop.bump_today(slot, now)
         shop.refresh(slot)
+        if e.flags & CONV_TRACKED:
+            self.timers.on_assign(shop, self.conversations, conv, slot, now)  # §10: its re-route deadline
         return 0
 
     @cython.final
@@ -373,6 +389,8 @@ cdef class Router:
         shop.refresh(target)
         e.handle = target
         e.flags |= CONV_FORWARDED
+        if e.flags & CONV_TRACKED:
+            self.timers.on_assign(shop, self.conversations, conv, target, now)  # §10: the receiver's deadline
         self.remember(shop, conv, target, now)
         self.settle(shop, holder)
         return 0
@@ -383,6 +401,8 @@ cdef class Router:
         cdef Entry* e = &self.conversations.entries[conv]
         cdef int32_t flags = e.flags, holder = e.handle
         cdef Agent* agent
+        if flags & CONV_TRACKED:
+            self.timers.on_close(self.conversations, conv)
         self.conversations.remove_at(conv)
         shop.live -= 1
         if flags & CONV_WAIT_MASK:
@@ -403,9 +423,13 @@ cdef class Router:
 
     @cython.final
     cdef int wait_in(self, Shop shop, Py_ssize_t conv, int32_t kind, const Request* rq, int64_t now) except -1:
-        """Conversation ``conv`` waits at the end of the shop's queue, staging or message pool (``kind``)."""
-        self.conversations.entries[conv].flags = kind
-        self.waiting_of(shop, kind).append(self.waiting_item(rq, now))
+        """Conversation ``conv`` waits at the end of its priority's FIFO (rq.priority) in the
+        shop's queue, staging or message pool (``kind``)."""
+        cdef Entry* e = &self.conversations.entries[conv]
+        e.flags = kind | (e.flags & CONV_TRACKED)
+        (<WaitList>self.waiting_of(shop, kind)).push(self.waiting_item(rq, now))
+        if e.flags & CONV_TRACKED:
+            self.timers.on_wait(shop, self.conversations, conv, kind, now)  # §11: its max_queue_wait
         return 0
 
     @cython.final
@@ -476,11 +500,11 @@ cdef class Router:
         cdef const char* bp
         cdef Py_ssize_t bn
         staging = shop.waiting_staging
-        if staging and focus >= 0 and available(shop, focus):
+        if focus >= 0 and staging and available(shop, focus):
             a = &shop.agents[focus]
             while staging and a.unread < shop.staging_cap and a.active < a.max_capacity:
                 item = staging.popleft()
-                self.assign(shop, self.conversation_index(shop, item[0]), focus, now)
+                self.handed_out(shop, staging, item[0], focus, REASON_OFFLINE_STAGING, now)
                 self.outbox.append((shop.shop_id, item[0], item[1], agent_id_of(shop, focus),
                                     REASON_OFFLINE_STAGING, now))
         queue = shop.waiting_queue
@@ -492,18 +516,63 @@ cdef class Router:
             if not reason:
                 break
             queue.popleft()
-            self.assign(shop, self.conversation_index(shop, item[0]), d.slot, now)
+            self.handed_out(shop, queue, item[0], d.slot, reason, now)
             self.outbox.append((shop.shop_id, item[0], item[1], agent_id_of(shop, d.slot), reason, now))
         return 0
 
     @cython.final
     cdef tuple waiting_item(self, const Request* rq, int64_t now):
-        """(conversation, buyer, source, order_state, since) of a conversation that waits."""
+        """(conversation, buyer, source, order_state, since, priority) of a conversation that waits."""
         return (<object>rq.py_conversation if rq.py_conversation != NULL
                 else PyUnicode_DecodeUTF8(rq.conversation, rq.conversation_len, NULL),
                 <object>rq.py_buyer if rq.py_buyer != NULL else PyUnicode_DecodeUTF8(rq.buyer, rq.buyer_len, NULL),
                 <object>rq.py_source if rq.py_source != NULL else PyUnicode_DecodeUTF8(rq.source, rq.source_len, NULL),
-                rq.order_state, now)
+                rq.order_state, now, rq.priority)
+
+    @cython.final
+    cdef int handed_out(self, Shop shop, WaitList waiting, object conversation_id, int32_t slot, int32_t reason,
+                        int64_t now) except -1:
+        """A conversation taken off ``waiting`` goes to ``slot`` (``reason``): assigned, and
+        counted in the list's hand-out rate (§11). The caller appends the outbox entry."""
+        cdef Py_ssize_t conv = self.conversation_index(shop, conversation_id)
+        self.assign(shop, conv, slot, now)
+        set_reason(&self.conversations.entries[conv], reason)
+        waiting.note_handout(now)
+        return 0
+
+    # ------------------------------------------------------------ retries and positions (§11, §12)
+
+    @cython.final
+    cdef int32_t retry_reason(self, Shop shop, Py_ssize_t conv) noexcept:
+        """The answer's reason to a retried Dispatch of conversation ``conv`` (§12): where it
+        waits, or the reason it went to its agent with (reference: Router.retry_answer)."""
+        cdef int32_t flags = self.conversations.entries[conv].flags
+        cdef int32_t wait = flags & CONV_WAIT_MASK
+        if wait == WAIT_QUEUE:
+            return REASON_QUEUED
+        if wait == WAIT_STAGING:
+            return REASON_OFFLINE_STAGING
+        if wait == WAIT_POOL:
+            return REASON_OFFLINE_MESSAGE_POOL
+        return (flags & CONV_REASON_MASK) >> CONV_REASON_SHIFT
+
+    @cython.final
+    cdef object waiting_place(self, Shop shop, Py_ssize_t conv, object conversation_id):
+        """(position, estimated wait ms or None) of waiting conversation ``conv``, else None
+        (reference: Router.waiting_place)."""
+        cdef int32_t wait
+        cdef WaitList waiting
+        cdef Py_ssize_t position
+        cdef int64_t eta
+        if conv < 0:
+            return None
+        wait = self.conversations.entries[conv].flags & CONV_WAIT_MASK
+        if not wait:
+            return None
+        waiting = <WaitList>self.waiting_of(shop, wait)
+        position = waiting.position(conversation_id)
+        eta = waiting.estimate(position)
+        return position, (eta if eta >= 0 else None)
 
     @cython.final
     cdef object waiting_of(self, Shop shop, int32_t kind):

@@ -23,7 +23,7 @@ ctypedef struct Agent:
     int32_t today           # conversations received on local day today_day
     int32_t today_day       # local day ordinal that `today` counts
     int32_t n_groups        # groups it is a member of (configuration)
-    uint8_t chat_permission # 0: never receives
+    uint8_t chat_permission  # 0: never receives
     uint8_t deleted         # 1: deleted (the slot stays)
     uint8_t avail           # cached available() (see above)
 
@@ -55,6 +55,30 @@ ctypedef struct Roster:
     Heap sat                # eligible members by saturation
     Heap unread             # eligible members by unread
     RoundRobin rr           # the CAPACITY_ROUND_ROBIN cycle (strategies.pxd)
+
+
+# One waiting list of a shop (the step 7 queue, §6 staging, §6 message pool):
+# one FIFO per priority level (spec §11), items are the tuples
+# (conversation, buyer, source, order_state, since, priority). Invariants:
+# levels[p] holds the items of priority p in arrival order; n == their total;
+# the hand-out order (iteration, head, pop_head) is highest priority first,
+# then oldest first. last_handout_ms / interval_ms: the list's hand-out rate
+# (the reference's WaitList: shop clock of the last hand-out, EWMA of the time
+# between two, -1 until known). reference.shop.WaitList is the definition.
+@cython.final
+cdef class WaitList:
+    cdef list levels                # N_PRIORITIES deques
+    cdef Py_ssize_t n               # items in all levels
+    cdef readonly int64_t last_handout_ms   # -1: no hand-out yet
+    cdef readonly int64_t interval_ms       # -1: unknown (fewer than two hand-outs)
+
+    cdef int push(self, tuple item) except -1
+    cdef object head(self)
+    cdef object pop_head(self)
+    cdef Py_ssize_t position_of_last(self, int32_t priority) except -1
+    cdef Py_ssize_t position(self, object conversation_id) except -1
+    cdef void note_handout(self, int64_t now) noexcept
+    cdef int64_t estimate(self, int64_t position) noexcept
 
 
 # One tenant. Configuration fields mirror the normalized ShopConfig (set by
@@ -92,6 +116,12 @@ cdef class Shop:
     cdef int32_t n_agents           # slots handed out (deleted agents included)
     cdef int32_t cap_agents         # agents allocated (scratch holds 2 * cap_agents)
     cdef dict agent_slot            # agent id -> slot (configuration and events only)
+    # agent_index: agent_slot in C, for the wire readers (Shop.find_agent). Open
+    # addressing by hash_key(0, id UTF-8) over index_mask + 1 cells, 0 = empty, else
+    # slot + 1; every slot is in it (deleted ones too); index_mask + 1 >= 2 * n_agents
+    # (NULL and -1 before the first agent).
+    cdef int32_t* agent_index       # the cells
+    cdef int32_t index_mask         # cells - 1
     cdef Group* groups              # groups[0:n_groups], configuration order
     cdef int32_t n_groups           # == len(group_configs) after rebuild
     cdef list group_configs         # GroupConfig per group, same order as groups
@@ -99,12 +129,14 @@ cdef class Shop:
     cdef Roster* rosters            # rosters[0:n_rosters]: 0 = shop-wide, g + 1 = group g
     cdef int32_t n_rosters          # n_groups + 1 after rebuild
     cdef int32_t* scratch           # 2 * cap_agents ints for the strategies' tie collection
-    cdef object waiting_queue       # deques of (conversation, buyer, source, order_state, since):
-    cdef object waiting_staging     # step 7 queue, §6 staging pool,
-    cdef object waiting_message_pool  # §6 leave-a-message pool (claim_from_pool)
+    cdef WaitList waiting_queue     # WaitLists of (conversation, buyer, source, order_state, since, priority):
+    cdef WaitList waiting_staging   # step 7 queue, §6 staging pool,
+    cdef WaitList waiting_message_pool  # §6 leave-a-message pool (claim_from_pool)
     cdef int64_t live               # conversations in the table (served or waiting)
 
     cdef int add_agent_slot(self, object agent_id) except -1
+    cdef int index_agent(self, int32_t slot) except -1
+    cdef int32_t find_agent(self, const char* p, Py_ssize_t n) except -2
     cdef int add_main_account(self, object agent_id) except -1
     cdef int apply_config(self, object config) except -1
     cdef int rebuild(self) except -1

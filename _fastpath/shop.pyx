@@ -15,6 +15,115 @@ cdef inline object agent_id_of(Shop shop, int32_t slot):
     return <object>shop.agents[slot].id
 
 
+cdef class WaitList:
+    """A shop's queue, staging or message pool: one FIFO per priority (see shop.pxd)."""
+
+    def __cinit__(self):
+        self.levels = [deque() for _ in range(N_PRIORITIES)]
+        self.n = 0
+        self.last_handout_ms = -1
+        self.interval_ms = -1
+
+    def __len__(self):
+        return self.n
+
+    def __bool__(self):
+        return self.n > 0
+
+    def __iter__(self):
+        cdef int32_t p
+        for p in range(N_PRIORITIES - 1, -1, -1):
+            yield from self.levels[p]
+
+    def __getitem__(self, index):
+        if index != 0 or not self.n:
+            raise IndexError("a WaitList is read at its head only ([0])")
+        return self.head()
+
+    def append(self, tuple item):
+        self.push(item)
+
+    def extend(self, items):
+        for item in items:
+            self.push(item)
+
+    def popleft(self):
+        if not self.n:
+            raise IndexError("pop from an empty WaitList")
+        return self.pop_head()
+
+    def remove(self, tuple item):
+        (<object>self.levels[item[5]]).remove(item)
+        self.n -= 1
+
+    def oldest(self):
+        """The item that has waited longest (smallest since; ties: higher priority), or None."""
+        cdef int32_t p
+        best = None
+        for p in range(N_PRIORITIES - 1, -1, -1):
+            level = self.levels[p]
+            if level and (best is None or level[0][4] < best[4]):
+                best = level[0]
+        return best
+
+    cdef int push(self, tuple item) except -1:
+        (<object>self.levels[item[5]]).append(item)
+        self.n += 1
+        return 0
+
+    cdef object head(self):
+        cdef int32_t p
+        for p in range(N_PRIORITIES - 1, -1, -1):
+            level = self.levels[p]
+            if level:
+                return level[0]
+        raise IndexError("head of an empty WaitList")
+
+    cdef object pop_head(self):
+        cdef int32_t p
+        for p in range(N_PRIORITIES - 1, -1, -1):
+            level = self.levels[p]
+            if level:
+                self.n -= 1
+                return level.popleft()
+        raise IndexError("pop from an empty WaitList")
+
+    cdef Py_ssize_t position_of_last(self, int32_t priority) except -1:
+        """The position of the item just pushed at ``priority``: the items of its level and above."""
+        cdef Py_ssize_t k = 0
+        cdef int32_t p
+        for p in range(priority, N_PRIORITIES):
+            k += len(<object>self.levels[p])
+        return k
+
+    cdef Py_ssize_t position(self, object conversation_id) except -1:
+        """1 + the items handed out before the conversation's; 0 if it is not here."""
+        cdef Py_ssize_t k = 0
+        cdef int32_t p
+        for p in range(N_PRIORITIES - 1, -1, -1):
+            for item in <object>self.levels[p]:
+                k += 1
+                if (<tuple>item)[0] == conversation_id:
+                    return k
+        return 0
+
+    cdef void note_handout(self, int64_t now) noexcept:
+        """An item left the list for an agent at ``now``: the EWMA of the time between hand-outs."""
+        cdef int64_t dt
+        if self.last_handout_ms >= 0:
+            dt = now - self.last_handout_ms
+            self.interval_ms = dt if self.interval_ms < 0 else (7 * self.interval_ms + dt) // 8
+        self.last_handout_ms = now
+
+    cdef int64_t estimate(self, int64_t position) noexcept:
+        """The estimated wait (ms) of ``position``: position * interval, at most MAX_TIME; -1: unknown."""
+        if self.interval_ms < 0:
+            return -1
+        if self.interval_ms > 0 and position > MAX_TIME // self.interval_ms:
+            return MAX_TIME
+        return position * self.interval_ms
+
+
 cdef class Shop:
 
     def __cinit__(self):
@@ -27,11 +136,13 @@ cdef class Shop:
         self.n_rosters = 0
         self.scratch = NULL
         self.agent_slot = {}
+        self.agent_index = NULL
+        self.index_mask = -1
         self.group_configs = []
         self.group_sources = []
-        self.waiting_queue = deque()
-        self.waiting_staging = deque()
-        self.waiting_message_pool = deque()
+        self.waiting_queue = WaitList()
+        self.waiting_staging = WaitList()
+        self.waiting_message_pool = WaitList()
         self.live = 0
         self.clock = 0
         self.day = 0
@@ -46,6 +157,7 @@ cdef class Shop:
                 Py_XDECREF(self.agents[i].id)
             free(self.agents)
         free(self.scratch)
+        free(self.agent_index)
 
     cdef int add_agent_slot(self, object agent_id) except -1:
         """A new slot for agent_id (OFFLINE on DESKTOP, everything else 0)."""
@@ -74,7 +186,53 @@ cdef class Shop:
         a.client = CLIENT_DESKTOP
         self.agent_slot[agent_id] = slot
         self.n_agents += 1
+        self.index_agent(slot)
         return slot
+
+    cdef int index_agent(self, int32_t slot) except -1:
+        """Put a new slot in agent_index (all of them again when it grows: load <= 1/2)."""
+        cdef int32_t cells = self.index_mask + 1, s
+        cdef int32_t* grown
+        cdef Py_ssize_t n
+        cdef const char* p
+        cdef uint64_t i
+        if 2 * self.n_agents > cells:
+            cells = cells * 2 if cells else 16
+            grown = <int32_t*>calloc(cells, sizeof(int32_t))
+            if grown == NULL:
+                raise MemoryError()
+            free(self.agent_index)
+            self.agent_index = grown
+            self.index_mask = cells - 1
+            s = 0
+        else:
+            s = slot
+        while s <= slot:
+            p = PyUnicode_AsUTF8AndSize(<object>self.agents[s].id, &n)
+            i = hash_key(0, p, n) & <uint64_t>self.index_mask
+            while self.agent_index[i]:
+                i = (i + 1) & <uint64_t>self.index_mask
+            self.agent_index[i] = s + 1
+            s += 1
+        return 0
+
+    cdef int32_t find_agent(self, const char* p, Py_ssize_t n) except -2:
+        """The slot of the agent whose id is the UTF-8 p[:n] (deleted or not), or -1."""
+        cdef uint64_t i
+        cdef int32_t k
+        cdef Py_ssize_t m
+        cdef const char* q
+        if self.index_mask < 0:
+            return -1
+        i = hash_key(0, p, n) & <uint64_t>self.index_mask
+        while True:
+            k = self.agent_index[i]
+            if k == 0:
+                return -1
+            q = PyUnicode_AsUTF8AndSize(<object>self.agents[k - 1].id, &m)
+            if m == n and memcmp(p, q, n) == 0:
+                return k - 1
+            i = (i + 1) & <uint64_t>self.index_mask
 
     cdef int add_main_account(self, object agent_id) except -1:
         """The slot of a new shop's main account: MAIN, weight 1, DEFAULT_MAIN_CAPACITY, permitted."""

@@ -49,6 +49,8 @@ cdef dict export_state(Router router):
                 str(WAIT_STAGING): [list(w) for w in shop.waiting_staging],
                 str(WAIT_POOL): [list(w) for w in shop.waiting_message_pool],
             },
+            "handout_rate": [[w.last_handout_ms, w.interval_ms] for w in
+                             (shop.waiting_queue, shop.waiting_staging, shop.waiting_message_pool)],
         })
     conversations = []
     for k in range(router.conversations.n):
@@ -58,7 +60,8 @@ cdef dict export_state(Router router):
         conversations.append([shop.shop_id, PyUnicode_DecodeUTF8(entry_bytes(e), e.klen, NULL),
                               PyUnicode_DecodeUTF8(entry_bytes(e) + e.klen, e.vlen, NULL),
                               None if wait else agent_id_of(shop, e.handle), wait,
-                              bool(e.flags & CONV_UNREAD), bool(e.flags & CONV_FORWARDED)])
+                              bool(e.flags & CONV_UNREAD), bool(e.flags & CONV_FORWARDED),
+                              (e.flags & CONV_REASON_MASK) >> CONV_REASON_SHIFT])
     affinity = []
     for k in range(router.affinity.n):
         e = &router.affinity.entries[k]
@@ -83,7 +86,21 @@ cdef dict export_state(Router router):
         "affinity": affinity,
         "exclusive": exclusive,
         "outbox": [list(item) for item in router.outbox],
+        "timers": timers_export(router),
     }
+
+
+cdef int32_t conversation_reason(object row) except -1:
+    """A conversation row's stored reason (reference: snapshot.conversation_reason): older
+    snapshots have none; a held conversation then answers DIRECT, a waiting one 0."""
+    if len(row) > 7:
+        return row[7]
+    return REASON_DIRECT if row[3] is not None else 0
+
+
+cdef tuple waiting_row(object row):
+    """A snapshot's waiting item as a WaitList tuple (older snapshots: no priority, 0)."""
+    return tuple(row) if len(row) > 5 else (*row, 0)
 
 
 cdef int import_state(Router router, object state) except -1:
@@ -137,10 +154,15 @@ cdef int import_state(Router router, object state) except -1:
             for i in range(r.n_members):
                 r.rr.credit[i] = rr["credit"][i]
             r.rr.cursor = rr["cursor"]
-        shop.waiting_queue.extend(tuple(w) for w in data["waiting"][str(WAIT_QUEUE)])
-        shop.waiting_staging.extend(tuple(w) for w in data["waiting"][str(WAIT_STAGING)])
-        shop.waiting_message_pool.extend(tuple(w) for w in data["waiting"][str(WAIT_POOL)])
-    for shop_id, conv_id, buyer_id, agent_id, wait, unread, forwarded in state["conversations"]:
+        # Items of older snapshots have no priority (a 6th item): 0.
+        shop.waiting_queue.extend(waiting_row(w) for w in data["waiting"][str(WAIT_QUEUE)])
+        shop.waiting_staging.extend(waiting_row(w) for w in data["waiting"][str(WAIT_STAGING)])
+        shop.waiting_message_pool.extend(waiting_row(w) for w in data["waiting"][str(WAIT_POOL)])
+        for waiting, rate in zip((shop.waiting_queue, shop.waiting_staging, shop.waiting_message_pool),
+                                 data.get("handout_rate", ())):
+            (<WaitList>waiting).last_handout_ms, (<WaitList>waiting).interval_ms = rate
+    for row in state["conversations"]:
+        shop_id, conv_id, buyer_id, agent_id, wait, unread, forwarded = row[:7]
         shop = handles[shop_id]
         kp = PyUnicode_AsUTF8AndSize(conv_id, &n)
         vp = PyUnicode_AsUTF8AndSize(buyer_id, &vn)
@@ -148,6 +170,7 @@ cdef int import_state(Router router, object state) except -1:
         router.conversations.entries[idx].handle = shop.agent_slot[agent_id] if agent_id is not None else -1
         router.conversations.entries[idx].flags = (wait | (CONV_UNREAD if unread else 0)
                                                    | (CONV_FORWARDED if forwarded else 0))
+        set_reason(&router.conversations.entries[idx], conversation_reason(row))
     for shop_id, buyer_id, agent_id, at in state["affinity"]:
         shop = handles[shop_id]
         kp = PyUnicode_AsUTF8AndSize(buyer_id, &n)
@@ -160,4 +183,5 @@ cdef int import_state(Router router, object state) except -1:
         idx = router.exclusive.insert(shop.handle, kp, n, NULL, 0, hash_key(shop.handle, kp, n))
         router.exclusive.entries[idx].handle = shop.agent_slot[agent_id]
     router.outbox = [tuple(item) for item in state["outbox"]]
+    timers_import(router, state.get("timers"), handles)
     return 0

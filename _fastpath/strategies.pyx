@@ -216,7 +216,9 @@ cdef int32_t kth_smallest(int32_t* v, int32_t n, int32_t k) noexcept nogil:
             while v[j] > pivot:
                 j -= 1
             if i <= j:
-                tmp = v[i]; v[i] = v[j]; v[j] = tmp
+                tmp = v[i]
+                v[i] = v[j]
+                v[j] = tmp
                 i += 1
                 j -= 1
         if k <= j:

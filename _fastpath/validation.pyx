@@ -62,6 +62,17 @@ cdef inline int64_t time_ms(object at_ms) except? -1:
     return -1
 
 
+cdef inline int32_t priority_value(object value) except -1:
+    """A dispatch's priority, 0..MAX_PRIORITY (spec §11); raise like model.check_priority."""
+    cdef int overflow = 0
+    cdef long long v
+    if type(value) is int:
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if not overflow and 0 <= v <= MAX_PRIORITY:
+            return <int32_t>v
+    return check_priority(value)
+
+
 cdef inline int32_t enum_value(object value, int32_t highest, object enum_type, str field) except -1:
     """An enum number 0..highest; raise like check_enum (which also takes anything else it names)."""
     cdef int overflow = 0

@@ -24,6 +24,7 @@ ctypedef struct WireItem:
     int32_t nanos      # at.nanos, meaningful when has_at
     uint8_t has_at     # 1: the request carries `at`
     uint8_t trace      # 1: a trace was asked for (the Python path answers it)
+    uint32_t priority  # field 10 (uint32: the low 32 bits); above MAX_PRIORITY the Python path refuses it
 
 
 # A growable byte buffer (the responses being written).

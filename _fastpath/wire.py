@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from typing import Any, Final, NamedTuple
 
-from .contract import DispatchCall, EngineProtocol
-from .model import LATEST_SECONDS, DispatchError, InvalidArgumentError, timestamp_to_ms
+from .contract import Assignment, DispatchCall, EngineProtocol
+from .model import LATEST_SECONDS, DispatchError, InvalidArgumentError, Reason, timestamp_to_ms
 
 __all__ = [
     "GRPC_CODE_NUMBERS",
@@ -52,7 +52,9 @@ __all__ = [
     "WirePresence",
     "check_operations_size",
     "encode_assignment",
+    "WAITING_REASONS",
     "encode_claim_response",
+    "encode_decision",
     "encode_event_response",
     "encode_operate_response",
     "encode_presence_response",
@@ -102,13 +104,14 @@ class WireItem(NamedTuple):
     to_account: str = ""
     at: tuple[int, int] | None = None  # (seconds, nanos) when the field is present
     trace: bool = False
+    priority: int = 0  # uint32 on the wire (field 10); the engine refuses above 9
 
     def call(self, now_ms: int) -> DispatchCall:
         """The engine call of this item; an absent ``at`` is ``now_ms`` (a bad one raises)."""
         at = timestamp_to_ms(self.at[0], self.at[1], "at") if self.at is not None else now_ms
         return DispatchCall(
             self.shop_id, self.buyer_id, self.conversation_id, at, self.type, self.source, self.order_state,
-            self.to_account, self.trace,
+            self.to_account, self.trace, self.priority,
         )  # fmt: skip
 
 
@@ -193,6 +196,9 @@ def _item(data: bytes, pos: int, end: int) -> WireItem:
         elif number == 9 and wire_type == _VARINT:
             v, pos = _varint(data, pos)
             fields["trace"] = v != 0
+        elif number == 10 and wire_type == _VARINT:
+            v, pos = _varint(data, pos)
+            fields["priority"] = v & 0xFFFFFFFF  # uint32: the low 32 bits
         else:
             raise _Malformed
     if pos != end:
@@ -272,8 +278,11 @@ def encode_response(
     group_id: str | None = None,
     trace: list[str] | None = None,
     error: tuple[int, str] | None = None,
+    position: int = 0,
+    estimated_wait_ms: int | None = None,
 ) -> bytes:
-    """One ``DispatchResponse``, fields in number order, proto3 defaults omitted."""
+    """One ``DispatchResponse``, fields in number order, proto3 defaults omitted;
+    ``estimated_wait`` (a Duration) is written when ``estimated_wait_ms`` is not None."""
     out = bytearray()
     _put_bytes(out, 1, (agent_id or "").encode("utf-8"))
     if reason:
@@ -291,7 +300,46 @@ def encode_response(
         _put_varint(out, len(status))
         out += status
     _put_bytes(out, 6, conversation_id.encode("utf-8"))
+    if position:
+        _put_varint(out, (7 << 3) | _VARINT)
+        _put_varint(out, position)
+    if estimated_wait_ms is not None:
+        _put_message(out, 8, _duration(estimated_wait_ms))
     return bytes(out)
+
+
+def _duration(ms: int) -> bytes:
+    """A ``google.protobuf.Duration`` of ``ms`` >= 0: seconds (1), nanos (2), zeros omitted."""
+    seconds, millis = divmod(ms, 1000)
+    out = bytearray()
+    if seconds:
+        _put_varint(out, (1 << 3) | _VARINT)
+        _put_varint(out, seconds)
+    if millis:
+        _put_varint(out, (2 << 3) | _VARINT)
+        _put_varint(out, millis * 1_000_000)
+    return bytes(out)
+
+
+WAITING_REASONS: Final = frozenset({int(Reason.QUEUED), int(Reason.OFFLINE_STAGING), int(Reason.OFFLINE_MESSAGE_POOL)})
+"""The answers of a conversation that waits: they carry its position and estimated wait (§11)."""
+
+
+def encode_decision(
+    engine: _Dispatcher,
+    shop_id: str,
+    conversation_id: str,
+    decision: tuple[int, str | None, str | None, list[str] | None],
+) -> bytes:
+    """The ``DispatchResponse`` of a ``dispatch`` answer: a waiting one (``WAITING_REASONS``)
+    with the position and estimated wait the engine reports (``waiting_position``)."""
+    reason, agent_id, group_id, trace = decision
+    place = engine.waiting_position(shop_id, conversation_id) if reason in WAITING_REASONS else None
+    if place is None:
+        return encode_response(conversation_id, reason, agent_id, group_id, trace)
+    return encode_response(
+        conversation_id, reason, agent_id, group_id, trace, position=place[0], estimated_wait_ms=place[1]
+    )
 
 
 def encode_batch_response(responses: list[bytes]) -> bytes:
@@ -315,11 +363,11 @@ def dispatch_item(engine: _Dispatcher, item: WireItem, now_ms: int) -> tuple[byt
     """One item, exactly as the object path does it; its error goes in its response.
     Returns the encoded ``DispatchResponse`` and whether it is an error."""
     try:
-        reason, agent_id, group_id, trace = engine.dispatch(*item.call(now_ms))
+        decision = engine.dispatch(*item.call(now_ms))
     except DispatchError as exc:
         code = GRPC_CODE_NUMBERS.get(exc.grpc_status, GRPC_CODE_NUMBERS["INTERNAL"])
         return encode_response(item.conversation_id, error=(code, str(exc))), True
-    return encode_response(item.conversation_id, reason, agent_id, group_id, trace), False
+    return encode_decision(engine, item.shop_id, item.conversation_id, decision), False
 
 
 def response_reason(response: bytes) -> int:
@@ -354,8 +402,7 @@ def reference_dispatch_wire(
     item = parse_request(bytes(data))
     if item is None or at_beyond(item, max_at_ms):
         return None
-    reason, agent_id, group_id, trace = engine.dispatch(*item.call(now_ms))
-    return encode_response(item.conversation_id, reason, agent_id, group_id, trace)
+    return encode_decision(engine, item.shop_id, item.conversation_id, engine.dispatch(*item.call(now_ms)))
 
 
 def reference_dispatch_batch_wire(
@@ -514,9 +561,9 @@ def _put_message(out: bytearray, number: int, raw: bytes) -> None:
     out += raw
 
 
-def encode_assignment(item: tuple[str, str, str, str, int, int]) -> bytes:
-    """An ``Assignment`` from an outbox hand-out (shop, conversation, buyer, agent, reason, at_ms)."""
-    shop_id, conversation_id, buyer_id, agent_id, reason, at_ms = item
+def encode_assignment(item: Assignment) -> bytes:
+    """An ``Assignment`` from an outbox hand-out (shop, conversation, buyer, agent, reason, at_ms[, previous agent])."""
+    shop_id, conversation_id, buyer_id, agent_id, reason, at_ms = item[:6]
     out = bytearray()
     _put_bytes(out, 1, shop_id.encode("utf-8"))
     _put_bytes(out, 2, conversation_id.encode("utf-8"))
@@ -534,10 +581,12 @@ def encode_assignment(item: tuple[str, str, str, str, int, int]) -> bytes:
         _put_varint(ts, (2 << 3) | _VARINT)
         _put_varint(ts, millis * 1_000_000)
     _put_message(out, 6, bytes(ts))
+    if len(item) > 6:
+        _put_bytes(out, 7, item[6].encode("utf-8"))  # previous_agent_id (§10 re-route / reclaim)
     return bytes(out)
 
 
-def encode_presence_response(handed: list[tuple[str, str, str, str, int, int]]) -> bytes:
+def encode_presence_response(handed: list[Assignment]) -> bytes:
     """A ``SetPresenceResponse``: 1 = repeated Assignment."""
     out = bytearray()
     for item in handed:
@@ -545,7 +594,7 @@ def encode_presence_response(handed: list[tuple[str, str, str, str, int, int]]) 
     return bytes(out)
 
 
-def encode_event_response(agent_id: str | None, handed: list[tuple[str, str, str, str, int, int]]) -> bytes:
+def encode_event_response(agent_id: str | None, handed: list[Assignment]) -> bytes:
     """A ``ReportConversationResponse``: 1 agent_id, 2 = repeated Assignment."""
     out = bytearray()
     _put_bytes(out, 1, (agent_id or "").encode("utf-8"))

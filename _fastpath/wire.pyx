@@ -118,7 +118,15 @@ cdef inline Py_ssize_t read_item(const unsigned char* d, Py_ssize_t pos, Py_ssiz
     cdef uint64_t key, v
     cdef Py_ssize_t stop
     cdef int k
-    memset(it, 0, sizeof(WireItem))
+    # Field by field: GCC turns a memset (or a loop) of this size into `rep stos`,
+    # which costs more than reading a short item.
+    it.off[0] = it.off[1] = it.off[2] = it.off[3] = it.off[4] = 0
+    it.len[0] = it.len[1] = it.len[2] = it.len[3] = it.len[4] = 0
+    it.type = it.order_state = 0
+    it.seconds = 0
+    it.nanos = 0
+    it.has_at = it.trace = 0
+    it.priority = 0
     while pos < end:
         pos = read_varint(d, pos, end, &key)
         if pos < 0:
@@ -140,7 +148,7 @@ cdef inline Py_ssize_t read_item(const unsigned char* d, Py_ssize_t pos, Py_ssiz
                 it.off[k] = pos
                 it.len[k] = stop - pos
             pos = stop
-        elif key == 0x20 or key == 0x30 or key == 0x48:
+        elif key == 0x20 or key == 0x30 or key == 0x48 or key == 0x50:
             pos = read_varint(d, pos, end, &v)
             if pos < 0:
                 return -1
@@ -148,8 +156,10 @@ cdef inline Py_ssize_t read_item(const unsigned char* d, Py_ssize_t pos, Py_ssiz
                 it.type = <int32_t><uint32_t>v
             elif key == 0x30:
                 it.order_state = <int32_t><uint32_t>v
-            else:
+            elif key == 0x48:
                 it.trace = v != 0
+            else:
+                it.priority = <uint32_t>v               # uint32: the low 32 bits
         else:
             return -1
     return pos
@@ -338,6 +348,9 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
     cdef const char* ap = NULL
     cdef const char* gp = NULL
     cdef Shop shop
+    cdef WaitList waiting
+    cdef Py_ssize_t position
+    cdef int64_t eta
     rq.buyer = data + it.off[WIRE_BUYER]
     rq.buyer_len = it.len[WIRE_BUYER]
     rq.conversation = data + it.off[WIRE_CONVERSATION]
@@ -346,6 +359,7 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
     rq.source_len = it.len[WIRE_SOURCE]
     rq.order_state = it.order_state
     rq.at_ms = now_ms
+    rq.priority = <int32_t>it.priority if it.priority <= MAX_PRIORITY else 0
     rq.py_conversation = rq.py_buyer = rq.py_source = NULL
     # Declines (return 0) come before any change: the caller's dispatch() then
     # decides or refuses the item with its own checks and messages.
@@ -362,8 +376,10 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
         if not 0 < tn <= MAX_ID or has_control_byte(tp, tn):
             return 0
         router.decisions[REASON_DIRECT][0] += 1
-        write_response(out, tp, tn, REASON_DIRECT, NULL, 0, rq.conversation, rq.conversation_len, element)
+        write_response(out, tp, tn, REASON_DIRECT, NULL, 0, rq.conversation, rq.conversation_len, element, 0, -1)
         return 1
+    if it.priority > MAX_PRIORITY:
+        return 0  # dispatch() refuses it, naming the field
     if (not 0 < rq.buyer_len <= MAX_ID or not 0 < rq.conversation_len <= MAX_ID or rq.source_len > MAX_ID
             or has_control_byte(rq.buyer, rq.buyer_len) or has_control_byte(rq.conversation, rq.conversation_len)
             or has_control_byte(rq.source, rq.source_len) or not 0 <= rq.order_state <= ORDER_STATE_MAX):
@@ -376,24 +392,49 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
     router.prefetch_decision(shop, &rq)
     if router.conversations.find(shop.handle, rq.conversation, rq.conversation_len, rq.conversation_hash) >= 0:
         return 0
+    if router.timers.due(shop.handle, rq.at_ms):
+        return 0  # a §10 deadline is due first: dispatch() fires it
 
     reason = router.decide(shop, &rq, None, &d)
     an = gn = 0
+    position = 0
+    eta = -1
     if d.slot >= 0:
         ap = PyUnicode_AsUTF8AndSize(<object>shop.agents[d.slot].id, &an)
+    else:
+        # It waits (§11): its position is the end of its priority's FIFO, as just appended.
+        waiting = <WaitList>router.waiting_of(shop, WAIT_QUEUE if reason == REASON_QUEUED else
+                                              WAIT_STAGING if reason == REASON_OFFLINE_STAGING else WAIT_POOL)
+        position = waiting.position_of_last(rq.priority)
+        eta = waiting.estimate(position)
     if d.group >= 0:
         gp = PyUnicode_AsUTF8AndSize(<object>shop.groups[d.group].id, &gn)
-    write_response(out, ap, an, reason, gp, gn, rq.conversation, rq.conversation_len, element)
+    write_response(out, ap, an, reason, gp, gn, rq.conversation, rq.conversation_len, element, position, eta)
     return 1
 
 
+cdef inline Py_ssize_t duration_size(int64_t ms) noexcept nogil:
+    # A google.protobuf.Duration of ms >= 0: seconds (1) and nanos (2), zeros omitted.
+    cdef int64_t seconds = ms // 1000, millis = ms % 1000
+    return ((1 + varint_size(<uint64_t>seconds) if seconds else 0)
+            + (1 + varint_size(<uint64_t>(millis * 1000000)) if millis else 0))
+
+
 cdef int write_response(WireBuffer* out, const char* ap, Py_ssize_t an, int32_t reason, const char* gp,
-                        Py_ssize_t gn, const char* cp, Py_ssize_t cn, bint element) except -1:
+                        Py_ssize_t gn, const char* cp, Py_ssize_t cn, bint element, Py_ssize_t position,
+                        int64_t eta) except -1:
     """Append a DispatchResponse (agent_id = 1, reason = 2, group_id = 3,
-    conversation_id = 6) to ``out``, as a DispatchBatchResponse element
+    conversation_id = 6, position = 7 when not 0, estimated_wait = 8 when
+    ``eta`` >= 0 ms) to ``out``, as a DispatchBatchResponse element
     (responses = 1) when ``element``."""
+    cdef Py_ssize_t dn = duration_size(eta) if eta >= 0 else 0
     cdef Py_ssize_t size = (string_field_size(an) + 1 + varint_size(<uint64_t>reason) + string_field_size(gn)
                             + string_field_size(cn))
+    cdef int64_t seconds, millis
+    if position:
+        size += 1 + varint_size(<uint64_t>position)
+    if eta >= 0:
+        size += 1 + varint_size(<uint64_t>dn) + dn
     wb_reserve(out, 1 + varint_size(<uint64_t>size) + size)
     if element:
         wb_header(out, 0x0A, size)
@@ -403,6 +444,22 @@ cdef int write_response(WireBuffer* out, const char* ap, Py_ssize_t an, int32_t 
     wb_varint(out, <uint64_t>reason)
     wb_string(out, 0x1A, gp, gn)
     wb_string(out, 0x32, cp, cn)
+    if position:
+        out.p[out.n] = 0x38
+        out.n += 1
+        wb_varint(out, <uint64_t>position)
+    if eta >= 0:
+        wb_header(out, 0x42, dn)
+        seconds = eta // 1000
+        millis = eta % 1000
+        if seconds:
+            out.p[out.n] = 0x08
+            out.n += 1
+            wb_varint(out, <uint64_t>seconds)
+        if millis:
+            out.p[out.n] = 0x10
+            out.n += 1
+            wb_varint(out, <uint64_t>(millis * 1000000))
     return 0
 
 
@@ -421,6 +478,7 @@ cdef int wire_item_slow(object engine, WireBuffer* out, const char* data, WireIt
         PyUnicode_DecodeUTF8(data + it.off[WIRE_TO_ACCOUNT], it.len[WIRE_TO_ACCOUNT], NULL),
         (it.seconds, it.nanos) if it.has_at else None,
         bool(it.trace),
+        it.priority,
     )
     raw, failed = dispatch_item(engine, item, now_ms)
     size = PyBytes_GET_SIZE(raw)

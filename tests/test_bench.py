@@ -51,8 +51,9 @@ def test_batched_stream_decides_like_the_per_call_stream() -> None:
     for kind in ("compiled", "reference"):
         engine = eb.engine_cls(kind)(7)
         built = eb.build_many(engine, 30, 5, 300)
-        events = eb.make_stream(built["shops"], 5, 400, churn=0.5, buyers_per_shop=4, max_live=100, seed=3,
-                                start_ms=built["at"] + 1)
+        events = eb.make_stream(
+            built["shops"], 5, 400, churn=0.5, buyers_per_shop=4, max_live=100, seed=3, start_ms=built["at"] + 1
+        )
         groups = eb.batch_stream(events, 16)
         assert sum(n for _, _, n, _ in groups) == 400
         results.append(eb.run_batched(engine, groups))
@@ -144,8 +145,9 @@ def test_lifecycle_batches_apply_without_errors(kind: str) -> None:
     now = int(time.time() * 1000)
     engine = eb.engine_cls(kind)(7)
     eb.build_many(engine, 20, 5, 100, start_ms=now - 3_600_000)
-    items = lc.workload(300, n_shops=20, agents_per_shop=5, contacts_per_shop=5, seed=4, tag="t",
-                        start_ms=now - 1_800_000)
+    items = lc.workload(
+        300, n_shops=20, agents_per_shop=5, contacts_per_shop=5, seed=4, tag="t", start_ms=now - 1_800_000
+    )
     ctx = OperationContext(engine, engine.drain_outbox, None)
     reasons: dict[int, int] = {}
     for batch in lc.operate_batches(items, 16):
@@ -162,15 +164,32 @@ def test_lifecycle_results_render() -> None:
     from bench import lifecycle_bench as lcb
 
     def path(rate: float) -> dict:
-        return {"conversations": 10, "conv_per_server_cpu_s": rate, "conv_per_s": rate, "server_cpu_us_per_op": 1.0,
-                "errors": {}, "reasons": {"REASON_AFFINITY": 1, "REASON_GROUP": 3}, "ops_per_batch": 520.0}
+        return {
+            "conversations": 10,
+            "conv_per_server_cpu_s": rate,
+            "conv_per_s": rate,
+            "server_cpu_us_per_op": 1.0,
+            "errors": {},
+            "reasons": {"REASON_AFFINITY": 1, "REASON_GROUP": 3},
+            "ops_per_batch": 520.0,
+        }
 
-    res = {"quick": True, "cfg": lcb.sizes(True, None),
-           "small": {"unary": path(400), "stream": path(150_000), "pyclient": path(70_000),
-                     "node": {"unavailable": "clients/node has no automatic batching yet"}},
-           "latency": {"unary_low": {**path(100), "p50_us": 500.0, "p99_us": 900.0, "latency_samples": 8},
-                       "pyclient_low": {**path(100), "p50_us": 700.0, "p99_us": 900.0, "latency_samples": 8}},
-           "fsync": {"always": path(20_000)}, "commands": ["x"]}
+    res = {
+        "quick": True,
+        "cfg": lcb.sizes(True, None),
+        "small": {
+            "unary": path(400),
+            "stream": path(150_000),
+            "pyclient": path(70_000),
+            "node": {"unavailable": "clients/node has no automatic batching yet"},
+        },
+        "latency": {
+            "unary_low": {**path(100), "p50_us": 500.0, "p99_us": 900.0, "latency_samples": 8},
+            "pyclient_low": {**path(100), "p50_us": 700.0, "p99_us": 900.0, "latency_samples": 8},
+        },
+        "fsync": {"always": path(20_000)},
+        "commands": ["x"],
+    }
     got = {name: ok for name, _, _, ok in lcb.targets(res)}
     assert got["lifecycle: stream / unary at 200 shops"] is True  # 375x
     assert got["lifecycle: auto-batched p50 at low load vs unary p50"] is True  # 0.2 ms more

@@ -58,7 +58,7 @@ SCRIPT: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("dispatch", ("s", "b2", "c2"), {"at": T0 + 2}),
     ("dispatch", ("s", "b3", "c3"), {"at": T0 + 3}),  # both agents full: queued
     ("dispatch", ("nope", "b", "c"), {"at": T0 + 3}),  # NOT_FOUND
-    ("dispatch", ("s", "b1", "c1"), {"at": T0 + 4}),  # ALREADY_EXISTS
+    ("dispatch", ("s", "b7", "c1"), {"at": T0 + 4}),  # another buyer on an open id: ALREADY_EXISTS
     ("dispatch", ("s", "b9", ""), {"at": T0 + 4}),  # INVALID_ARGUMENT
     ("report_conversation", ("s", "c1", EV.CONVERSATION_EVENT_BUYER_MESSAGE), {"at": T0 + 5}),
     ("report_conversation", ("s", "c1", EV.CONVERSATION_EVENT_AGENT_REPLY), {"at": T0 + 6}),
@@ -181,7 +181,7 @@ async def test_errors_raise_like_unary_and_spare_the_rest(batching: AsyncDispatc
     calls = [
         batching.dispatch("s", "b1", "c1", at=T0),
         batching.dispatch("ghost-shop", "b", "c", at=T0),
-        batching.dispatch("s", "b1", "c1", at=T0),
+        batching.dispatch("s", "b2", "c1", at=T0),  # another buyer on an open id
         batching.dispatch("s", "", "c2", at=T0),
         batching.dispatch("s", "b3", "c3", at=T0),
     ]
@@ -193,7 +193,7 @@ async def test_errors_raise_like_unary_and_spare_the_rest(batching: AsyncDispatc
         Code.INVALID_ARGUMENT,
     ]
     with pytest.raises(grpc.RpcError) as info:  # awaited alone: raised, as the unary call does
-        await batching.dispatch("s", "b1", "c1", at=T0)
+        await batching.dispatch("s", "b2", "c1", at=T0)
     assert info.value.code() == Code.ALREADY_EXISTS
     assert (await batching.get_shop_state("s")).live_conversations == 2
 
@@ -206,7 +206,7 @@ async def test_calls_for_one_shop_keep_their_order(batching: AsyncDispatchClient
         batching.report_conversation("s", "c1", EV.CONVERSATION_EVENT_BUYER_MESSAGE, at=T0 + 2),
         batching.report_conversation("s", "c1", EV.CONVERSATION_EVENT_CLOSED, at=T0 + 3),
         batching.dispatch("s", "b1", "c1", at=T0 + 4),  # the same id again, after its close
-        batching.dispatch("s", "b1", "c1", at=T0 + 5),  # still open: ALREADY_EXISTS
+        batching.dispatch("s", "b9", "c1", at=T0 + 5),  # still open, another buyer: ALREADY_EXISTS
         batching.set_presence("s", "s:a", OFFLINE, at=T0 + 6),
         batching.dispatch("s", "b2", "c2", at=T0 + 7),  # nobody online now
         return_exceptions=True,
@@ -444,7 +444,7 @@ def test_blocking_pipeline_is_one_operate_call(sync_client: DispatchClient) -> N
         online = p.set_presence("s", "s:a", ONLINE, at=T0)
         first = p.dispatch("s", "b1", "c1", at=T0 + 1)
         missing = p.dispatch("nope", "b", "c", at=T0 + 1)
-        again = p.dispatch("s", "b1", "c1", at=T0 + 2)
+        again = p.dispatch("s", "b2", "c1", at=T0 + 2)  # another buyer on an open id
         message = p.report_conversation("s", "c1", EV.CONVERSATION_EVENT_BUYER_MESSAGE, at=T0 + 3)
         claim = p.claim_from_pool("s", "s:a", at=T0 + 4)
         assert len(p) == 6 and not first.done()
@@ -499,7 +499,7 @@ async def test_operate_low_level(batching: AsyncDispatchClient, sync_client: Dis
     ops = [
         dispatch_pb2.Operation(set_presence=pb.SetPresenceRequest(shop_id="s", agent_id="s:a", presence=ONLINE)),
         dispatch_pb2.Operation(dispatch=dispatch_request("s", "b1", "c1")),
-        dispatch_pb2.Operation(dispatch=dispatch_request("s", "b1", "c1")),
+        dispatch_pb2.Operation(dispatch=dispatch_request("s", "b2", "c1")),  # another buyer: ALREADY_EXISTS
     ]
     response = await batching.operate(ops)
     assert [r.WhichOneof("kind") for r in response.results] == ["set_presence", "dispatch", None]

@@ -13,7 +13,7 @@ import enum
 import pytest
 
 import _fastpath
-from _fastpath import model
+from _fastpath import model, wire
 
 # C enum prefix -> the model IntEnum whose members it numbers (C name = PREFIX_MEMBER).
 ENUMS: dict[str, type[enum.IntEnum]] = {
@@ -27,16 +27,25 @@ ENUMS: dict[str, type[enum.IntEnum]] = {
     "TYPE": model.ConversationType,
     "EVENT": model.ConversationEvent,
     "WAIT": model.WaitKind,
+    "TIMER": model.TimerKind,
 }
 
 # C limit -> its model twin.
 LIMITS: dict[str, int] = {
     "MAX_ID": model.MAX_ID_BYTES,
+    "MAX_PRIORITY": model.MAX_PRIORITY,
+    "N_PRIORITIES": model.N_PRIORITIES,
     "MAX_TIME": model.MAX_TIME_MS,
     "LATEST_SECONDS": model.LATEST_SECONDS,
     "DEFAULT_MAIN_CAPACITY": model.DEFAULT_MAIN_CAPACITY,
     "N_REASONS": model.N_REASONS,
     "N_STRATEGIES": model.N_STRATEGIES,
+    # Operation.kind numbers (issue 13): their twins are in the wire codec.
+    "OP_DISPATCH": wire.OP_DISPATCH,
+    "OP_SET_PRESENCE": wire.OP_SET_PRESENCE,
+    "OP_REPORT_CONVERSATION": wire.OP_REPORT_CONVERSATION,
+    "OP_CLAIM_FROM_POOL": wire.OP_CLAIM_FROM_POOL,
+    "N_OPERATION_KINDS": len(wire.OPERATION_KINDS),
     # The largest member of an enum (the range check of a caller's number).
     "TYPE_MAX": max(model.ConversationType),
     "PRESENCE_MAX": max(model.Presence),
@@ -76,8 +85,11 @@ def test_every_limit_is_checked(c_values: dict[str, int]) -> None:
 def test_c_enum_numbers_equal_the_model_enums(c_values: dict[str, int], prefix: str) -> None:
     """Every C number names the model member of the same name. The C side states
     only the members it uses, so not every model member needs a C twin."""
-    members = {name.partition("_")[2]: value for name, value in c_values.items()
-               if name.partition("_")[0] == prefix and name not in LIMITS}
+    members = {
+        name.partition("_")[2]: value
+        for name, value in c_values.items()
+        if name.partition("_")[0] == prefix and name not in LIMITS
+    }
     assert members, f"no C constant numbers {ENUMS[prefix].__name__}"
     for member, value in members.items():
         assert ENUMS[prefix][member] == value, f"{prefix}_{member}"

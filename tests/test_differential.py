@@ -70,18 +70,22 @@ def gen_op(r: Any) -> tuple:
             "delete_group",
             "delete_shop",
             "direct",
+            "tick",
         ],
-        weights=[24, 14, 32, 8, 5, 3, 3, 3, 2, 1, 1, 1, 1],
+        weights=[24, 14, 32, 8, 5, 3, 3, 3, 2, 1, 1, 1, 1, 4],
     )[0]
     shop = r.choice(SHOPS)
     if kind == "dispatch":
+        conv = r.choice(CONVERSATIONS)
         return (
             "dispatch",
             shop,
-            r.choice(BUYERS),
-            r.choice(CONVERSATIONS),
+            # Half the time the conversation's own buyer: a repeat is then a retry (§12).
+            BUYERS[int(conv[1:]) % len(BUYERS)] if r.random() < 0.5 else r.choice(BUYERS),
+            conv,
             r.choice(SOURCES),
             r.choice([0, 1, 2, 3, 4, 5]),
+            r.choice([0, 0, 0, 0, 1, 2, 5, 9, 10]),  # §11 priority; 10 is refused
         )
     if kind == "direct":
         return ("direct", shop, r.choice([2, 3, 4]), r.choice(AGENTS))
@@ -104,6 +108,8 @@ def gen_op(r: Any) -> tuple:
         )
     if kind == "time":
         return ("time", r.choice(JUMPS))
+    if kind == "tick":  # time moves without a call (§10): the server's clock ticking
+        return ("tick", r.choice([0, 1_000, 30_000, MINUTE, 11 * MINUTE]))
     if kind == "put_agent":
         role = r.choice([0, 2, 2, 2, 3, 4, 1])
         return (
@@ -139,6 +145,11 @@ def gen_op(r: Any) -> tuple:
                 mobile_dispatch=r.random() < 0.3,
                 timezone=r.choice(ZONES),
                 tie_seed=r.choice([0, 0, 7]),
+                # §10-§11 rules that fire on time, often off.
+                reroute_unanswered_after_ms=r.choice([0, 0, MINUTE, 10 * MINUTE]),
+                max_reroutes=r.choice([1, 1, 2]),
+                reclaim_after_offline_ms=r.choice([0, 0, MINUTE, 11 * MINUTE]),
+                max_queue_wait_ms=r.choice([0, 0, MINUTE, HOUR]),
             ),
         )
     if kind == "put_group":
@@ -153,6 +164,7 @@ def gen_op(r: Any) -> tuple:
             r.random() < 0.2,
             r.choice(["", "", "robot"]),
             r.choice([0, 0, 1, 2, 3, 4, 5]),
+            r.choice([0, 0, 0, 2 * MINUTE]),
         )
     if kind == "claim":
         return ("claim", shop, r.choice(AGENTS), r.choice(["", "", *CONVERSATIONS[:10]]))
@@ -208,6 +220,9 @@ class Runner:
         if kind == "time":
             self.now = max(0, self.now + op[1])
             return None
+        if kind == "tick":
+            self.now = max(0, self.now + op[1])
+            return e.tick(self.now)
         if kind == "put_shop_plain":
             return e.put_shop(ShopConfig(op[1], MAIN, offline_grace_ms=op[2]))
         if kind == "put_shop":
@@ -220,7 +235,7 @@ class Runner:
                 )
             )
         if kind == "put_group":
-            _, shop, group, members, states, sources, robot_on, robot, strategy = op
+            _, shop, group, members, states, sources, robot_on, robot, strategy, reroute = op
             return e.put_group(
                 GroupConfig(
                     shop,
@@ -231,6 +246,7 @@ class Runner:
                     robot_enabled=robot_on,
                     robot_agent_id=robot,
                     strategy=strategy,
+                    reroute_unanswered_after_ms=reroute,
                 )
             )
         if kind == "delete_agent":
@@ -246,8 +262,9 @@ class Runner:
         if kind == "presence":
             return e.set_presence(op[1], op[2], op[3], op[4], self.now)
         if kind == "dispatch":
-            _, shop, buyer, conv, source, order_state = op
-            return e.dispatch(shop, buyer, conv, self.now, 1, source, order_state, "", True)
+            _, shop, buyer, conv, source, order_state, priority = op
+            answer = e.dispatch(shop, buyer, conv, self.now, 1, source, order_state, "", True, priority)
+            return answer, e.waiting_position(shop, conv)
         if kind == "direct":
             return e.dispatch(op[1], "", "", self.now, op[2], "", 0, op[3], True)
         if kind == "event":
@@ -278,6 +295,7 @@ class Runner:
             seen[shop + ".contacts"] = [e.recent_contact(shop, b) for b in BUYERS]
             seen[shop + ".exclusive"] = [e.exclusive_agent(shop, b) for b in BUYERS]
             seen[shop + ".conversations"] = [e.conversation(shop, c) for c in CONVERSATIONS]
+            seen[shop + ".positions"] = [e.waiting_position(shop, c) for c in CONVERSATIONS]  # §11
         return seen
 
 
@@ -293,6 +311,11 @@ def run_both(ops: list[tuple], seed: int) -> None:
         got = fast.step(op)
         assert got == expected, f"step {i} {op}: compiled {got} != reference {expected}"
         assert fast.observe() == ref.observe(), f"state differs after step {i} {op}"
+        # A retry (§12) is not a decision: both engines count decisions and retries alike.
+        assert (fast.engine.decision_counts(), fast.engine.retry_count()) == (
+            ref.engine.decision_counts(),
+            ref.engine.retry_count(),
+        ), f"counters differ after step {i} {op}"
     assert fast.engine.export_state() == ref.engine.export_state()
 
 
@@ -332,6 +355,8 @@ def test_long_streams_reach_deep_states() -> None:
     reasons: set[int] = set()
     handout_reasons: set[int] = set()
     errors: set[str] = set()
+    retries = 0
+    positions: set[int] = set()
     for seed in range(12):
         r = random.Random(seed)
         ops = setup_ops(r) + [gen_op(r) for _ in range(1500)]
@@ -341,9 +366,18 @@ def test_long_streams_reach_deep_states() -> None:
             handout_reasons.update(item[4] for item in outbox)
             if result[0] == "error":
                 errors.add(result[1])
-            elif op[0] in ("dispatch", "direct"):
+            elif op[0] == "dispatch":
+                (reason, _, _, trace), place = result[1]
+                reasons.add(reason)
+                retries += trace[0].startswith("retry:")
+                positions.add(place[0] if place is not None else 0)
+            elif op[0] == "direct":
                 reasons.add(result[1][0])
-    assert reasons == set(range(1, 13)), sorted(reasons)
-    # Later hand-outs: staging pushes, pool claims, queue drains.
+    # (AFFINITY_HELD, 7, may come only as a queue hand-out in these streams.)
+    assert set(range(1, 13)) <= reasons | (handout_reasons & {7}), sorted(reasons)
+    # Later hand-outs: staging pushes, pool claims, queue drains; §10 re-routes and reclaims,
+    # §11 queue timeouts.
     assert {4, 5} <= handout_reasons and handout_reasons & {6, 10, 11}, sorted(handout_reasons)
+    assert {13, 14, 15} <= handout_reasons, sorted(handout_reasons)
     assert errors == {"InvalidArgumentError", "NotFoundError", "FailedPreconditionError", "AlreadyExistsError"}
+    assert retries > 50 and {1, 2, 3} <= positions, (retries, sorted(positions))  # §12 retries, §11 positions

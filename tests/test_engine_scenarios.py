@@ -21,11 +21,14 @@ import pytest
 
 from _fastpath import (
     AgentConfig,
+    AlreadyExistsError,
     Client,
     ConversationEvent,
     ConversationType,
     GroupConfig,
+    InvalidArgumentError,
     MainAccountMode,
+    NotFoundError,
     OfflineRule,
     OrderState,
     Presence,
@@ -1446,3 +1449,190 @@ def test_tie_seed_makes_a_shop_reproducible_whatever_the_engine_seed(engine_cls)
             close(engine, f"c{i}")
         runs.append(run)
     assert runs[0] == runs[1] == runs[2]
+
+
+# ----------------------------------------------------------------- §11 priority, position, estimated wait
+
+
+def test_priority_hands_out_highest_first_then_oldest_first(engine_cls):
+    """§11: waiting conversations go highest priority first, then oldest first."""
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A, cap=1)
+    dispatch(e, "busy", "b0")
+    for conv, priority in (("q1", 0), ("q2", 5), ("q3", 0), ("q4", 9), ("q5", 5)):
+        assert picked(dispatch(e, conv, f"buyer-{conv}", priority=priority)) == (Reason.QUEUED, None, None)
+    assert waiting(e, "queue") == ["q4", "q2", "q5", "q1", "q3"]
+    queue = e.shop_state(SHOP)["queue"]
+    assert [(w["priority"], w["position"]) for w in queue] == [(9, 1), (5, 2), (5, 3), (0, 4), (0, 5)]
+    handed = []
+    previous = "busy"
+    for i in range(5):
+        close(e, previous, T0 + (i + 1) * MIN)
+        out = e.drain_outbox()
+        assert len(out) == 1
+        handed.append(out[0][1])
+        previous = out[0][1]
+    assert handed == ["q4", "q2", "q5", "q1", "q3"]
+
+
+def test_priority_orders_staging_and_the_message_pool_too(engine_cls):
+    """§11 for §6: staging pushes and pool claims take the highest priority first."""
+    e = engine_cls(1)
+    make_shop(e, offline_rule=OfflineRule.STAGING, staging_first_cap=1)
+    add_agent(e, A, cap=5, online=False)
+    for conv, priority in (("s1", 0), ("s2", 3), ("s3", 3)):
+        assert picked(dispatch(e, conv, f"b-{conv}", priority=priority)) == (Reason.OFFLINE_STAGING, None, None)
+    assert waiting(e, "staging") == ["s2", "s3", "s1"]
+    presence(e, A, Presence.ONLINE, T0 + SEC)
+    assert [item[1] for item in e.drain_outbox()] == ["s2"]  # the cap is 1
+    p = engine_cls(1)
+    make_shop(p, offline_rule=OfflineRule.MESSAGE_POOL)
+    add_agent(p, A, online=False)
+    for conv, priority in (("m1", 1), ("m2", 0), ("m3", 2)):
+        assert picked(dispatch(p, conv, f"b-{conv}", priority=priority)) == (Reason.OFFLINE_MESSAGE_POOL, None, None)
+    assert p.claim_from_pool(SHOP, A, T0 + SEC)[0] == "m3"
+    assert p.claim_from_pool(SHOP, A, T0 + 2 * SEC)[0] == "m1"
+
+
+def test_priority_out_of_range_is_refused_naming_the_field(engine_cls):
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A)
+    for bad in (10, -1, 2**40):
+        with pytest.raises(InvalidArgumentError, match="priority"):
+            dispatch(e, "c", "b", priority=bad)
+    with pytest.raises(InvalidArgumentError, match="priority must be an integer"):
+        dispatch(e, "c", "b", priority="9")
+    assert e.conversation(SHOP, "c") is None
+
+
+def test_position_and_estimated_wait_values(engine_cls):
+    """§11: position = 1 + the conversations handed out before it; the estimated wait is the
+    position times the EWMA (weight 1/8) of the time between two hand-outs, unknown before two."""
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A, cap=1)
+    dispatch(e, "busy", "b0")
+    dispatch(e, "q1", "b1")
+    dispatch(e, "q2", "b2", priority=1)
+    dispatch(e, "q3", "b3")
+    assert e.waiting_position(SHOP, "q2") == (1, None)  # no hand-out yet: no estimate
+    assert e.waiting_position(SHOP, "q1") == (2, None)
+    assert e.waiting_position(SHOP, "q3") == (3, None)
+    assert e.waiting_position(SHOP, "busy") is None  # held, not waiting
+    assert e.waiting_position(SHOP, "gone") is None
+    close(e, "busy", T0 + 60 * SEC)  # hand-out 1 (q2): a first time, still no interval
+    assert e.waiting_position(SHOP, "q1") == (1, None)
+    close(e, "q2", T0 + 100 * SEC)  # hand-out 2 (q1): interval 40 s
+    assert e.waiting_position(SHOP, "q3") == (1, 40 * SEC)
+    dispatch(e, "q4", "b4", at=T0 + 100 * SEC)
+    assert e.waiting_position(SHOP, "q4") == (2, 80 * SEC)
+    close(e, "q1", T0 + 180 * SEC)  # hand-out 3 (q3): (7 * 40 s + 80 s) // 8 = 45 s
+    assert e.waiting_position(SHOP, "q4") == (1, 45 * SEC)
+    assert e.drain_outbox() and e.shop_state(SHOP)["queue"][0]["position"] == 1
+
+
+def test_waiting_answers_carry_position_and_estimated_wait_on_the_wire(engine_cls):
+    """The wire codec writes what the object path sets: position 7, estimated_wait 8."""
+    from dispatcher._gen.dispatch.v1 import dispatch_pb2
+
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A, cap=1)
+    dispatch(e, "busy", "b0")
+    dispatch(e, "q1", "b1")
+    dispatch(e, "q0", "b0")
+    close(e, "busy", T0 + 10 * SEC)  # q1 goes out
+    close(e, "q1", T0 + 15 * SEC)  # q0 goes out: two hand-outs, interval 5 s
+    dispatch(e, "q2", "b2", at=T0 + 15 * SEC)
+    raw = dispatch_pb2.DispatchRequest(shop_id=SHOP, buyer_id="b3", conversation_id="q3", priority=1)
+    answer = dispatch_pb2.DispatchResponse.FromString(e.dispatch_wire(raw.SerializeToString(), T0 + 16 * SEC))
+    assert (answer.reason, answer.position, answer.estimated_wait.ToMilliseconds()) == (Reason.QUEUED, 1, 5 * SEC)
+    again = dispatch_pb2.DispatchBatchRequest(requests=[raw]).SerializeToString()
+    (retry,) = dispatch_pb2.DispatchBatchResponse.FromString(
+        e.dispatch_batch_wire(again, T0 + 17 * SEC, 8)[0]
+    ).responses
+    assert (retry.reason, retry.position, retry.estimated_wait.ToMilliseconds()) == (Reason.QUEUED, 1, 5 * SEC)
+    served = dispatch_pb2.DispatchResponse.FromString(
+        e.dispatch_wire(raw.SerializeToString().replace(b"q3", b"q9").replace(b"b3", b"b9"), T0 + 18 * SEC)
+    )
+    assert (served.position, served.estimated_wait.ToMilliseconds()) == (2, 10 * SEC)  # after q3, before q2
+
+
+# ----------------------------------------------------------------- §12 retries are safe
+
+
+def test_a_retry_answers_what_is_current_and_changes_nothing(engine_cls):
+    """§12: the same conversation with the same buyer: its agent and reason, nothing changed."""
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A, cap=1)
+    add_agent(e, B, cap=5)
+    first = picked(dispatch(e, "c1", "b1"))
+    before = (e.export_state(), e.decision_counts(), e.drain_outbox())
+    for at in (T0, T0 + HOUR):  # even later: the shop's clock does not move
+        reason, agent_id, group_id, trace = dispatch(e, "c1", "b1", at=at, trace=True, priority=9)
+        assert (reason, agent_id, group_id) == first
+        assert trace == [f"retry:{agent_id}"]
+    assert (e.export_state(), e.decision_counts(), e.drain_outbox()) == before
+    assert e.retry_count() == 2
+    # After a transfer, "current" is the new agent (the reason it was first routed with stays).
+    other = B if first[1] == A else A
+    transfer(e, "c1", T0 + SEC, to_agent=other)
+    assert picked(dispatch(e, "c1", "b1")) == (first[0], other, None)
+
+
+def test_a_retry_of_a_waiting_conversation_answers_where_it_waits(engine_cls):
+    e = engine_cls(1)
+    make_shop(e, offline_rule=OfflineRule.MESSAGE_POOL)
+    add_agent(e, A, online=False)
+    dispatch(e, "p1", "b1")
+    dispatch(e, "p2", "b2")
+    before = e.export_state()
+    assert dispatch(e, "p2", "b2", trace=True) == (Reason.OFFLINE_MESSAGE_POOL, None, None, ["retry:pool:2"])
+    assert e.waiting_position(SHOP, "p2") == (2, None)
+    assert e.export_state() == before
+    e.claim_from_pool(SHOP, A, T0 + SEC)  # p1 goes to A
+    assert picked(dispatch(e, "p1", "b1")) == (Reason.OFFLINE_MESSAGE_POOL, A, None)
+    assert e.waiting_position(SHOP, "p2") == (1, None)
+
+
+def test_another_buyer_on_an_open_conversation_is_already_exists(engine_cls):
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A)
+    dispatch(e, "c1", "b1")
+    before = (e.export_state(), e.decision_counts(), e.retry_count())
+    with pytest.raises(AlreadyExistsError, match="c1"):
+        dispatch(e, "c1", "b2")
+    assert (e.export_state(), e.decision_counts(), e.retry_count()) == before
+    close(e, "c1", T0 + SEC)
+    assert picked(dispatch(e, "c1", "b2", at=T0 + 2 * SEC))[1] == A  # closed: the id is free again
+
+
+def test_retries_of_each_event_do_what_the_readme_says(engine_cls):
+    """README "Retries": CLOSED again is NOT_FOUND, BUYER_MESSAGE counts again only once
+    answered, AGENT_REPLY again is harmless, presence is idempotent, a claim is not."""
+    e = engine_cls(1)
+    make_shop(e)
+    add_agent(e, A)
+    dispatch(e, "c1", "b1")
+    reply(e, "c1", at=T0 + SEC)
+    buyer_message(e, "c1", T0 + 2 * SEC)
+    buyer_message(e, "c1", T0 + 3 * SEC)  # unread was already set: no change
+    assert load(e, A)[1] == 1
+    reply(e, "c1", at=T0 + 4 * SEC)
+    state = e.export_state()
+    reply(e, "c1", at=T0 + 4 * SEC)  # the same reply again: nothing changes
+    assert e.export_state() == state
+    presence(e, A, Presence.ONLINE, T0 + 4 * SEC)
+    assert e.export_state() == state
+    close(e, "c1", T0 + 5 * SEC)
+    state = e.export_state()
+    with pytest.raises(NotFoundError):
+        close(e, "c1", T0 + 5 * SEC)
+    assert e.export_state() == state
+    with pytest.raises(AlreadyExistsError):  # ASSIGNED is not a dispatch: a repeat is refused
+        assign(e, "pre", "bp", A)
+        assign(e, "pre", "bp", A)

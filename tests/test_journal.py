@@ -151,6 +151,36 @@ async def test_failed_and_direct_calls_are_not_journaled(tmp_path: Path) -> None
     await store.close()
 
 
+@pytest.mark.parametrize("engine_cls", [_fastpath.ReferenceEngine, _fastpath.CompiledEngine])
+def test_retries_are_not_journaled_and_priorities_replay(engine_cls: type) -> None:
+    """§12: a retried dispatch changes nothing and writes nothing, on the object and the wire
+    path; §11: a dispatch's priority is in its record (only when not 0) and replays."""
+    from dispatcher.durability import apply_record
+
+    records: list[bytes] = []
+    live = JournaledEngine(engine_cls(7), lambda p: records.append(p) or len(records))
+    live.put_shop(ShopConfig("s", "s:main"))
+    live.put_agent(AgentConfig("s", "s:a0", max_capacity=1))
+    live.set_presence("s", "s:a0", Presence.ONLINE, 1, T0)
+    live.dispatch("s", "b0", "c0", T0)
+    live.dispatch("s", "b1", "c1", T0, priority=0)
+    live.dispatch("s", "b2", "c2", T0, 1, "", 0, "", False, 7)
+    n = len(records)
+    assert records[-2] == b'["dispatch","s","b1","c1",1700000000000,1,"",0,""]'  # as before priorities
+    assert records[-1] == b'["dispatch","s","b2","c2",1700000000000,1,"",0,"",false,7]'
+    assert live.dispatch("s", "b2", "c2", T0 + 1)[0] == _fastpath.Reason.QUEUED  # a retry
+    raw = dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="b0", conversation_id="c0").SerializeToString()
+    if live.dispatch_wire(raw, T0 + 2) is None:  # a retry through the unary wire path (the reference's)
+        live.dispatch("s", "b0", "c0", T0 + 2)  # the compiled one declines: the server's object path
+    assert len(records) == n and live.retry_count() == 2
+    live.conversation_event("s", "c0", ConversationEvent.CLOSED, T0 + 3)  # c2 (priority 7) goes first
+    assert [item[1] for item in live.drain_outbox()] == ["c2"]
+    replayed = engine_cls(7)
+    for payload in records:
+        apply_record(replayed, payload)
+    assert state(replayed) == state(live)
+
+
 async def test_group_commit_one_fsync_covers_many_concurrent_records(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
     e = store.engine
@@ -370,7 +400,11 @@ def test_operate_batches_are_one_record_each_and_replay_to_the_same_state(tmp_pa
         return dispatch_pb2.Operation(**kind)
 
     def event(conv: str, ev: int, **kw: Any) -> dispatch_pb2.Operation:
-        return op(report_conversation=dispatch_pb2.ReportConversationRequest(shop_id="s", conversation_id=conv, event=ev, **kw))  # type: ignore[arg-type]
+        return op(
+            report_conversation=dispatch_pb2.ReportConversationRequest(
+                shop_id="s", conversation_id=conv, event=ev, **kw
+            )
+        )  # type: ignore[arg-type]
 
     records: list[bytes] = []
     live = JournaledEngine(engine_cls(7), lambda p: records.append(p) or len(records))
@@ -381,16 +415,22 @@ def test_operate_batches_are_one_record_each_and_replay_to_the_same_state(tmp_pa
         ops = []
         for i in range(4):
             c = f"c{n}-{i}"
-            ops.append(op(dispatch=dispatch_pb2.DispatchRequest(shop_id="s", buyer_id=f"b{(n + i) % 5}", conversation_id=c)))
+            ops.append(
+                op(dispatch=dispatch_pb2.DispatchRequest(shop_id="s", buyer_id=f"b{(n + i) % 5}", conversation_id=c))
+            )
             for _ in range(3):
                 ops += [event(c, ConversationEvent.BUYER_MESSAGE), event(c, ConversationEvent.AGENT_REPLY)]
             if i % 2:
                 ops.append(event(c, ConversationEvent.CLOSED))
-        ops.append(op(set_presence=dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id=f"s:a{n % 3}", presence=1 + n % 3)))  # type: ignore[arg-type]
+        ops.append(
+            op(set_presence=dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id=f"s:a{n % 3}", presence=1 + n % 3))
+        )  # type: ignore[arg-type]
         ops.append(op(set_presence=dispatch_pb2.SetPresenceRequest(shop_id="s", agent_id="s:bot", presence=1)))  # type: ignore[arg-type]
         ops.append(event("nope", ConversationEvent.CLOSED))  # NOT_FOUND
         ops.append(event(f"c{n}-0", ConversationEvent.TRANSFERRED, to_agent_id="s:a2"))
-        ops.append(op(claim_from_pool=dispatch_pb2.ClaimFromPoolRequest(shop_id="s", agent_id="s:a0")))  # the pool is empty
+        ops.append(
+            op(claim_from_pool=dispatch_pb2.ClaimFromPoolRequest(shop_id="s", agent_id="s:a0"))
+        )  # the pool is empty
         batches.append(dispatch_pb2.OperateRequest(operations=ops).SerializeToString())
     failed = 0
     for n, raw in enumerate(batches):
@@ -528,6 +568,21 @@ def test_a_data_dir_without_manifest_from_an_older_version_still_recovers(tmp_pa
         recover(data, engine, repair=False)
 
 
+def _as_written(got: Any, like: Any) -> Any:
+    """``got`` (a state of this version) in the shape of ``like`` (a state an older version wrote):
+    keys added since are left out, and so are items appended to a row of plain values (a
+    conversation's stored reason, a waiting conversation's priority). Everything the older
+    version wrote must still be there, equal."""
+    if isinstance(like, dict) and isinstance(got, dict):
+        return {k: _as_written(got.get(k), v) for k, v in like.items()}
+    if isinstance(like, list) and isinstance(got, list):
+        plain = all(not isinstance(x, (list, dict)) for x in like) and like
+        if plain and len(got) > len(like):
+            return got[: len(like)]
+        return [_as_written(g, v) for g, v in zip(got, like, strict=False)] + got[len(like) :]
+    return got
+
+
 def test_a_data_dir_written_by_the_previous_format_recovers_to_the_same_state(tmp_path: Path) -> None:
     """tests/data/datadir-v1 was written before the MANIFEST and before journal records were named
     in words ("d", "p", "e", "c"): it recovers exactly to the state it was written from."""
@@ -542,10 +597,17 @@ def test_a_data_dir_written_by_the_previous_format_recovers_to_the_same_state(tm
     raw = (data / "journal-00000000000000000001.log").read_bytes()
     assert b'["d",' in raw and b'["p",' in raw and b'["e",' in raw and b'["c",' in raw
     for kind in ("compiled", "reference"):
-        factory = (lambda: _fastpath.CompiledEngine(7)) if kind == "compiled" else (lambda: _fastpath.ReferenceEngine(7))
+        factory = (
+            (lambda: _fastpath.CompiledEngine(7)) if kind == "compiled" else (lambda: _fastpath.ReferenceEngine(7))
+        )
         rec = recover(data, factory, repair=False)
         assert rec.legacy and rec.last_seq == 26
-        assert _json.loads(_json.dumps(state(rec.engine), sort_keys=True)) == expected, kind
+        got = _json.loads(_json.dumps(state(rec.engine), sort_keys=True))
+        assert _as_written(got, expected) == expected, kind
+        # Fields added since (spec §11-§12) take their defaults: priority 0, a stored reason.
+        assert [w[5] for w in got["shops"][0]["waiting"]["3"]] == [0]
+        assert all(len(row) == 8 for row in got["conversations"])
+
     # A server run on it writes the MANIFEST and, from then on, records named in words.
     async def run() -> None:
         store = await open_store(tmp_path)

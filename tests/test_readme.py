@@ -98,9 +98,10 @@ def test_every_part_in_the_part_table_exists() -> None:
             "operations",
             "wire",
             "snapshot",
+            "timers",
         }
     ]
-    assert len(parts) == 10
+    assert len(parts) == 11
     for _part, compiled, reference, _ in parts:
         for name in re.findall(r"`([^`]+)`", compiled):
             if not name.startswith("."):  # `constants.pyx`/`.pxd`

@@ -556,7 +556,12 @@ def test_hostile_input_gets_precise_statuses_and_changes_nothing(hostile: Any) -
             IA,
             "busy_threshold",
         ),
-        ("duplicate conversation id", lambda: d.Dispatch(_dreq(conversation_id="live")), AE, "live"),
+        (
+            "duplicate conversation id",
+            lambda: d.Dispatch(_dreq(conversation_id="live", buyer_id="another")),
+            AE,
+            "live",
+        ),
         (
             "duplicate via ASSIGNED",
             lambda: d.ReportConversation(
@@ -658,7 +663,7 @@ def test_hostile_items_in_a_batch_fail_alone(hostile: Any) -> None:
         _dreq(conversation_id="ok1"),
         _dreq(conversation_id="bad\x01"),
         _with_at(2**62),
-        _dreq(conversation_id="live"),
+        _dreq(conversation_id="live", buyer_id="another"),  # another buyer on an open id
         _dreq(type=77),
         _dreq(conversation_id="ok2"),
     ]

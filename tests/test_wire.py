@@ -60,6 +60,7 @@ def requests(draw: Any) -> dispatch_pb2.DispatchRequest:
         order_state=draw(enums),
         to_account=draw(st.sampled_from(["", "s1:a0", "x\x02"])),
         trace=draw(st.booleans()) and draw(st.booleans()),
+        priority=draw(st.sampled_from([0, 0, 0, 1, 5, 9, 10, 2**32 - 1])),
     )
     at = draw(timestamps)
     if at is not None:
@@ -72,7 +73,10 @@ batches = st.lists(requests(), max_size=12).map(lambda rs: dispatch_pb2.Dispatch
 
 def fields(r: dispatch_pb2.DispatchRequest) -> tuple[Any, ...]:
     at = (r.at.seconds, r.at.nanos) if r.HasField("at") else None
-    return (r.shop_id, r.buyer_id, r.conversation_id, r.type, r.source, r.order_state, r.to_account, at, r.trace)
+    return (
+        r.shop_id, r.buyer_id, r.conversation_id, r.type, r.source, r.order_state, r.to_account, at, r.trace,
+        r.priority,
+    )  # fmt: skip
 
 
 def mutate(raw: bytes, rng: random.Random) -> bytes:
@@ -118,7 +122,7 @@ def test_reader_never_reads_what_protobuf_rejects(batch: dispatch_pb2.DispatchBa
 def test_reader_declines_unknown_fields_bad_utf8_and_a_second_timestamp() -> None:
     good = dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="b", conversation_id="c").SerializeToString()
     assert parse_batch_request(b"\x0a" + bytes([len(good)]) + good) is not None
-    unknown = good + b"\x50\x01"  # field 10, varint
+    unknown = good + b"\x58\x01"  # field 11, varint
     assert parse_batch_request(b"\x0a" + bytes([len(unknown)]) + unknown) is None
     bad_utf8 = b"\x0a\x02\xc3\x28"  # shop_id: an invalid 2-byte sequence
     assert parse_batch_request(b"\x0a" + bytes([len(bad_utf8)]) + bad_utf8) is None
@@ -137,17 +141,29 @@ def test_reader_declines_unknown_fields_bad_utf8_and_a_second_timestamp() -> Non
     st.text(max_size=8), st.integers(0, 12), st.text(max_size=8), st.text(max_size=8),
     st.one_of(st.none(), st.lists(st.text(max_size=6), max_size=3)),
     st.one_of(st.none(), st.tuples(st.integers(0, 16), st.text(max_size=10))),
+    st.sampled_from([0, 1, 2, 127, 128, 70_000]),
+    st.one_of(st.none(), st.sampled_from([0, 1, 999, 1000, 1001, 61_500, 253_402_300_799_999])),
 )  # fmt: skip
 @settings(max_examples=300, deadline=None)
 def test_writer_writes_what_protobuf_serializes(
-    conv: str, reason: int, agent: str, group: str, trace: list[str] | None, error: tuple[int, str] | None
+    conv: str,
+    reason: int,
+    agent: str,
+    group: str,
+    trace: list[str] | None,
+    error: tuple[int, str] | None,
+    position: int,
+    eta_ms: int | None,
 ) -> None:
     expected = dispatch_pb2.DispatchResponse(
-        agent_id=agent, reason=reason, group_id=group, trace=trace or [], conversation_id=conv
+        agent_id=agent, reason=reason, group_id=group, trace=trace or [], conversation_id=conv, position=position
     )
     if error is not None:
         expected.error.CopyFrom(status_pb2.Status(code=error[0], message=error[1]))
-    raw = encode_response(conv, reason, agent, group, trace, error)
+    if eta_ms is not None:
+        expected.estimated_wait.SetInParent()
+        expected.estimated_wait.FromMilliseconds(eta_ms)
+    raw = encode_response(conv, reason, agent, group, trace, error, position, eta_ms)
     assert raw == expected.SerializeToString()
     assert response_reason(raw) == reason
 
@@ -211,9 +227,14 @@ def test_declined_bytes_and_oversized_batches_change_nothing(cls: type) -> None:
         e.dispatch_batch_wire(raw, T0, 2)
     assert e.export_state() == before
     out, failed = e.dispatch_batch_wire(raw, T0, 3)
-    assert failed == 2  # the same conversation id twice more: ALREADY_EXISTS
-    codes = [r.error.code for r in dispatch_pb2.DispatchBatchResponse.FromString(out).responses]
-    assert codes == [0, 6, 6]
+    assert failed == 0  # the same conversation and buyer twice more: retries (§12), the same answer
+    answers = dispatch_pb2.DispatchBatchResponse.FromString(out).responses
+    assert [r.error.code for r in answers] == [0, 0, 0]
+    assert len({(r.agent_id, r.reason) for r in answers}) == 1  # a retry names no group (README: retries)
+    other = dispatch_pb2.DispatchRequest(shop_id="s1", buyer_id="b2", conversation_id="c")
+    out, failed = e.dispatch_batch_wire(dispatch_pb2.DispatchBatchRequest(requests=[other]).SerializeToString(), T0, 3)
+    assert failed == 1  # another buyer on the same conversation id: ALREADY_EXISTS
+    assert [r.error.code for r in dispatch_pb2.DispatchBatchResponse.FromString(out).responses] == [6]
 
 
 @pytest.mark.parametrize("cls", ENGINES)
@@ -236,7 +257,9 @@ def test_decisions_are_counted_by_reason_and_picking_strategy(cls: type) -> None
 
 @given(requests(), st.integers(0, 2**32))
 @settings(max_examples=300, deadline=None)
-def test_the_unary_reader_reads_what_protobuf_reads_and_nothing_it_rejects(r: dispatch_pb2.DispatchRequest, seed: int) -> None:
+def test_the_unary_reader_reads_what_protobuf_reads_and_nothing_it_rejects(
+    r: dispatch_pb2.DispatchRequest, seed: int
+) -> None:
     raw = r.SerializeToString()
     item = parse_request(raw)
     assert item is not None and tuple(item) == fields(r)
@@ -320,7 +343,7 @@ def test_unary_wire_declines_without_changing_anything(cls: type) -> None:
     before = e.export_state()
     raw = dispatch_pb2.DispatchRequest(shop_id="s1", buyer_id="b", conversation_id="c").SerializeToString()
     assert e.dispatch_wire(raw[:-1], T0) is None  # truncated
-    assert e.dispatch_wire(raw + b"\x50\x01", T0) is None  # an unknown field: protobuf's to read
+    assert e.dispatch_wire(raw + b"\x58\x01", T0) is None  # an unknown field: protobuf's to read
     assert e.export_state() == before
     reason, agent_id, group_id, _ = build(cls).dispatch("s1", "b", "c", T0)
     assert agent_id is not None and agent_id.startswith("s1:a")
@@ -437,7 +460,9 @@ def test_with_a_bound_the_servicer_answers_like_the_object_path_on_both_engines(
             else:
                 raw = dispatch_pb2.DispatchBatchRequest(requests=items).SerializeToString()
                 want = outcome(expected, lambda: expected._batch(raw))
-                for r, answer in zip(items, dispatch_pb2.DispatchBatchResponse.FromString(want).responses, strict=False):
+                for r, answer in zip(
+                    items, dispatch_pb2.DispatchBatchResponse.FromString(want).responses, strict=False
+                ):
                     if beyond(r, T0 + 1000 * n + SKEW):
                         assert answer.error.code == 3 and "the bound is 3 s (--max-clock-skew)" in answer.error.message
                 for s in servicers:

@@ -22,6 +22,9 @@ names (``constants.pxi``, ``validation.pyx``, ... ``snapshot.pyx``):
   cache, the PRNG, and their invariants.
 - ``routing``: ``Router``, the tables and the decision: ``decide``,
   ``offline``, ``route``, ``assign``, ``remember``, ``settle`` (§4, §6, §7, §8).
+- ``timers``: the rules that fire on time (§10 re-route and reclaim, §11
+  ``max_queue_wait``) and ``tick``: pending deadlines per shop, fired in
+  (deadline, seq) order.
 - ``engine``: ``ReferenceEngine(Router)``, the public calls: configuration
   and events (§8), dispatch (§3, §4), reads (§9).
 - wire: ``_fastpath.wire`` (the reference codec of the wire calls).

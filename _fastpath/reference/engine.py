@@ -20,6 +20,7 @@ from typing import Any
 from ..model import (
     DEFAULT_MAIN_CAPACITY,
     MASK64,
+    MAX_TIME_MS,
     AgentConfig,
     AlreadyExistsError,
     Client,
@@ -38,7 +39,7 @@ from ..model import (
     shop_seed,
 )
 from ..wire import reference_dispatch_batch_wire, reference_dispatch_wire
-from . import operations, snapshot
+from . import operations, snapshot, timers
 from .eligibility import eligible, group_roster
 from .routing import NO_STRATEGY, Decision, Router
 from .shop import NO_DAY, NO_TIME, Agent, Conversation, Group, HandOut, Shop
@@ -50,10 +51,14 @@ from .validation import (
     check_id,
     check_order_state,
     check_presence,
+    check_priority,
     check_time,
 )
 
-__all__ = ["ReferenceEngine"]
+__all__ = ["NEXT_DEADLINES", "ReferenceEngine"]
+
+NEXT_DEADLINES = 10
+"""``shop_state()`` lists this many of the shop's next deadlines."""
 
 
 class ReferenceEngine(Router):
@@ -112,6 +117,7 @@ class ReferenceEngine(Router):
                 self.forget_expired(shop)
             shop.config = config
         shop.round_robin.clear()
+        timers.configure(self, shop)
         self.settle(shop, None)
 
     def delete_shop(self, shop_id: str) -> None:
@@ -152,6 +158,7 @@ class ReferenceEngine(Router):
             agent.created_at_ms = config.created_at_ms
             agent.chat_permission = config.chat_permission
         shop.round_robin.clear()
+        timers.configure(self, shop)
         self.settle(shop, agent)
 
     def delete_agent(self, shop_id: str, agent_id: str) -> None:
@@ -181,6 +188,8 @@ class ReferenceEngine(Router):
         agent.today = 0
         agent.today_day = 0
         shop.round_robin.clear()
+        timers.on_presence(self, shop, agent, False, shop.clock)
+        timers.configure(self, shop)
         self.settle(shop, None)
 
     def put_group(self, config: GroupConfig) -> None:
@@ -204,6 +213,7 @@ class ReferenceEngine(Router):
         for member in config.members:
             shop.agents[member].groups.append(config.group_id)
         shop.round_robin.clear()
+        timers.configure(self, shop)
         self.settle(shop, None)
 
     def delete_group(self, shop_id: str, group_id: str) -> None:
@@ -215,6 +225,7 @@ class ReferenceEngine(Router):
         for member in group.config.members:
             shop.agents[member].groups.remove(group_id)
         shop.round_robin.clear()
+        timers.configure(self, shop)
         self.settle(shop, None)
 
     def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
@@ -241,11 +252,14 @@ class ReferenceEngine(Router):
         check_time(at_ms)
         if agent.role == Role.ROBOT:
             raise FailedPreconditionError(f"agent {agent_id!r} is a robot; presence does not apply")
+        timers.fire_due(self, shop, at_ms)
         now = self.advance(shop, at_ms)
-        if presence == Presence.OFFLINE and agent.presence != Presence.OFFLINE:
+        went_offline = presence == Presence.OFFLINE and agent.presence != Presence.OFFLINE
+        if went_offline:
             agent.offline_at_ms = now
         agent.presence = presence
         agent.client = client
+        timers.on_presence(self, shop, agent, went_offline, now)
         self.settle(shop, agent)
 
     def conversation_event(
@@ -273,6 +287,7 @@ class ReferenceEngine(Router):
         check_time(at_ms)
         if event == ConversationEvent.UNSPECIFIED:
             raise InvalidArgumentError("event is required")
+        timers.fire_due(self, shop, at_ms)  # §10: what time passing did comes first
         if event == ConversationEvent.ASSIGNED:
             return self._assigned(shop, conversation_id, at_ms, buyer_id, agent_id)
         conv = self._conversations.get((shop_id, conversation_id))
@@ -304,7 +319,9 @@ class ReferenceEngine(Router):
         conv = Conversation(buyer_id=buyer_id, agent_id=None)
         self._conversations[key] = conv
         shop.live += 1
+        timers.track_new(shop, conversation_id, conv, "", 0)
         self.assign(shop, conv, agent, now)
+        conv.reason = int(Reason.DIRECT)  # given to that agent directly, outside the dispatcher
         self.settle(shop, None)
         return agent.agent_id
 
@@ -327,6 +344,7 @@ class ReferenceEngine(Router):
         if conv.unread:
             conv.unread = False
             holder.unread -= 1
+        timers.on_reply(shop, conv)
         self.remember(shop, conv.buyer_id, holder, now)
         self.settle(shop, holder)
 
@@ -335,6 +353,7 @@ class ReferenceEngine(Router):
         self.advance(shop, at_ms)
         del self._conversations[(shop.config.shop_id, conversation_id)]
         shop.live -= 1
+        timers.on_close(shop, conv)
         if conv.wait != WaitKind.NONE:
             waiting = shop.waiting[conv.wait]
             for item in waiting:
@@ -382,6 +401,8 @@ class ReferenceEngine(Router):
             target.unread += 1
         conv.agent_id = target.agent_id
         conv.forwarded = True
+        if conv.track is not None:
+            timers.on_assign(self, shop, conv, target, now)  # §10: the receiver's re-route deadline starts
         self.remember(shop, conv.buyer_id, target, now)
         self.settle(shop, holder)
         return target.agent_id
@@ -402,6 +423,7 @@ class ReferenceEngine(Router):
         check_time(at_ms)
         if agent.role == Role.ROBOT:
             raise InvalidArgumentError(f"agent {agent_id!r} is a robot")
+        timers.fire_due(self, shop, at_ms)  # §11: a queue timeout due by now is in the pool first
         message_pool = shop.waiting[WaitKind.POOL]
         if not message_pool:
             raise FailedPreconditionError(f"the message pool of shop {shop_id!r} is empty")
@@ -414,8 +436,7 @@ class ReferenceEngine(Router):
                 raise NotFoundError(f"conversation {conversation_id!r} is not in the message pool")
         now = self.advance(shop, at_ms)
         message_pool.remove(item)
-        conv = self._conversations[(shop_id, item.conversation_id)]
-        self.assign(shop, conv, agent, now)
+        self.handed_out(shop, message_pool, item.conversation_id, agent, int(Reason.OFFLINE_MESSAGE_POOL), now)
         self._outbox.append(
             (shop_id, item.conversation_id, item.buyer_id, agent.agent_id, int(Reason.OFFLINE_MESSAGE_POOL), now)
         )
@@ -435,8 +456,14 @@ class ReferenceEngine(Router):
         order_state: int = OrderState.UNSPECIFIED,
         to_account: str = "",
         trace: bool = False,
+        priority: int = 0,
     ) -> Decision:
-        """Decide who gets a new conversation: (reason, agent_id, group_id, trace)."""
+        """Decide who gets a new conversation: (reason, agent_id, group_id, trace).
+
+        A repeated dispatch of a conversation that is still open, with the same
+        buyer, answers what is current for it and changes nothing (§12,
+        ``Router.retry_answer``); another buyer: ALREADY_EXISTS. ``priority``
+        (0..9, §11) orders it among the waiting if it has to wait."""
         conv_type = check_conversation_type(conv_type)
         check_id(shop_id, "shop_id")
         if conv_type != ConversationType.BUYER_TO_SHOP:
@@ -449,10 +476,23 @@ class ReferenceEngine(Router):
         check_id(source, "source", optional=True)
         order_state = check_order_state(order_state)
         check_time(at_ms)
+        priority = check_priority(priority)
         shop = self.shop_for(shop_id)
-        if (shop_id, conversation_id) in self._conversations:
-            raise AlreadyExistsError(f"conversation {conversation_id!r} already exists in shop {shop_id!r}")
-        return self.decide(shop, buyer_id, conversation_id, source, order_state, at_ms, [] if trace else None)
+        timers.fire_due(self, shop, at_ms)  # §10: what time passing did comes first
+        conv = self._conversations.get((shop_id, conversation_id))
+        if conv is not None:
+            if conv.buyer_id != buyer_id:
+                raise AlreadyExistsError(f"conversation {conversation_id!r} already exists in shop {shop_id!r}")
+            return self.retry_answer(shop, conv, conversation_id, [] if trace else None)
+        return self.decide(shop, buyer_id, conversation_id, source, order_state, at_ms, [] if trace else None, priority)
+
+    def waiting_position(self, shop_id: str, conversation_id: str) -> tuple[int, int | None] | None:
+        """Where a waiting conversation stands (§11): (position, 1 = next; estimated wait in
+        ms, None while the shop's hand-out rate of that list is unknown), or None when it
+        does not wait (held, closed, unknown). Changes nothing."""
+        shop = self.shop_for(shop_id)
+        check_id(conversation_id, "conversation_id")
+        return self.waiting_place(shop, conversation_id)
 
     def dispatch_batch_wire(
         self, data: bytes, now_ms: int, max_items: int, max_at_ms: int | None = None
@@ -490,10 +530,36 @@ class ReferenceEngine(Router):
         outbox for the caller's ``drain_outbox`` (the watchers)."""
         return operations.operate_wire(self, data, now_ms, max_items, max_at_ms)
 
+    # ------------------------------------------------------------ time (spec §10)
+
+    def tick(self, now_ms: int) -> int:
+        """The engine's time is ``now_ms``: fire every deadline of every shop due by then
+        (``timers.tick``), each at its own deadline; how many fired. A shop without a due
+        deadline is not touched (its clock moves only by its own events)."""
+        check_time(now_ms)
+        return timers.tick(self, now_ms)
+
+    def tick_shop(self, shop_id: str, at_ms: int) -> int:
+        """Fire the deadlines of one shop due by ``at_ms`` (what a call with that ``at``
+        does first); how many fired. An unknown shop or an invalid time fires nothing."""
+        shop = self._shops.get(shop_id) if isinstance(shop_id, str) else None
+        if shop is None or not isinstance(at_ms, int) or isinstance(at_ms, bool) or not 0 <= at_ms <= MAX_TIME_MS:
+            return 0
+        return timers.fire_due(self, shop, at_ms)
+
+    def pending_deadlines(self) -> int:
+        """Deadlines pending in every shop (a gauge)."""
+        return sum(len(shop.timers) for shop in self._shops.values())
+
     def operation_counts(self) -> list[int]:
         """Operations this object applied through ``operate_wire``, by kind (``wire.OP_*``;
         index 0 unused): a copy. Counters, not state."""
         return list(self._operations)
+
+    def retry_count(self) -> int:
+        """Dispatches this object answered as retries of an open conversation (§12; not
+        decisions: ``decision_counts`` does not move). A counter, not state."""
+        return self._retries
 
     def decision_counts(self) -> list[list[int]]:
         """Decisions this object made, ``[reason][strategy]``: a copy. Replayed
@@ -543,8 +609,14 @@ class ReferenceEngine(Router):
 
         def waiting(kind: int) -> list[dict[str, Any]]:
             return [
-                {"conversation_id": w.conversation_id, "buyer_id": w.buyer_id, "since_ms": w.since_ms}
-                for w in shop.waiting[kind]
+                {
+                    "conversation_id": w.conversation_id,
+                    "buyer_id": w.buyer_id,
+                    "since_ms": w.since_ms,
+                    "priority": w.priority,
+                    "position": position,
+                }
+                for position, w in enumerate(shop.waiting[kind], 1)
             ]
 
         return {
@@ -556,6 +628,10 @@ class ReferenceEngine(Router):
             "staging": waiting(WaitKind.STAGING),
             "pool": waiting(WaitKind.POOL),
             "live_conversations": shop.live,
+            "deadlines": len(shop.timers),
+            "next_deadlines": [
+                {"at_ms": at, "kind": kind, "id": key} for at, kind, key in timers.next_deadlines(shop, NEXT_DEADLINES)
+            ],
         }
 
     def totals(self) -> dict[str, int]:

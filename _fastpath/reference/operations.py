@@ -26,10 +26,10 @@ from ..wire import (
     WirePresence,
     check_operations_size,
     encode_claim_response,
+    encode_decision,
     encode_event_response,
     encode_operate_response,
     encode_presence_response,
-    encode_response,
     encode_result,
     encode_result_error,
     error_code,
@@ -61,8 +61,7 @@ def operate_wire(
         try:
             if kind == OP_DISPATCH:
                 assert isinstance(item, WireItem)
-                reason, agent_id, group_id, trace = self.dispatch(*item.call(now_ms))
-                body = encode_response(item.conversation_id, reason, agent_id, group_id, trace)
+                body = encode_decision(self, item.shop_id, item.conversation_id, self.dispatch(*item.call(now_ms)))
             elif kind == OP_SET_PRESENCE:
                 assert isinstance(item, WirePresence)
                 at = operation_at(item, now_ms)

@@ -28,7 +28,7 @@ another's entries):
   message pool), oldest first, until ``drain_outbox``.
 - ``_decisions``: decisions made by this object, ``[reason][strategy]``,
   strategy 0 when no strategy picked the agent. Counters, not state: never
-  exported.
+  exported. A retried dispatch (§12) is not a decision: ``_retries`` counts it.
 
 The tables are this package's, not the engine's API: only its parts touch
 them.
@@ -50,6 +50,7 @@ from ..model import (
     Strategy,
     WaitKind,
 )
+from . import timers
 from .eligibility import (
     available,
     contact_state,
@@ -72,6 +73,7 @@ from .shop import (
     RecentContact,
     Shop,
     Waiting,
+    WaitList,
 )
 from .strategies import pick
 from .validation import check_id
@@ -106,6 +108,8 @@ class Router:
         self._outbox: list[HandOut] = []
         self._decisions = [[0] * N_STRATEGIES for _ in range(N_REASONS)]
         self._operations = [0] * 5  # operate_wire operations by kind (wire.OP_*): counters, not state
+        self._retries = 0  # dispatches answered as retries (§12): a counter, not state
+        self._timer_seq = 0  # the order deadlines were set in (timers.py): state, exported
 
     # ------------------------------------------------------------ lookups (spec §9: NOT_FOUND)
 
@@ -142,21 +146,24 @@ class Router:
         order_state: int,
         at_ms: int,
         trace: list[str] | None,
+        priority: int = 0,
     ) -> Decision:
         """Sections 4 and 6 for a valid buyer-to-shop request whose conversation is new.
 
-        Creates the conversation, assigns it or makes it wait, and counts the
-        decision. ``trace``, if not None, receives the decision's trace lines.
+        Creates the conversation, assigns it or makes it wait (at ``priority``,
+        §11), and counts the decision. ``trace``, if not None, receives the
+        decision's trace lines.
         """
         now = self.advance(shop, at_ms)
         conv = Conversation(buyer_id=buyer_id, agent_id=None)
+        timers.track_new(shop, conversation_id, conv, source, order_state)
         self._conversations[(shop.config.shop_id, conversation_id)] = conv
         shop.live += 1
 
         # Step 1: is the shop online?
         if not shop_online(shop):
             _note(trace, "online:no")
-            reason, agent_id = self.offline(shop, conv, conversation_id, source, order_state, now, trace)
+            reason, agent_id = self.offline(shop, conv, conversation_id, source, order_state, now, trace, priority)
             self._decisions[reason][NO_STRATEGY] += 1
             return reason, agent_id, None, trace
         _note(trace, "online:yes")
@@ -164,12 +171,13 @@ class Router:
         choice = self.route(shop, buyer_id, source, order_state, now, trace)
         if choice is not None:
             self.assign(shop, conv, choice.agent, now)
+            conv.reason = choice.reason
             self._decisions[choice.reason][choice.strategy] += 1
             return choice.reason, choice.agent.agent_id, choice.group_id, trace
 
         # Step 7: everyone is full.
-        self.wait_in(shop, conv, WaitKind.QUEUE, conversation_id, source, order_state, now)
-        _note(trace, f"queued:{len(shop.waiting[WaitKind.QUEUE])}")
+        self.wait_in(shop, conv, WaitKind.QUEUE, conversation_id, source, order_state, now, priority)
+        _note(trace, f"queued:{shop.waiting[WaitKind.QUEUE].position_of_last(priority)}")
         self._decisions[Reason.QUEUED][NO_STRATEGY] += 1
         return int(Reason.QUEUED), None, None, trace
 
@@ -182,6 +190,7 @@ class Router:
         order_state: int,
         now: int,
         trace: list[str] | None,
+        priority: int = 0,
     ) -> tuple[int, str | None]:
         """Section 6, for a shop that is not online: (reason, agent id, or None when it waits)."""
         rule = shop.config.offline_rule
@@ -189,15 +198,17 @@ class Router:
         if rule == OfflineRule.MAIN_ACCOUNT:
             agent = shop.agents[shop.config.main_account]
             self.assign(shop, conv, agent, now)
+            conv.reason = int(Reason.OFFLINE_MAIN_ACCOUNT)
             return int(Reason.OFFLINE_MAIN_ACCOUNT), agent.agent_id
         if rule == OfflineRule.PROXY_ACCOUNT:
             agent = shop.agents[shop.config.proxy_account]
             self.assign(shop, conv, agent, now)
+            conv.reason = int(Reason.OFFLINE_PROXY_ACCOUNT)
             return int(Reason.OFFLINE_PROXY_ACCOUNT), agent.agent_id
         if rule == OfflineRule.MESSAGE_POOL:
-            self.wait_in(shop, conv, WaitKind.POOL, conversation_id, source, order_state, now)
+            self.wait_in(shop, conv, WaitKind.POOL, conversation_id, source, order_state, now, priority)
             return int(Reason.OFFLINE_MESSAGE_POOL), None
-        self.wait_in(shop, conv, WaitKind.STAGING, conversation_id, source, order_state, now)
+        self.wait_in(shop, conv, WaitKind.STAGING, conversation_id, source, order_state, now, priority)
         return int(Reason.OFFLINE_STAGING), None
 
     def route(
@@ -305,6 +316,8 @@ class Router:
         agent.active += 1
         agent.unread += 1
         shop.bump_today(agent, now)
+        if conv.track is not None:
+            timers.on_assign(self, shop, conv, agent, now)  # §10: its re-route deadline starts
 
     def wait_in(
         self,
@@ -315,10 +328,14 @@ class Router:
         source: str,
         order_state: int,
         now: int,
+        priority: int = 0,
     ) -> None:
-        """``conv`` waits at the end of the shop's queue, staging or message pool (``kind``)."""
+        """``conv`` waits at the end of its priority's FIFO in the shop's queue, staging or message pool (``kind``)."""
         conv.wait = kind
-        shop.waiting[kind].append(Waiting(conversation_id, conv.buyer_id, source, order_state, now))
+        conv.reason = 0
+        shop.waiting[kind].append(Waiting(conversation_id, conv.buyer_id, source, order_state, now, priority))
+        if conv.track is not None:
+            timers.on_wait(self, shop, conv, kind, now)  # §11: its max_queue_wait starts
 
     def remember(self, shop: Shop, buyer_id: str, agent: Agent, now: int) -> None:
         """The agent spoke to the buyer (or received the conversation by transfer): its recent contact."""
@@ -358,7 +375,7 @@ class Router:
         if staging and focus is not None and available(shop, focus):
             while staging and focus.unread < cap and focus.active < focus.max_capacity:
                 item = staging.popleft()
-                self.assign(shop, self._conversations[(shop_id, item.conversation_id)], focus, now)
+                self.handed_out(shop, staging, item.conversation_id, focus, int(Reason.OFFLINE_STAGING), now)
                 self._outbox.append(
                     (shop_id, item.conversation_id, item.buyer_id, focus.agent_id, int(Reason.OFFLINE_STAGING), now)
                 )
@@ -369,10 +386,53 @@ class Router:
             if choice is None:
                 break
             queue.popleft()
-            self.assign(shop, self._conversations[(shop_id, item.conversation_id)], choice.agent, now)
+            self.handed_out(shop, queue, item.conversation_id, choice.agent, choice.reason, now)
             self._outbox.append(
                 (shop_id, item.conversation_id, item.buyer_id, choice.agent.agent_id, choice.reason, now)
             )
+
+    def handed_out(
+        self, shop: Shop, waiting: WaitList, conversation_id: str, agent: Agent, reason: int, now: int
+    ) -> None:
+        """A conversation taken off ``waiting`` goes to ``agent`` (``reason``): assigned, and
+        counted in the list's hand-out rate (§11). The caller appends the outbox entry."""
+        conv = self._conversations[(shop.config.shop_id, conversation_id)]
+        self.assign(shop, conv, agent, now)
+        conv.reason = reason
+        waiting.note_handout(now)
+
+    # ------------------------------------------------------------ retries and positions (spec §11, §12)
+
+    def retry_answer(self, shop: Shop, conv: Conversation, conversation_id: str, trace: list[str] | None) -> Decision:
+        """A repeated Dispatch of an open conversation with the same buyer (§12): what is
+        current for it, changing nothing (not even the clock or the decision counts).
+        Held: its agent and the reason it went there (``Conversation.reason``); waiting:
+        where it waits (QUEUED, OFFLINE_STAGING, OFFLINE_MESSAGE_POOL). No group."""
+        self._retries += 1
+        if conv.wait != WaitKind.NONE:
+            position = shop.waiting[conv.wait].position(conversation_id)
+            _note(trace, f"retry:{WaitKind(conv.wait).name.lower()}:{position}")
+            return _WAIT_REASONS[conv.wait], None, None, trace
+        _note(trace, f"retry:{conv.agent_id}")
+        return int(conv.reason), conv.agent_id, None, trace
+
+    def waiting_place(self, shop: Shop, conversation_id: str) -> tuple[int, int | None] | None:
+        """(position, estimated wait in ms or None) of a waiting conversation of ``shop``;
+        None when it is not waiting (held, or unknown)."""
+        conv = self._conversations.get((shop.config.shop_id, conversation_id))
+        if conv is None or conv.wait == WaitKind.NONE:
+            return None
+        waiting = shop.waiting[conv.wait]
+        position = waiting.position(conversation_id)
+        return position, waiting.estimate(position)
+
+
+_WAIT_REASONS: dict[int, int] = {
+    WaitKind.QUEUE: int(Reason.QUEUED),
+    WaitKind.STAGING: int(Reason.OFFLINE_STAGING),
+    WaitKind.POOL: int(Reason.OFFLINE_MESSAGE_POOL),
+}
+"""The answer's reason for a conversation that waits, by where it waits."""
 
 
 def _note(trace: list[str] | None, line: str) -> None:

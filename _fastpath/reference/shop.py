@@ -19,8 +19,8 @@ Invariants:
   ``Agent.unread`` those of them whose ``Conversation.unread`` is set.
 - ``Shop.live`` counts the shop's conversations, held or waiting. A waiting
   conversation (``Conversation.wait`` is not ``NONE``, ``agent_id`` is None)
-  is in exactly one deque of ``Shop.waiting``, the one its ``wait`` names,
-  in arrival order.
+  is in exactly one ``WaitList`` of ``Shop.waiting``, the one its ``wait``
+  names: in the FIFO of its priority, in arrival order (spec §11).
 - ``Shop.clock`` never goes back (``Router.advance``). ``Shop.day`` caches the
   shop-local day of some earlier instant; ``day_of`` refreshes it on demand.
 - ``Shop.round_robin`` is derived state, keyed by roster (``SHOP_ROSTER`` or a
@@ -32,9 +32,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple, TypeAlias
 
-from ..model import Client, GroupConfig, Presence, ShopConfig, WaitKind, day_bounds, shop_seed, splitmix64
+from ..model import (
+    MAX_TIME_MS,
+    N_PRIORITIES,
+    Client,
+    GroupConfig,
+    Presence,
+    ShopConfig,
+    WaitKind,
+    day_bounds,
+    shop_seed,
+    splitmix64,
+)
 
 __all__ = [
     "NO_DAY",
@@ -49,6 +61,8 @@ __all__ = [
     "RecentContact",
     "RoundRobin",
     "Shop",
+    "Track",
+    "WaitList",
     "Waiting",
 ]
 
@@ -67,8 +81,9 @@ BuyerKey: TypeAlias = tuple[str, str]
 ConversationKey: TypeAlias = tuple[str, str]
 """(shop id, conversation id)."""
 
-HandOut: TypeAlias = tuple[str, str, str, str, int, int]
-"""A conversation handed out after its Dispatch call: (shop, conversation, buyer, agent, reason, at_ms)."""
+HandOut: TypeAlias = tuple[str, str, str, str, int, int] | tuple[str, str, str, str, int, int, str]
+"""A conversation handed out after its Dispatch call: (shop, conversation, buyer, agent, reason, at_ms),
+and, for a re-route or reclaim (§10), the agent it was taken from (previous agent id)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -107,6 +122,110 @@ class Waiting:
     source: str
     order_state: int
     since_ms: int
+    priority: int = 0  # 0..MAX_PRIORITY (spec §11); snapshots older than it have none: 0
+
+
+class WaitList:
+    """One waiting list of a shop (the queue, staging or the message pool), spec §4 step 7, §6, §11.
+
+    One FIFO per priority level: conversations are handed out highest priority
+    first, then oldest first (in the order they arrived in this list). A
+    conversation's *position* is 1 + the number of conversations of the list
+    that would be handed out before it (every one of a higher priority, and
+    the older ones of its own).
+
+    It also keeps the list's hand-out rate, for the estimated wait (§11): the
+    time of the last hand-out and an exponentially weighted mean of the time
+    between two hand-outs, ``interval = (7 * interval + dt) // 8`` (the first
+    sample is taken as it is), in the shop's clock (event times, never the
+    wall clock). Both are -1 until known: the interval needs two hand-outs.
+    The estimated wait of position p is ``min(p * interval, MAX_TIME_MS)``.
+
+    The deque-like surface (``append``, ``popleft``, ``[0]``, ``remove``,
+    iteration, ``len``) is in hand-out order, so the rules read it as they read
+    a single FIFO.
+    """
+
+    __slots__ = ("levels", "n", "last_handout_ms", "interval_ms")
+
+    def __init__(self) -> None:
+        self.levels: list[deque[Waiting]] = [deque() for _ in range(N_PRIORITIES)]
+        self.n = 0
+        self.last_handout_ms = -1  # shop clock of the last hand-out; -1: none yet
+        self.interval_ms = -1  # mean time between hand-outs; -1: unknown
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __iter__(self) -> Iterator[Waiting]:
+        for level in reversed(self.levels):
+            yield from level
+
+    def __getitem__(self, index: int) -> Waiting:
+        if index != 0 or not self.n:
+            raise IndexError("a WaitList is read at its head only ([0])")
+        return self.head()
+
+    def head(self) -> Waiting:
+        """The conversation handed out next (the list must not be empty)."""
+        for level in reversed(self.levels):
+            if level:
+                return level[0]
+        raise IndexError("head of an empty WaitList")
+
+    def append(self, item: Waiting) -> None:
+        self.levels[item.priority].append(item)
+        self.n += 1
+
+    def extend(self, items: Iterable[Waiting]) -> None:
+        for item in items:
+            self.append(item)
+
+    def popleft(self) -> Waiting:
+        for level in reversed(self.levels):
+            if level:
+                self.n -= 1
+                return level.popleft()
+        raise IndexError("pop from an empty WaitList")
+
+    def remove(self, item: Waiting) -> None:
+        self.levels[item.priority].remove(item)
+        self.n -= 1
+
+    def oldest(self) -> Waiting | None:
+        """The conversation that has waited longest (smallest ``since_ms``; ties: higher priority)."""
+        best: Waiting | None = None
+        for level in reversed(self.levels):
+            if level and (best is None or level[0].since_ms < best.since_ms):
+                best = level[0]
+        return best
+
+    def position_of_last(self, priority: int) -> int:
+        """The position of the conversation just appended at ``priority``."""
+        return sum(len(level) for level in self.levels[priority:])
+
+    def position(self, conversation_id: str) -> int:
+        """The position of a conversation of this list (1 = next), 0 if it is not in it."""
+        for i, item in enumerate(self, 1):
+            if item.conversation_id == conversation_id:
+                return i
+        return 0
+
+    def note_handout(self, now: int) -> None:
+        """A conversation left this list for an agent at ``now`` (the shop's clock)."""
+        if self.last_handout_ms >= 0:
+            dt = now - self.last_handout_ms
+            self.interval_ms = dt if self.interval_ms < 0 else (7 * self.interval_ms + dt) // 8
+        self.last_handout_ms = now
+
+    def estimate(self, position: int) -> int | None:
+        """The estimated wait in ms of ``position``; None while the rate is unknown."""
+        if self.interval_ms < 0:
+            return None
+        return min(position * self.interval_ms, MAX_TIME_MS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,6 +235,18 @@ class Conversation:
     wait: int = WaitKind.NONE
     unread: bool = False  # the buyer's last message is not answered yet
     forwarded: bool = False  # transferred at least once
+    reason: int = 0  # held: why it went to an agent (the answer to a retried Dispatch, §12); waiting: 0
+    track: Track | None = None  # while its shop uses a timed rule (§10, timers.py)
+
+
+@dataclasses.dataclass(slots=True)
+class Track:
+    """What a shop that uses rules that fire on time (§10, ``timers``) remembers of a conversation."""
+
+    conversation_id: str
+    source: str = ""  # the source and order state it was dispatched with: a re-route routes it so again
+    order_state: int = 0
+    reroutes: int = 0  # times re-routed for silence (max_reroutes)
 
 
 class RecentContact(NamedTuple):
@@ -145,13 +276,15 @@ class Shop:
         self.rng = shop_seed(engine_seed, config.shop_id, config.tie_seed)
         self.clock = 0
         self.day = NO_DAY  # (ordinal, start ms, end ms) of the cached local day
-        self.waiting: dict[int, deque[Waiting]] = {
-            WaitKind.QUEUE: deque(),
-            WaitKind.STAGING: deque(),
-            WaitKind.POOL: deque(),
+        self.waiting: dict[int, WaitList] = {
+            WaitKind.QUEUE: WaitList(),
+            WaitKind.STAGING: WaitList(),
+            WaitKind.POOL: WaitList(),
         }
         self.round_robin: dict[str, RoundRobin] = {}  # SHOP_ROSTER or a group id -> state
         self.live = 0  # conversations held or waiting
+        # Pending deadlines (§10, timers.py): (TimerKind, conversation or agent id) -> (deadline ms, seq).
+        self.timers: dict[tuple[int, str], tuple[int, int]] = {}
 
     def serving_agent(self, conv: Conversation) -> Agent:
         """The agent that holds ``conv`` (which must not be waiting)."""

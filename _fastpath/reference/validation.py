@@ -22,6 +22,7 @@ from ..model import (
     Presence,
     check_enum,
     check_id,
+    check_priority,
     check_time,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_id",
     "check_order_state",
     "check_presence",
+    "check_priority",
     "check_time",
 ]
 

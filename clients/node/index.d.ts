@@ -31,10 +31,16 @@ export type OrderState = string; // 'ORDER_STATE_NO_ORDER', ... (common.proto)
 export interface DispatchRequest {
   shopId: string; buyerId?: string; conversationId?: string; at?: Timestamp;
   type?: string; source?: string; orderState?: OrderState; toAccount?: string; trace?: boolean;
+  /** 0..9 (default 0): waiting conversations are handed out highest priority first, then oldest first. */
+  priority?: number;
 }
 export interface RpcStatus { code: number; message: string; details: unknown[] }
 export interface DispatchResponse {
   agentId: string; reason: Reason; groupId: string; trace: string[]; conversationId: string; error: RpcStatus | null;
+  /** A waiting answer (QUEUED, OFFLINE_STAGING, OFFLINE_MESSAGE_POOL): its place, 1 = next; 0 otherwise. */
+  position: number;
+  /** A waiting answer: the estimated wait from the shop's recent hand-out rate; null when unknown. */
+  estimatedWait: Duration | null;
 }
 export interface Assignment {
   shopId: string; conversationId: string; buyerId: string; agentId: string; reason: Reason; at: Timestamp | null;

@@ -63,7 +63,7 @@ function script(shopId) {
     ['setPresence', { shopId, agentId: 'a2', presence: 'PRESENCE_ONLINE', at: at() }],
     ['dispatch', { shopId, buyerId: 'b1', conversationId: 'c1', orderState: order, at: at(), trace: true }],
     ['dispatch', { shopId: 'ghost', buyerId: 'b9', conversationId: 'x', at: at() }],                 // NOT_FOUND
-    ['dispatch', { shopId, buyerId: 'b1', conversationId: 'c1', orderState: order, at: at() }],      // ALREADY_EXISTS (a retry)
+    ['dispatch', { shopId, buyerId: 'b7', conversationId: 'c1', orderState: order, at: at() }],      // ALREADY_EXISTS (another buyer)
     ['dispatch', { shopId, buyerId: 'b2', conversationId: 'c2', orderState: order, at: at() }],      // queued: a1 and a2 full
     conv('c1', 'CONVERSATION_EVENT_BUYER_MESSAGE'),
     conv('c1', 'CONVERSATION_EVENT_AGENT_REPLY', { agentId: 'a2' }),

@@ -103,7 +103,7 @@ test('errors arrive as gRPC statuses', async () => {
     assert.match(err.details, /ghost/);
     return true;
   });
-  await assert.rejects(client.dispatch({ shopId: 'n', buyerId: 'b1', conversationId: 'c1', at }), (err) => {
+  await assert.rejects(client.dispatch({ shopId: 'n', buyerId: 'b2', conversationId: 'c1', at }), (err) => {
     assert.equal(err.code, status.ALREADY_EXISTS);
     return true;
   });
