@@ -22,12 +22,13 @@ a ``.pxd`` with its C types and their invariants, included by ``_core.pxd``.
   max_queue_wait): per-shop deadline heaps, a heap of shops by their next
   deadline (tick), and the hooks the routing state changes call;
 - engine: CompiledEngine(Router), the public API: configuration and
-  conversation events (§8), dispatch (§3, §4), reads (§9);
+  conversation events (§8), dispatch (§3, §4); its reads call reads.pyx;
 - wire: the protobuf wire reader/writer and the glue of dispatch_wire /
   dispatch_batch_wire;
 - operations: operate_wire (issue 13), a batch of any mix of operations
   read from the bytes: dispatches through wire's glue, the ordinary events
   in C, the rest through the engine's own methods;
+- reads: shop state, totals, a conversation, a buyer's contacts (§9);
 - snapshot: export_state / import_state.
 
 Its behaviour is defined by ``_fastpath.reference.ReferenceEngine``; the
@@ -89,4 +90,5 @@ include "timers.pyx"
 include "engine.pyx"
 include "wire.pyx"
 include "operations.pyx"
+include "reads.pyx"
 include "snapshot.pyx"
