@@ -3,6 +3,7 @@
 .venv/bin/python -m bench.run [--quick] [--affinity N] [--out bench/RESULTS.md]
 .venv/bin/python -m bench.run --lifecycle-only [--quick]   # only the lifecycle section (issue 13),
                                                             # merged into the existing RESULTS(.json)
+.venv/bin/python -m bench.run --ticks-only [--quick]       # only the ticks section (issue 14), merged the same way
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from bench import engine_bench as eb
 from bench import grpc_bench as gb
 from bench import lifecycle_bench as lcb
+from bench import tick_bench as tb
 from bench.memlat import SIZES_MIB, memory_latency
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,6 +246,18 @@ def main() -> None:
         default=None,
         help="recent contacts at 100,000 shops in the lifecycle section (10 M; --quick: 1 M)",
     )
+    p.add_argument("--skip-ticks", action="store_true")
+    p.add_argument(
+        "--ticks-only",
+        action="store_true",
+        help="run only the ticks section (issue 14); the other sections are kept from the existing .json",
+    )
+    p.add_argument(
+        "--tick-conversations",
+        type=int,
+        default=None,
+        help="open conversations with a pending deadline in the ticks section (1 M; --quick: 100,000)",
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args()
     quick = a.quick
@@ -290,6 +304,21 @@ def main() -> None:
     out_path = Path(a.out) if a.out else ROOT / "bench" / ("RESULTS-quick.md" if quick else "RESULTS.md")
 
     workdir = Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench"))
+    if a.ticks_only:
+        raw_path = out_path.with_suffix(".json")
+        raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+        info = machine()
+        log("ticks only")
+        raw["ticks"] = tb.run_ticks(quick, a.tick_conversations)
+        info["loadavg_end"] = loadavg()
+        raw["ticks_run"] = {"machine": info, "argv": sys.argv, "elapsed_s": time.time() - t_start}
+        raw_path.write_text(json.dumps(raw, indent=1, default=str))
+        if out_path.exists() and "machine" in raw:
+            out_path.write_text(splice_ticks(out_path.read_text(), raw))  # keeps hand-written sections
+        else:
+            out_path.write_text("\n".join(tick_section(raw)) + "\n")
+        log(f"wrote {out_path} in {time.time() - t_start:.0f}s")
+        return
     if a.lifecycle_only:
         raw_path = out_path.with_suffix(".json")
         raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
@@ -326,6 +355,10 @@ def main() -> None:
     log(f"memory {memory}")
     allocs = [eb.bench_alloc(100_000) for _ in range(runs)]
     log(f"alloc {allocs}")
+    ticks = None
+    if not a.skip_ticks:
+        log("ticks")
+        ticks = tb.run_ticks(quick, a.tick_conversations)
     grpc_res = None
     if not a.skip_grpc:
         log("grpc")
@@ -352,6 +385,7 @@ def main() -> None:
         "many": res_b,
         "memory": memory,
         "alloc": allocs,
+        "ticks": ticks,
         "grpc": grpc_res,
         "durability_md": durability,
         "lifecycle": lifecycle,
@@ -574,6 +608,9 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
         f"**{alloc_pd:.5f} per decision**.\n"
     )
 
+    if raw.get("ticks"):
+        L.extend(tick_section(raw))
+
     # ------------------------------------------------------------- grpc
     if g:
         w("## gRPC\n")
@@ -726,6 +763,40 @@ def splice_lifecycle(old: str, raw: dict[str, Any]) -> str:
         lines[mine[0] : nxt] = section
     else:
         at = next((i for i in heads if lines[i].startswith(("## Durability", ANALYSIS_MARKER.strip()))), len(lines))
+        lines[at:at] = section
+    return "\n".join(lines) + "\n"
+
+
+def tick_section(raw: dict[str, Any]) -> list[str]:
+    L = tb.render(raw["ticks"])
+    trun = raw.get("ticks_run")
+    if trun:
+        tm = trun["machine"]
+        L.append(
+            f"This section was measured on its own (`{shlex.join(['python'] + trun['argv'][1:])}` via "
+            f"`-m bench.run`) on {tm['date']} in {trun['elapsed_s']:.0f} s, load average {tm['loadavg_start']} "
+            f"at start and {tm['loadavg_end']} at end, engine {tm['engine']}; the other sections are from the "
+            "run named at the top.\n"
+        )
+    return L
+
+
+TICKS_HEADING = "## Time moving"
+
+
+def splice_ticks(old: str, raw: dict[str, Any]) -> str:
+    """``old`` RESULTS.md with only its ticks section replaced or, when it has none, put in before
+    the gRPC section (everything else, hand-written sections included, stays as it is)."""
+    lines = old.splitlines()
+    section = "\n".join(tick_section(raw)).splitlines() + [""]
+    heads = [i for i, x in enumerate(lines) if x.startswith("## ")]
+    mine = [i for i in heads if lines[i].startswith(TICKS_HEADING)]
+    if mine:
+        nxt = next((i for i in heads if i > mine[0]), len(lines))
+        lines[mine[0] : nxt] = section
+    else:
+        before = ("## gRPC", "## Lifecycle", "## Durability", ANALYSIS_MARKER.strip())
+        at = next((i for i in heads if lines[i].startswith(before)), len(lines))
         lines[at:at] = section
     return "\n".join(lines) + "\n"
 

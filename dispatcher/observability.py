@@ -22,6 +22,14 @@ one ``perf_counter`` pair and a ``bisect`` per call, on the event loop's thread
 live conversations, watchers) are computed only when Prometheus scrapes,
 on the event loop (the engine is single-threaded), from ``engine.totals()`` (one C pass).
 
+Spec §10-§12 (issue 14): re-routes, reclaims and queue timeouts are decisions like the others
+(``dispatch_decisions_total{reason="rerouted"|"reclaimed"|"queue_timeout"}``, counted by the
+engine). §12 retries (``engine.retry_count()``), pending deadlines (``engine.pending_deadlines()``)
+and deadlines fired by the server's ticks are read at scrape time. The estimated wait of §11 is
+a histogram with fixed buckets (no shop label), observed by the servicers' object paths when an
+answer makes a conversation wait and carries an estimate (``observe_estimated_wait``); the
+engine's wire paths answer with bytes and are not observed (see dispatcher/docs/OPERATING.md).
+
 The journal's fsync latency has its histogram already (``dispatch_journal_fsync_seconds``):
 durability code calls ``Ecosystem.metrics.observe_journal_fsync(seconds)``.
 """
@@ -53,9 +61,11 @@ __all__ = [
     "DISPATCH_SERVICES",
     "WRITE_SERVICES",
     "LATENCY_BUCKETS",
+    "WAIT_BUCKETS",
     "Ecosystem",
     "LatencyHistogram",
     "Metrics",
+    "observe_estimated_wait",
 ]
 
 WRITE_SERVICES: Final = ("", "dispatch.v1.Dispatch")
@@ -71,6 +81,9 @@ LATENCY_BUCKETS: Final = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 """Upper bounds (seconds) of the RPC latency buckets: 50 µs .. 10 s."""
+
+WAIT_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0)
+"""Upper bounds (seconds) of the estimated-wait buckets (spec §11): 5 s .. 1 day, the same for every shop."""
 
 FSYNC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -110,6 +123,13 @@ class LatencyHistogram:
             running += n
             out.append((bound, running))
         return out
+
+
+def observe_estimated_wait(histogram: LatencyHistogram, response: dispatch_pb2.DispatchResponse) -> None:
+    """The answer's estimated wait (§11) into ``histogram``, when it carries one (only waiting
+    answers do: QUEUED, OFFLINE_STAGING, OFFLINE_MESSAGE_POOL, once the shop's hand-out rate is known)."""
+    if response.HasField("estimated_wait"):
+        histogram.observe(response.estimated_wait.ToMilliseconds() / 1000)
 
 
 class Metrics:
@@ -340,6 +360,29 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
         latency.add_metric([service, method], buckets, total)
     yield latency
 
+    wait = HistogramMetricFamily(
+        "dispatch_estimated_wait_seconds",
+        "Estimated wait (spec §11) of answers that made a conversation wait and carried an estimate, "
+        "on the servicers' object paths (the engine's wire paths are not observed; retries are not)",
+    )
+    wait.add_metric([], *snap["estimated_wait"])
+    yield wait
+
+    retries = CounterMetricFamily(
+        "dispatch_retries",
+        "Dispatches of an open conversation by its own buyer, answered with its current state and nothing changed "
+        "(spec §12)",
+    )
+    retries.add_metric([], snap["retries"])
+    yield retries
+
+    fired = CounterMetricFamily(
+        "dispatch_deadlines_fired",
+        "Deadlines (spec §10 re-route and reclaim, §11 max_queue_wait) fired by the server's ticks",
+    )
+    fired.add_metric([], snap["deadlines_fired"])
+    yield fired
+
     fsync = HistogramMetricFamily(
         "dispatch_journal_fsync_seconds", "Time one fsync of the journal took (empty until durability is on)"
     )
@@ -352,6 +395,11 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
         ("dispatch_agents_suspended", "Agents whose presence is SUSPENDED", snap["agents_suspended"]),
         ("dispatch_live_conversations", "Conversations assigned or waiting", snap["live_conversations"]),
         ("dispatch_watchers", "Open WatchAssignments streams", snap["watchers"]),
+        (
+            "dispatch_pending_deadlines",
+            "Deadlines pending in every shop (spec §10 re-route and reclaim, §11 max_queue_wait)",
+            snap["pending_deadlines"],
+        ),
         (
             "dispatch_serving",
             "1 while health says SERVING, 0 before it is ready, while draining and while the journal cannot write",
@@ -496,6 +544,10 @@ class Ecosystem:
             "internal_errors": counters.internal_errors,
             "rpc_latency": {m: (h.buckets(), h.total) for m, h in metrics.rpc_latency.items()},
             "journal_fsync": (metrics.journal_fsync.buckets(), metrics.journal_fsync.total),
+            "estimated_wait": (counters.estimated_wait.buckets(), counters.estimated_wait.total),
+            "retries": server.retries(),
+            "deadlines_fired": counters.deadlines_fired,
+            "pending_deadlines": int(engine.pending_deadlines()),
             "watchers": server.hub.subscribers,
             "serving": int(self.serving),
             "journal_writable": int(self.writable),

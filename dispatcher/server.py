@@ -51,7 +51,7 @@ from .convert import (
 )
 from .durability.journal import Journal, JournalError
 from .handlers import Context, Handler
-from .observability import Ecosystem
+from .observability import WAIT_BUCKETS, Ecosystem, LatencyHistogram, observe_estimated_wait
 from .operations import KINDS as OPERATION_KINDS
 from .operations import OperationContext, apply_operations
 from .security import GuardedServer, SecurityGuard, item_scope, malformed_message
@@ -133,6 +133,8 @@ class Counters:
     internal_errors: int = 0
     operations: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OPERATION_KINDS, 0))
     """Operations of Operate/OperateStream batches, by kind."""
+    estimated_wait: LatencyHistogram = dataclasses.field(default_factory=lambda: LatencyHistogram(WAIT_BUCKETS))
+    """§11: estimated waits (seconds) of the object paths' answers that made a conversation wait."""
 
     def snapshot(self, decisions: list[list[int]]) -> dict[str, Any]:
         """The counters, with ``decisions`` ([reason][strategy], see ``DispatchServer.decisions``) per reason."""
@@ -295,6 +297,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         """The engine's operation counts already added to the counters (replayed ones are not ours)."""
 
     def _dispatch(self, request: dispatch_pb2.DispatchRequest, now: int | None = None) -> dispatch_pb2.DispatchResponse:
+        retries = self._engine.retry_count()
         reason, agent_id, group_id, trace = self._engine.dispatch(
             request.shop_id,
             request.buyer_id,
@@ -315,6 +318,8 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             conversation_id=request.conversation_id,
         )
         set_waiting_place(response, self._engine, request.shop_id)
+        if self._engine.retry_count() == retries:  # a §12 retry made nothing wait
+            observe_estimated_wait(self._core.counters.estimated_wait, response)
         return response
 
     def _batch(self, raw: bytes) -> bytes:
@@ -354,6 +359,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         out = dispatch_pb2.DispatchBatchResponse()
         add = out.responses.add
         dispatch = self._engine.dispatch
+        retry_count = self._engine.retry_count
         counters = self._core.counters
         max_skew_ms = self._max_skew_ms
         for request in requests:
@@ -361,6 +367,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             try:
                 if scope is not None and request.shop_id not in scope.shops:
                     scope.check_shop(request.shop_id)
+                retries = retry_count()
                 reason, agent_id, group_id, trace = dispatch(
                     request.shop_id,
                     request.buyer_id,
@@ -384,6 +391,8 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             if trace:
                 response.trace.extend(trace)
             set_waiting_place(response, self._engine, request.shop_id)
+            if retry_count() == retries:  # a §12 retry made nothing wait
+                observe_estimated_wait(counters.estimated_wait, response)
         return out
 
     async def Dispatch(self, request: bytes, context: Context) -> bytes:  # type: ignore[override]
@@ -465,7 +474,13 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         before = counts["dispatch"]
         total = sum(counts.values())
         ctx = OperationContext(
-            self._engine, core.flush_assignments, self._max_skew_ms, check_shop, counts, core.counters.errors
+            self._engine,
+            core.flush_assignments,
+            self._max_skew_ms,
+            check_shop,
+            counts,
+            core.counters.errors,
+            core.counters.estimated_wait,
         )
         response = apply_operations(ctx, operations, now, limit=room)
         events = sum(counts.values()) - total - (counts["dispatch"] - before)
@@ -812,6 +827,7 @@ class DispatchServer:
         self.counters = Counters()
         # The engine counts decisions; those it made before this server (journal replay) are not ours.
         self._decisions_base = self.engine.decision_counts()
+        self._retries_base: int = int(self.engine.retry_count())
         self.hub = AssignmentHub(watch_backlog)
         self._core = _Core(self.engine, self.hub, self.counters, journal)
         self._max_batch = max_batch
@@ -904,6 +920,10 @@ class DispatchServer:
                 self.tick()
             except Exception:
                 log.exception("tick.failed")
+
+    def retries(self) -> int:
+        """Dispatches this server answered as §12 retries (the engine counts them; not journaled)."""
+        return int(self.engine.retry_count()) - self._retries_base
 
     def decisions(self) -> list[list[int]]:
         """Decisions answered by this server, ``[reason][strategy]`` (strategy 0: none picked the agent)."""

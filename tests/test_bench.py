@@ -195,3 +195,43 @@ def test_lifecycle_results_render() -> None:
     assert got["lifecycle: auto-batched p50 at low load vs unary p50"] is True  # 0.2 ms more
     text = "\n".join(lcb.render(res))
     assert "not available: clients/node has no automatic batching yet" in text and "375.0×" in text
+
+
+@pytest.mark.parametrize("kind", ["compiled", "reference"])
+def test_tick_bench_fires_every_deadline_once(kind: str) -> None:
+    """The ticks section (issue 14): every conversation holds one pending re-route deadline; idle
+    ticks fire nothing; the firing ticks fire each deadline once (a REROUTED hand-out each) and
+    leave none pending."""
+    from bench import tick_bench as tb
+
+    res = tb.bench_ticks(kind, n_shops=6, agents_per_shop=3, n_conversations=600, idle=50, steps=(1, 10), overhead=0)
+    assert res["build"]["pending"] == res["idle"]["pending"] == 600
+    assert res["idle"]["fired"] == 0 and res["idle_after"]["fired"] == 0
+    assert res["idle"]["p50_ns"] <= res["idle"]["p99_ns"]
+    fired = [r["fired"] for r in res["firing"]]
+    assert fired == [r["handouts"] for r in res["firing"]] and sum(fired) == res["fired"]
+    assert fired[0] == 200 and res["firing"][0]["fired_per_tick"] == 10  # 10 deadlines per ms, 1 ms per tick
+    assert res["fired"] + res["pending_after"] == 600 and res["reasons"]["REROUTED"] == res["fired"]
+    assert all(math.isfinite(r["ns_per_deadline"]) and r["ns_per_deadline"] > 0 for r in res["firing"])
+
+
+def test_tick_section_renders_and_splices() -> None:
+    """bench.run --ticks-only puts the section before the gRPC one, then replaces it in place."""
+    from bench import run
+    from bench import tick_bench as tb
+
+    def small(kind: str) -> dict:
+        return tb.bench_ticks(kind, n_shops=4, agents_per_shop=2, n_conversations=200, idle=20, overhead=0)
+
+    raw = {
+        "ticks": {"quick": True, "cfg": {}, "compiled": small("compiled"), "small_compiled": small("compiled")},
+        "ticks_run": {"machine": {"date": "d", "loadavg_start": "0", "loadavg_end": "0", "engine": "e"}, "argv": ["x"]},
+    }
+    raw["ticks"]["small_reference"] = small("reference")
+    raw["ticks_run"]["elapsed_s"] = 1.0
+    text = "\n".join(tb.render(raw["ticks"]))
+    assert "200 open conversations" in text and "per expired deadline" in text
+    old = "# R\n\n## Engine, in-process\n\nx\n\n## gRPC\n\ny\n"
+    once = run.splice_ticks(old, raw)
+    assert once.index("## Engine") < once.index(run.TICKS_HEADING) < once.index("## gRPC")
+    assert run.splice_ticks(once, raw) == once  # replaced, not added again

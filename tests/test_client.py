@@ -69,3 +69,44 @@ def test_to_timestamp() -> None:
         to_timestamp(dt.datetime(2024, 1, 1))
     with pytest.raises(TypeError):
         to_timestamp("yesterday")  # type: ignore[arg-type]
+
+
+def test_priority_position_estimated_wait_and_previous_agent(sync_client: DispatchClient) -> None:
+    """Issue 14 through the client: a dispatch with a priority answers its position and estimated
+    wait (§11; unary, batch and a §12 retry alike), and a re-route reaches the watchers with the
+    previous agent (§10)."""
+    c = sync_client
+    sec = dt.timedelta(seconds=1)
+    t0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    c.put_shop(shop_id="w", main_account="w:main")
+    c.put_agent(shop_id="w", agent_id="w:a", max_capacity=1)
+    c.set_presence("w", "w:a", pb.Presence.PRESENCE_ONLINE, at=t0)
+    closed = pb.ConversationEvent.CONVERSATION_EVENT_CLOSED
+    assert c.dispatch("w", "b0", "busy", at=t0).agent_id == "w:a"
+    first = c.dispatch("w", "b1", "q1", at=t0)
+    assert (first.reason, first.position, first.HasField("estimated_wait")) == (pb.Reason.REASON_QUEUED, 1, False)
+    c.report_conversation("w", "busy", closed, at=t0 + 10 * sec)  # q1 goes out
+    c.dispatch("w", "b2", "q2", at=t0 + 10 * sec)
+    c.report_conversation("w", "q1", closed, at=t0 + 15 * sec)  # q2 goes out: two hand-outs, 5 s apart
+    low = c.dispatch("w", "b3", "q3", at=t0 + 15 * sec)
+    assert (low.reason, low.position, low.estimated_wait.ToTimedelta()) == (pb.Reason.REASON_QUEUED, 1, 5 * sec)
+    high = c.dispatch("w", "b4", "q4", at=t0 + 15 * sec, priority=9)
+    assert (high.reason, high.position, high.estimated_wait.ToTimedelta()) == (pb.Reason.REASON_QUEUED, 1, 5 * sec)
+    retry = c.dispatch("w", "b3", "q3", at=t0 + 16 * sec)  # q4 went ahead of it; nothing changes
+    assert (retry.reason, retry.position, retry.estimated_wait.ToTimedelta()) == (pb.Reason.REASON_QUEUED, 2, 10 * sec)
+    (batched,) = c.dispatch_batch([dispatch_request("w", "b5", "q5", at=t0 + 16 * sec, priority=5)])
+    assert (batched.position, batched.estimated_wait.ToTimedelta()) == (2, 10 * sec)
+    queue = c.get_shop_state("w").queue
+    assert [(q.conversation_id, q.priority, q.position) for q in queue] == [("q4", 9, 1), ("q5", 5, 2), ("q3", 0, 3)]
+
+    c.put_shop(shop_id="r", main_account="r:main", reroute_unanswered_after=dt.timedelta(minutes=1))
+    for agent in ("r:a", "r:b"):
+        c.put_agent(shop_id="r", agent_id=agent, max_capacity=5)
+        c.set_presence("r", agent, pb.Presence.PRESENCE_ONLINE, at=t0)
+    with c.watch_assignments("r") as watch:
+        held = c.dispatch("r", "rb", "r1", at=t0).agent_id
+        # Nobody replies: a call whose `at` is past the deadline (or the server's tick) fires it.
+        c.dispatch("r", "rc", "r2", at=t0 + 61 * sec)
+        moved = next(watch)
+    assert (moved.conversation_id, moved.reason, moved.previous_agent_id) == ("r1", pb.Reason.REASON_REROUTED, held)
+    assert moved.agent_id not in ("", held)

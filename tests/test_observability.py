@@ -207,6 +207,10 @@ METRIC_NAMES = (
     "dispatch_watchers",
     "dispatch_serving",
     "dispatch_waiting_conversations",
+    "dispatch_estimated_wait_seconds",
+    "dispatch_retries_total",
+    "dispatch_deadlines_fired_total",
+    "dispatch_pending_deadlines",
 )
 
 
@@ -346,3 +350,96 @@ async def test_a_watch_whose_first_write_overlaps_drain_still_ends_not_serving()
     await asyncio.wait_for(health.Watch(health_pb2.HealthCheckRequest(service="svc"), Context()), 5)
     await asyncio.wait_for(draining[0], 5)
     assert written == [SERVING, NOT_SERVING]
+
+
+def test_timed_rules_retries_and_estimated_waits_are_counted() -> None:
+    """Issue 14: re-routes and queue timeouts are decisions by reason; §12 retries, deadlines fired
+    by ticks and pending deadlines are read at scrape time; the estimated wait of a waiting answer
+    goes into a histogram with fixed buckets (object paths only: the trace here takes them)."""
+    import datetime
+
+    running = ThreadedServer(metrics_port=0, tick_interval_ms=0).start()  # time moves only when told
+    sec = 1000
+    try:
+        with DispatchClient(running.target, timeout=10) as c:
+            # "s": one agent, a queue that times out after 30 s.
+            c.put_shop(shop_id="s", main_account="s:main", max_queue_wait=datetime.timedelta(seconds=30))
+            c.put_agent(shop_id="s", agent_id="s:a", max_capacity=1)
+            c.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE, at=T0)
+            assert c.dispatch("s", "b0", "c0", at=T0).agent_id == "s:a"
+            assert c.dispatch("s", "b1", "q1", at=T0, trace=True).reason == pb.Reason.REASON_QUEUED
+            c.report_conversation("s", "c0", pb.ConversationEvent.CONVERSATION_EVENT_CLOSED, at=T0 + 10 * sec)
+            c.dispatch("s", "b2", "q2", at=T0 + 10 * sec)
+            c.report_conversation("s", "q1", pb.ConversationEvent.CONVERSATION_EVENT_CLOSED, at=T0 + 15 * sec)
+            # Two hand-outs 5 s apart: the next one to wait is told 5 s.
+            waiting = c.dispatch("s", "b3", "q3", at=T0 + 15 * sec, priority=9, trace=True)
+            assert (waiting.position, waiting.estimated_wait.ToMilliseconds()) == (1, 5 * sec)
+            retry = c.dispatch("s", "b3", "q3", at=T0 + 16 * sec, priority=9, trace=True)  # §12: not observed again
+            assert (retry.position, retry.estimated_wait.ToMilliseconds()) == (1, 5 * sec)
+            # "r": two agents, a conversation re-routed after 60 s without a reply.
+            c.put_shop(shop_id="r", main_account="r:main", reroute_unanswered_after=datetime.timedelta(seconds=60))
+            for agent in ("r:a", "r:b"):
+                c.put_agent(shop_id="r", agent_id=agent, max_capacity=5)
+                c.set_presence("r", agent, pb.Presence.PRESENCE_ONLINE, at=T0)
+            first = c.dispatch("r", "rb", "r1", at=T0).agent_id
+        text = scrape(running)
+        assert sample(text, "dispatch_pending_deadlines") == 2  # q3's queue wait, r1's re-route
+        assert sample(text, "dispatch_retries_total") == 1
+        assert sample(text, "dispatch_estimated_wait_seconds_count") == 1
+        assert sample(text, "dispatch_estimated_wait_seconds_bucket", le="5.0") == 1
+        assert sample(text, "dispatch_estimated_wait_seconds_sum") == 5.0
+
+        fired = running.run(_tick(running, T0 + 61 * sec))  # q3 times out (T0 + 46 s), r1 re-routes (T0 + 60 s)
+        text = scrape(running)
+        assert fired == sample(text, "dispatch_deadlines_fired_total") == 2
+        assert sample(text, "dispatch_decisions_total", reason="queue_timeout", strategy="none") == 1
+        assert (
+            sum(
+                sample(text, "dispatch_decisions_total", reason="rerouted", strategy=s)
+                for s in (
+                    "least_saturation",
+                    "fewest_today",
+                    "capacity_round_robin",
+                    "fewest_unread",
+                    "weighted_busyness",
+                )
+            )
+            == 1
+        )  # r1, to the other agent
+        assert sample(text, "dispatch_pending_deadlines") == 0
+        assert sample(text, "dispatch_waiting_conversations", wait="pool") == 1
+        assert running.engine.conversation("r", "r1")["agent_id"] != first
+        assert '"s"' not in text and '"r"' not in text  # no shop ids in labels
+    finally:
+        running.stop()
+
+
+async def _tick(running: ThreadedServer, now: int) -> int:
+    return running.server.tick(now)
+
+
+def test_operate_object_path_observes_estimated_waits() -> None:
+    """The object path of Operate feeds the estimated-wait histogram it is given (once per waiting
+    answer with an estimate; a §12 retry of it is not observed again)."""
+    import _fastpath
+    from dispatcher._gen.dispatch.v1 import dispatch_pb2
+    from dispatcher.observability import WAIT_BUCKETS
+    from dispatcher.operations import OperationContext, apply_operations
+
+    engine = _fastpath.Engine(0)
+    engine.put_shop(_fastpath.ShopConfig(shop_id="s", main_account="s:main"))
+    engine.put_agent(_fastpath.AgentConfig(shop_id="s", agent_id="s:a", max_capacity=1))
+    engine.set_presence("s", "s:a", int(_fastpath.Presence.ONLINE), 1, T0)
+    closed = int(_fastpath.ConversationEvent.CLOSED)
+    for conv, at in (("busy", T0), ("q1", T0), ("q2", T0 + 10_000)):
+        engine.dispatch("s", f"b-{conv}", conv, at)
+    engine.conversation_event("s", "busy", closed, T0 + 10_000)  # q1 goes out
+    engine.conversation_event("s", "q1", closed, T0 + 15_000)  # q2 goes out: 5 s apart
+    engine.drain_outbox()
+    waits = LatencyHistogram(WAIT_BUCKETS)
+    ctx = OperationContext(engine, lambda: [], None, waits=waits)
+    op = dispatch_pb2.Operation(dispatch=dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="b3", conversation_id="q3"))
+    for _ in range(2):  # the second is a retry
+        (result,) = apply_operations(ctx, [op], T0 + 15_000).results
+        assert (result.dispatch.position, result.dispatch.estimated_wait.ToMilliseconds()) == (1, 5000)
+    assert sum(waits.counts) == 1 and waits.total == 5.0 and waits.buckets()[0] == ("5.0", 1)

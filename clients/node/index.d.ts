@@ -21,7 +21,9 @@ export function statusError(code: grpc.status, details: string, metadata?: grpc.
 export type Reason =
   | 'REASON_UNSPECIFIED' | 'REASON_DIRECT' | 'REASON_OFFLINE_MAIN_ACCOUNT' | 'REASON_OFFLINE_PROXY_ACCOUNT'
   | 'REASON_OFFLINE_MESSAGE_POOL' | 'REASON_OFFLINE_STAGING' | 'REASON_AFFINITY' | 'REASON_AFFINITY_HELD'
-  | 'REASON_EXCLUSIVE' | 'REASON_ROBOT' | 'REASON_GROUP' | 'REASON_FALLBACK' | 'REASON_QUEUED';
+  | 'REASON_EXCLUSIVE' | 'REASON_ROBOT' | 'REASON_GROUP' | 'REASON_FALLBACK' | 'REASON_QUEUED'
+  /** On Assignments only (spec §10, §11): re-routed for silence, reclaimed from an offline agent, queue timeout. */
+  | 'REASON_REROUTED' | 'REASON_RECLAIMED' | 'REASON_QUEUE_TIMEOUT';
 export type Strategy =
   | 'STRATEGY_UNSPECIFIED' | 'STRATEGY_LEAST_SATURATION' | 'STRATEGY_FEWEST_TODAY'
   | 'STRATEGY_CAPACITY_ROUND_ROBIN' | 'STRATEGY_FEWEST_UNREAD' | 'STRATEGY_WEIGHTED_BUSYNESS';
@@ -44,12 +46,22 @@ export interface DispatchResponse {
 }
 export interface Assignment {
   shopId: string; conversationId: string; buyerId: string; agentId: string; reason: Reason; at: Timestamp | null;
+  /** REASON_REROUTED and REASON_RECLAIMED: the agent it was taken from (spec §10); '' otherwise. */
+  previousAgentId: string;
 }
 export interface ShopConfig {
   shopId: string; mainAccount: string; strategy?: Strategy; affinityWindow?: Duration; offlineGrace?: Duration;
   affinityMayExceedCapacity?: boolean; exclusiveDirect?: boolean; robotFirst?: boolean; robotAgentId?: string;
   offlineRule?: string; proxyAccount?: string; stagingFirstCap?: number; busyThreshold?: number;
   mainAccountMode?: string; mobileDispatch?: boolean; timezone?: string; tieSeed?: string;
+  /** Spec §10: re-route a conversation its agent has not answered this long after receiving it; unset: off. */
+  rerouteUnansweredAfter?: Duration;
+  /** Spec §10: re-routes per conversation (0: 1). */
+  maxReroutes?: number;
+  /** Spec §10: reclaim the awaiting-reply conversations of an agent OFFLINE this long; unset: off. */
+  reclaimAfterOffline?: Duration;
+  /** Spec §11: move a conversation that waited this long in the queue to the message pool; unset: off. */
+  maxQueueWait?: Duration;
 }
 export interface Agent {
   shopId: string; agentId: string; role?: string; weight?: number; maxCapacity: number;
@@ -58,6 +70,8 @@ export interface Agent {
 export interface Group {
   shopId: string; groupId: string; members?: string[]; orderStates?: OrderState[]; sources?: string[];
   robotEnabled?: boolean; robotAgentId?: string; strategy?: Strategy;
+  /** Spec §10: the group's own re-route delay (unset: the shop's). */
+  rerouteUnansweredAfter?: Duration;
 }
 
 export interface SetPresenceRequest { shopId: string; agentId: string; presence: Presence; client?: string; at?: Timestamp }
