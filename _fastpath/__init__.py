@@ -13,6 +13,7 @@ import os
 from .model import (
     AgentConfig,
     AlreadyExistsError,
+    BusinessHours,
     Client,
     ConversationEvent,
     ConversationType,
@@ -58,6 +59,7 @@ __all__ = [
     "Role",
     "ShopConfig",
     "Strategy",
+    "BusinessHours",
     "TimerKind",
     "WaitKind",
 ]

@@ -16,6 +16,8 @@ a ``.pxd`` with its C types and their invariants, included by ``_core.pxd``.
 - eligibility: who may receive (§2, §4 steps 1-5, §5, §7);
 - strategies: the five strategies over a roster (§5);
 - shop: one tenant's agents, groups, rosters, local day and PRNG (§2);
+- hours: §10 business hours: the cached open state of a shop and its groups,
+  the decision while closed, the opening deadline;
 - routing: Router, the tables and the decision: decide / offline / route /
   assign / remember / settle (§4, §6, §7, §8);
 - timers: the rules that fire on time (§10 re-route, reclaim; §11
@@ -59,10 +61,12 @@ from _fastpath.model import (
     check_priority,
     check_time,
     day_bounds,
+    hours_next_opening,
+    hours_state,
     shop_seed,
 )
 from _fastpath.model import GroupConfig, ShopConfig
-from _fastpath.model import SNAPSHOT_FORMAT, group_dict
+from _fastpath.model import SNAPSHOT_FORMAT, group_dict, shop_dict
 from _fastpath.wire import WireItem as PyWireItem, check_batch_size, dispatch_item
 from _fastpath.wire import (
     check_operations_size,
@@ -85,6 +89,7 @@ include "validation.pyx"
 include "eligibility.pyx"
 include "strategies.pyx"
 include "shop.pyx"
+include "hours.pyx"
 include "routing.pyx"
 include "timers.pyx"
 include "engine.pyx"

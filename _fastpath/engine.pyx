@@ -82,6 +82,7 @@ cdef class CompiledEngine(Router):
         shop.apply_config(config)
         shop.rebuild()
         timers_configure(self, shop)
+        hours_configure(self, shop)
         self.settle(shop, -1)
 
     def _check_robot(self, Shop shop, dict agent_slot, robot_id, field):
@@ -128,6 +129,7 @@ cdef class CompiledEngine(Router):
         a.chat_permission = config.chat_permission
         shop.rebuild()
         timers_configure(self, shop)
+        hours_configure(self, shop)
         self.settle(shop, slot)
 
     def _check_role_change(self, Shop shop, int32_t slot, int32_t role):
@@ -174,6 +176,7 @@ cdef class CompiledEngine(Router):
         shop.rebuild()
         self.timers.on_presence(shop, slot, False, shop.clock)
         timers_configure(self, shop)
+        hours_configure(self, shop)
         self.settle(shop, -1)
 
     def put_group(self, config):
@@ -200,6 +203,7 @@ cdef class CompiledEngine(Router):
             shop.group_sources.append(handles)
         shop.rebuild()
         timers_configure(self, shop)
+        hours_configure(self, shop)
         self.settle(shop, -1)
 
     def delete_group(self, shop_id, group_id):
@@ -214,6 +218,7 @@ cdef class CompiledEngine(Router):
             raise NotFoundError(f"group {group_id!r} not found in shop {shop_id!r}")
         shop.rebuild()
         timers_configure(self, shop)
+        hours_configure(self, shop)
         self.settle(shop, -1)
 
     def set_exclusive_agent(self, shop_id, buyer_id, agent_id):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import re
 import zoneinfo
+from collections.abc import Iterator
 from typing import Any, Final
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "AgentConfig",
     "AlreadyExistsError",
+    "BusinessHours",
     "Client",
     "ConversationEvent",
     "ConversationType",
@@ -57,6 +60,10 @@ __all__ = [
     "day_bounds",
     "fnv1a64",
     "group_dict",
+    "hours_dict",
+    "shop_dict",
+    "hours_next_opening",
+    "hours_state",
     "splitmix64",
     "shop_seed",
     "timestamp_to_ms",
@@ -187,6 +194,7 @@ class TimerKind(enum.IntEnum):
     REROUTE = 1  # a conversation's holder has not replied: route it again without it
     RECLAIM = 2  # an agent has been offline: route its unanswered conversations again
     QUEUE = 3  # a conversation has waited max_queue_wait in the queue: to the message pool
+    HOURS = 4  # §10 business hours: the shop (or one of its groups) opens while conversations wait (key "")
 
 
 class WaitKind(enum.IntEnum):
@@ -310,6 +318,93 @@ def _check_enum(value: object, enum_type: type[enum.IntEnum], field: str) -> int
 # --------------------------------------------------------------------- config
 
 
+DAY_MINUTES: Final = 24 * 60
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BusinessHours:
+    """§10 opening hours, in the shop's time zone. Empty (no weekly interval and no
+    exception): always open. No weekly interval but exceptions: every other day is open
+    all day. An interval is (open minute, close minute) of its local day; a close at or
+    before the open is on the next day (22:00-02:00 spans midnight); normalized, the
+    close is in (open, open + 1440]. An exception replaces the intervals that start on
+    its date (an overnight interval of the day before still ends as it would).
+    """
+
+    weekly: tuple[tuple[int, int, int], ...] = ()  # (day of week 0=Monday..6, open minute, close minute)
+    exceptions: tuple[tuple[str, tuple[tuple[int, int], ...]], ...] = ()  # (YYYY-MM-DD, intervals; (): closed)
+
+    def __bool__(self) -> bool:
+        return bool(self.weekly or self.exceptions)
+
+    @staticmethod
+    def of(value: object, field: str) -> BusinessHours:
+        """Validate ``value`` (a BusinessHours, or its ``dataclasses.asdict`` form) and normalize it."""
+        if value is None:
+            return BusinessHours()
+        if isinstance(value, BusinessHours):
+            weekly_in, exceptions_in = value.weekly, value.exceptions
+        elif isinstance(value, dict) and set(value) <= {"weekly", "exceptions"}:
+            weekly_in, exceptions_in = value.get("weekly", ()), value.get("exceptions", ())
+        else:
+            raise InvalidArgumentError(f"{field} must be a BusinessHours")
+        weekly = []
+        for i, row in enumerate(_seq(weekly_in, f"{field}.weekly")):
+            place = f"{field}.weekly[{i}]"
+            row = _seq(row, place)
+            if len(row) != 3:
+                raise InvalidArgumentError(f"{place} must be (day, open minute, close minute)")
+            day = _check_int(row[0], f"{place}.day", 0, 6)
+            weekly.append((day, *_interval(row[1], row[2], place)))
+        exceptions: dict[str, tuple[tuple[int, int], ...]] = {}
+        for i, row in enumerate(_seq(exceptions_in, f"{field}.exceptions")):
+            place = f"{field}.exceptions[{i}]"
+            row = _seq(row, place)
+            if len(row) != 2 or not isinstance(row[0], str):
+                raise InvalidArgumentError(f"{place} must be (date, intervals)")
+            date = row[0]
+            try:
+                if not _DATE.match(date):
+                    raise ValueError
+                _dt.date.fromisoformat(date)
+            except ValueError:
+                raise InvalidArgumentError(f"{place}.date={date!r} is not a date YYYY-MM-DD") from None
+            if date in exceptions:
+                raise InvalidArgumentError(f"{place}.date={date} is given twice")
+            intervals = [
+                _interval(*_pair(iv, f"{place}.intervals[{j}]"), f"{place}.intervals[{j}]")
+                for j, iv in enumerate(_seq(row[1], f"{place}.intervals"))
+            ]
+            exceptions[date] = tuple(sorted(set(intervals)))
+        return BusinessHours(tuple(sorted(set(weekly))), tuple(sorted(exceptions.items())))
+
+
+def _seq(value: object, field: str) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidArgumentError(f"{field} must be a list")
+    return tuple(value)
+
+
+def _pair(value: object, field: str) -> tuple[Any, Any]:
+    row = _seq(value, field)
+    if len(row) != 2:
+        raise InvalidArgumentError(f"{field} must be (open minute, close minute)")
+    return row[0], row[1]
+
+
+def _interval(open_minute: object, close_minute: object, field: str) -> tuple[int, int]:
+    start = _check_int(open_minute, f"{field}.open_minute", 0, DAY_MINUTES - 1)
+    end = _check_int(close_minute, f"{field}.close_minute", 0, 2 * DAY_MINUTES)
+    if end == start:
+        raise InvalidArgumentError(f"{field}: the close equals the open")
+    if end < start:
+        end += DAY_MINUTES  # across midnight
+    if end > start + DAY_MINUTES:
+        raise InvalidArgumentError(f"{field}: an interval is at most 24 hours")
+    return start, end
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ShopConfig:
     """A shop and its settings. Unset (zero) enum values take the documented default."""
@@ -336,6 +431,13 @@ class ShopConfig:
     max_reroutes: int = 1
     reclaim_after_offline_ms: int = 0
     max_queue_wait_ms: int = 0
+    # §10 business hours (empty: always open) and whether recent contacts are honoured while closed.
+    business_hours: BusinessHours = BusinessHours()
+    recent_contacts_after_hours: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.business_hours, BusinessHours):  # a snapshot's dict form
+            object.__setattr__(self, "business_hours", BusinessHours.of(self.business_hours, "business_hours"))
 
     def normalized(self) -> ShopConfig:
         """Validate every field; return a copy with defaults applied to unset enums."""
@@ -365,10 +467,19 @@ class ShopConfig:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise InvalidArgumentError(f"timezone {self.timezone!r} is not a known IANA time zone") from None
-        for name in ("affinity_may_exceed_capacity", "exclusive_direct", "robot_first", "mobile_dispatch"):
+        for name in (
+            "affinity_may_exceed_capacity",
+            "exclusive_direct",
+            "robot_first",
+            "mobile_dispatch",
+            "recent_contacts_after_hours",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgumentError(f"{name} must be a boolean")
-        return dataclasses.replace(self, strategy=strategy, offline_rule=offline_rule, main_account_mode=mode)
+        hours = BusinessHours.of(self.business_hours, "business_hours")
+        return dataclasses.replace(
+            self, strategy=strategy, offline_rule=offline_rule, main_account_mode=mode, business_hours=hours
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -419,6 +530,11 @@ class GroupConfig:
     robot_agent_id: str = ""
     strategy: int = Strategy.UNSPECIFIED
     reroute_unanswered_after_ms: int = 0  # §10: 0 = the shop's setting
+    business_hours: BusinessHours = BusinessHours()  # §10: its own opening hours (shop's time zone); empty: open
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.business_hours, BusinessHours):  # a snapshot's dict form
+            object.__setattr__(self, "business_hours", BusinessHours.of(self.business_hours, "business_hours"))
 
     def normalized(self) -> GroupConfig:
         check_id(self.shop_id, "shop_id")
@@ -442,6 +558,7 @@ class GroupConfig:
             order_states=tuple(sorted(set(states))),
             sources=sources,
             strategy=strategy,
+            business_hours=BusinessHours.of(self.business_hours, "business_hours"),
         )
 
 
@@ -482,6 +599,80 @@ def day_bounds(timezone: str, at_ms: int) -> tuple[int, int, int]:
 DAY_MS: Final = 24 * HOUR_MS
 _EPOCH_ORDINAL: Final = _dt.date(1970, 1, 1).toordinal()
 
+HOURS_HORIZON_DAYS: Final = 400
+"""How far ahead the business hours are searched: an answer that holds longer is re-checked then."""
+NEVER_MS: Final = MAX_TIME_MS + 1
+"""An instant after every time the engine accepts."""
+
+
+def _local_ms(tz: zoneinfo.ZoneInfo, day: _dt.date, minute: int) -> int:
+    """The instant of local wall time ``day`` + ``minute`` (a time skipped by DST counts at the
+    offset before the change; a repeated one at its first occurrence)."""
+    day = day + _dt.timedelta(days=minute // DAY_MINUTES)
+    minute %= DAY_MINUTES
+    local = _dt.datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=tz)
+    return int(local.timestamp()) * 1000
+
+
+def _open_runs(hours: BusinessHours, timezone: str, at_ms: int) -> Iterator[tuple[int, int]]:
+    """The opening intervals [start, end) in ms, merged, in order, from the local day before
+    ``at_ms`` on, for HOURS_HORIZON_DAYS days (the last run may end at the horizon)."""
+    tz = zoneinfo.ZoneInfo(timezone)
+    weekly: dict[int, list[tuple[int, int]]] = {}
+    for weekday, start, end in hours.weekly:
+        weekly.setdefault(weekday, []).append((start, end))
+    exceptions = dict(hours.exceptions)
+    every_day = [(0, DAY_MINUTES)] if not hours.weekly else []
+    run: tuple[int, int] | None = None
+    try:
+        day = _dt.datetime.fromtimestamp(at_ms / 1000, tz).date() - _dt.timedelta(days=1)
+        for _ in range(HOURS_HORIZON_DAYS):
+            if day.year >= 9999:
+                break
+            found = exceptions.get(day.isoformat())
+            intervals = found if found is not None else weekly.get(day.weekday(), every_day)
+            for start_minute, end_minute in intervals:
+                start, end = _local_ms(tz, day, start_minute), _local_ms(tz, day, end_minute)
+                if end <= start:
+                    continue
+                if run is not None and start <= run[1]:
+                    run = (run[0], max(run[1], end))
+                else:
+                    if run is not None:
+                        yield run
+                    run = (start, end)
+            day += _dt.timedelta(days=1)
+    except (OverflowError, ValueError):
+        pass
+    if run is not None:
+        yield run
+
+
+def hours_state(hours: BusinessHours, timezone: str, at_ms: int) -> tuple[bool, int]:
+    """Whether business hours are open at ``at_ms``, and until when that holds at least
+    (a later instant; NEVER_MS: for good). Empty hours: always open."""
+    if not hours:
+        return True, NEVER_MS
+    last = at_ms + 1
+    for start, end in _open_runs(hours, timezone, at_ms):
+        last = end
+        if end <= at_ms:
+            continue
+        if start <= at_ms:
+            return True, end
+        return False, start
+    return False, max(last, at_ms + DAY_MS)
+
+
+def hours_next_opening(hours: BusinessHours, timezone: str, after_ms: int) -> int | None:
+    """The first instant after ``after_ms`` at which the hours open (closed just before), or None."""
+    if not hours:
+        return None
+    for start, _end in _open_runs(hours, timezone, after_ms):
+        if start > after_ms:
+            return start if start <= MAX_TIME_MS else None
+    return None
+
 
 MASK64: Final = (1 << 64) - 1
 
@@ -509,9 +700,25 @@ def shop_seed(engine_seed: int, shop_id: str, tie_seed: int) -> int:
     return (engine_seed ^ fnv1a64(shop_id.encode("utf-8"))) & MASK64
 
 
+def hours_dict(hours: BusinessHours) -> dict[str, Any]:
+    """Business hours as they are stored in ``export_state()`` (lists, not tuples)."""
+    return {
+        "weekly": [list(row) for row in hours.weekly],
+        "exceptions": [[date, [list(iv) for iv in intervals]] for date, intervals in hours.exceptions],
+    }
+
+
+def shop_dict(config: ShopConfig) -> dict[str, Any]:
+    """A shop's configuration as it is stored in ``export_state()``."""
+    data = dataclasses.asdict(config)
+    data["business_hours"] = hours_dict(config.business_hours)
+    return data
+
+
 def group_dict(config: GroupConfig) -> dict[str, Any]:
     """A group's configuration as it is stored in ``export_state()`` (lists, not tuples)."""
     data = dataclasses.asdict(config)
     for key in ("members", "order_states", "sources"):
         data[key] = list(data[key])
+    data["business_hours"] = hours_dict(config.business_hours)
     return data

@@ -161,13 +161,15 @@ cdef class Router:
         if self.timers.tracks_shop(shop.handle):  # §10: remembered with its source and order state
             self.timers.track_new(shop, self.conversations, conv, rq.source, rq.source_len, rq.order_state)
 
-        # Step 1: is the shop online?
+        # Step 1: is the shop online (and open, §10 business hours: hours.pyx)?
         if not shop_online(shop):
             if trace is not None:
                 trace.append("online:no")
             reason = self.offline(shop, rq, conv, now, trace, out)
             self.decisions[reason][0] += 1
             return reason
+        if not hours_shop_open(shop, now):
+            return hours_closed(self, shop, rq, conv, now, trace, out)
         if trace is not None:
             trace.append("online:yes")
 
@@ -218,40 +220,14 @@ cdef class Router:
         cdef Py_ssize_t idx
         cdef uint64_t buyer_hash = hash_key(shop.handle, bp, bn)
         cdef int32_t s, gi, k, nb, nr, strategy
-        cdef ContactState state
-        cdef Agent* a
         cdef Group* g
         cdef bint groups_on, bound
         out.group = -1
 
         # Step 2: recent contact.
-        idx = self.affinity.find(shop.handle, bp, bn, buyer_hash)
-        if idx >= 0 and now - self.affinity.entries[idx].at_ms >= shop.window_ms:
-            self.affinity.remove_at(idx)  # expired: forget it
-            idx = -1
-        if idx < 0:
-            if trace is not None:
-                trace.append("affinity:none")
-        else:
-            s = self.affinity.entries[idx].handle
-            a = &shop.agents[s]
-            state = contact_state(shop, s, now)
-            if state == CONTACT_NONE:
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}:unavailable")
-            elif not (shop.may_exceed or has_room(a)):
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}:full")
-            elif state == CONTACT_HELD:
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}:held")
-                out.slot = s
-                return REASON_AFFINITY_HELD
-            else:
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}")
-                out.slot = s
-                return REASON_AFFINITY
+        s = self.affinity_step(shop, bp, bn, buyer_hash, now, trace, out)
+        if s:
+            return s
 
         # Step 3: exclusive agent.
         if not shop.exclusive_direct:
@@ -303,7 +279,8 @@ cdef class Router:
             nr = 0
             for gi in range(shop.n_groups):
                 g = &shop.groups[gi]
-                if (not bound or group_bound(g, source, order_state)) and group_ready(shop, g):
+                if ((not bound or group_bound(g, source, order_state)) and group_ready(shop, g)
+                        and hours_group_open(shop, gi, now)):
                     nr += 1
             if trace is not None:
                 trace.append(f"groups:ready:{nr}")
@@ -311,7 +288,8 @@ cdef class Router:
                 k = shop.rand_below(nr)
                 for gi in range(shop.n_groups):
                     g = &shop.groups[gi]
-                    if (not bound or group_bound(g, source, order_state)) and group_ready(shop, g):
+                    if ((not bound or group_bound(g, source, order_state)) and group_ready(shop, g)
+                            and hours_group_open(shop, gi, now)):
                         if k == 0:
                             break
                         k -= 1
@@ -357,6 +335,42 @@ cdef class Router:
         return 0
 
     # ------------------------------------------------------------ state changes (§8)
+
+    @cython.final
+    cdef int32_t affinity_step(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t buyer_hash, int64_t now,
+                               list trace, Decision* out) except -1:
+        """Step 2 (also asked while closed, §10): the recent contact's reason with out.slot set, or 0."""
+        cdef Py_ssize_t idx = self.affinity.find(shop.handle, bp, bn, buyer_hash)
+        cdef int32_t s
+        cdef ContactState state
+        cdef Agent* a
+        if idx >= 0 and now - self.affinity.entries[idx].at_ms >= shop.window_ms:
+            self.affinity.remove_at(idx)  # expired: forget it
+            idx = -1
+        if idx < 0:
+            if trace is not None:
+                trace.append("affinity:none")
+        else:
+            s = self.affinity.entries[idx].handle
+            a = &shop.agents[s]
+            state = contact_state(shop, s, now)
+            if state == CONTACT_NONE:
+                if trace is not None:
+                    trace.append(f"affinity:{agent_id_of(shop, s)}:unavailable")
+            elif not (shop.may_exceed or has_room(a)):
+                if trace is not None:
+                    trace.append(f"affinity:{agent_id_of(shop, s)}:full")
+            elif state == CONTACT_HELD:
+                if trace is not None:
+                    trace.append(f"affinity:{agent_id_of(shop, s)}:held")
+                out.slot = s
+                return REASON_AFFINITY_HELD
+            else:
+                if trace is not None:
+                    trace.append(f"affinity:{agent_id_of(shop, s)}")
+                out.slot = s
+                return REASON_AFFINITY
+        return 0
 
     @cython.final
     cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1:
@@ -430,6 +444,8 @@ cdef class Router:
         (<WaitList>self.waiting_of(shop, kind)).push(self.waiting_item(rq, now))
         if e.flags & CONV_TRACKED:
             self.timers.on_wait(shop, self.conversations, conv, kind, now)  # §11: its max_queue_wait
+        if shop.has_hours:
+            hours_on_wait(self, shop, kind, now)  # §10: handed out at the next opening
         return 0
 
     @cython.final
@@ -499,6 +515,8 @@ cdef class Router:
         cdef Agent* a
         cdef const char* bp
         cdef Py_ssize_t bn
+        if not hours_shop_open(shop, now):
+            return 0  # §10: nothing is handed out while the shop is closed
         staging = shop.waiting_staging
         if focus >= 0 and staging and available(shop, focus):
             a = &shop.agents[focus]

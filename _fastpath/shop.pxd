@@ -38,6 +38,8 @@ ctypedef struct Group:
     uint32_t order_mask     # bit (1 << order_state) per bound order state
     int32_t* sources        # bound source handles (Router.source_map)
     int32_t n_sources       # length of sources
+    int64_t hours_until     # §10 (hours.pxd): hours_open holds while the shop's clock is below it
+    int32_t hours_open      # its business hours are open (1 without a schedule: hours_until HOURS_NEVER)
 
 
 # A roster: the agents a strategy may pick from. Roster 0 is the shop-wide one
@@ -133,6 +135,9 @@ cdef class Shop:
     cdef WaitList waiting_staging   # step 7 queue, §6 staging pool,
     cdef WaitList waiting_message_pool  # §6 leave-a-message pool (claim_from_pool)
     cdef int64_t live               # conversations in the table (served or waiting)
+    cdef int64_t hours_until        # §10 (hours.pxd): hours_open holds while clock < hours_until
+    cdef bint hours_open            # the shop's business hours are open (always, without a schedule)
+    cdef bint has_hours             # the shop or one of its groups has a schedule (hours_configure)
 
     cdef int add_agent_slot(self, object agent_id) except -1
     cdef int index_agent(self, int32_t slot) except -1

@@ -259,6 +259,8 @@ cdef class Shop:
         self.exclusive_direct = config.exclusive_direct
         self.robot_first = config.robot_first
         self.mobile_dispatch = config.mobile_dispatch
+        self.hours_until = 0 if config.business_hours else HOURS_NEVER  # §10: 0 = look it up
+        self.hours_open = 1
         self.main_slot = self.agent_slot[config.main_account]
         self.robot_slot = self.agent_slot.get(config.robot_agent_id, -1) if config.robot_agent_id else -1
         self.proxy_slot = self.agent_slot.get(config.proxy_account, -1) if config.proxy_account else -1
@@ -326,6 +328,8 @@ cdef class Shop:
             robot_id = cfg.robot_agent_id or self.config.robot_agent_id
             g.robot_slot = self.agent_slot.get(robot_id, -1) if robot_id else -1
             g.strategy = cfg.strategy
+            g.hours_until = 0 if cfg.business_hours else HOURS_NEVER  # §10: 0 = look it up
+            g.hours_open = 1
             g.order_mask = 0
             for k in cfg.order_states:
                 g.order_mask |= (<uint32_t>1) << k

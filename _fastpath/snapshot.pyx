@@ -37,7 +37,7 @@ cdef dict export_state(Router router):
                 })
         round_robin.sort(key=lambda rr: rr["pool"])
         shops.append({
-            "config": dataclasses.asdict(shop.config),
+            "config": shop_dict(shop.config),
             "rng": shop.rng,
             "clock": shop.clock,
             "live": shop.live,

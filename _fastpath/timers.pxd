@@ -7,6 +7,7 @@ cdef enum:
     TIMER_REROUTE = 1     # model.TimerKind.REROUTE: ref = a Track id
     TIMER_RECLAIM = 2     # model.TimerKind.RECLAIM: ref = an agent slot
     TIMER_QUEUE = 3       # model.TimerKind.QUEUE: ref = a Track id
+    TIMER_HOURS = 4       # model.TimerKind.HOURS: the shop or a group opens (hours.pyx); ref unused (0)
     CONV_TRACKED = 16     # conversation flag (routing.pxd's CONV_*): Entry.at_ms holds its Track id
 
 
@@ -51,6 +52,7 @@ ctypedef struct ShopTimers:
     int32_t size
     int32_t cap
     int32_t gpos          # index in Timers.gheap, -1 while the heap is empty
+    int32_t hours         # its pending TIMER_HOURS timer id, -1: none (hours.pyx)
 
 
 # Every shop's deadlines, and the global order of shops by their next one

@@ -50,6 +50,7 @@ cdef class Timers:
             memset(grown + self.n_shops, 0, (n - self.n_shops) * sizeof(ShopTimers))
             for i in range(self.n_shops, n):
                 grown[i].gpos = -1
+                grown[i].hours = -1
             self.shops = grown
             self.n_shops = n
         return &self.shops[handle]
@@ -453,6 +454,7 @@ cdef void timers_drop(Timers tm, int32_t handle) noexcept:
             tm.free_track_slot(i)
     while st.size:
         tm.cancel(st.heap[0])
+    st.hours = -1
     for i in range(st.n_slots):
         st.reclaim[i] = -1
 
@@ -493,6 +495,9 @@ cdef int timers_fire(Router router, Shop shop, int32_t tid) except -1:
     cdef Entry* e
     tm.cancel(tid)
     now = shop.advance(tm.slab[tid].deadline)
+    if kind == TIMER_HOURS:
+        hours_fire(router, shop, now)  # §10: the shop or a group opens
+        return 0
     if kind == TIMER_RECLAIM:
         tm.shops[shop.handle].reclaim[ref] = -1
         held = []
@@ -594,6 +599,8 @@ cdef object timers_export(Router router):
         shop = router.shop_at(x.shop)
         if x.kind == TIMER_RECLAIM:
             key = agent_id_of(shop, x.ref)
+        elif x.kind == TIMER_HOURS:
+            key = ""
         else:
             key = PyUnicode_DecodeUTF8(tm.tracks[x.ref].key, tm.tracks[x.ref].klen, NULL)
         pending.append([shop.shop_id, x.kind, key, x.deadline, x.seq])
@@ -619,6 +626,8 @@ cdef int timers_import(Router router, object data, dict handles) except -1:
     cdef int32_t tid
     for shop in handles.values():
         timers_configure(router, shop)
+        hours_configure(router, shop)
+        hours_cancel(tm, shop)  # the snapshot's pending deadlines hold its opening, if any
     if not data:
         return 0
     tm.seq = data["seq"]
@@ -644,6 +653,8 @@ cdef int timers_import(Router router, object data, dict handles) except -1:
         if kind == TIMER_RECLAIM:
             slot = shop.agent_slot[key]
             tm.shops[shop.handle].reclaim[<int32_t>slot] = tm.arm(shop.handle, kind, slot, deadline, seq)
+        elif kind == TIMER_HOURS:
+            tm.shop_timers(shop.handle).hours = tm.arm(shop.handle, kind, 0, deadline, seq)
         else:
             p = PyUnicode_AsUTF8AndSize(key, &n)
             idx = router.conversations.find(shop.handle, p, n, hash_key(shop.handle, p, n))
@@ -670,6 +681,8 @@ cdef object timers_next(Router router, Shop shop, int32_t limit):
     for deadline, _seq, kind, ref in rows[:limit]:
         if kind == TIMER_RECLAIM:
             key = agent_id_of(shop, ref)
+        elif kind == TIMER_HOURS:
+            key = ""
         else:
             key = PyUnicode_DecodeUTF8(tm.tracks[ref].key, tm.tracks[ref].klen, NULL)
         out.append({"at_ms": deadline, "kind": kind, "id": key})

@@ -21,6 +21,18 @@ or numbers. Durations are strings with units (``"72h"``, ``"10m"``,
 The rules that fire on time (spec §10-§11) are shop keys
 ``reroute_unanswered_after`` (also a group key), ``max_reroutes``,
 ``reclaim_after_offline`` and ``max_queue_wait`` (``"3m"``, or ``*_ms``); unset: off.
+Business hours (spec §10; a shop key and a group key, in the shop's ``timezone``)
+are readable lines, with ``recent_contacts_after_hours`` (a shop key)::
+
+    "business_hours": {
+        "weekly": ["mon-fri 09:00-18:00", "sat 10:00-14:00", "fri 22:00-02:00"],
+        "exceptions": {"2026-12-25": "closed", "2026-12-24": "09:00-12:00, 14:00-16:00"}
+    }
+
+Days are ``mon`` .. ``sun``, ranges (``mon-fri``, ``fri-mon``), lists
+(``mon,wed``) or ``daily``; a close at or before the open is the next day
+(``22:00-02:00``); ``24:00`` is midnight. ``"weekly"`` may be one string.
+Unset or empty: always open.
 
 Order of application: every shop without its robot/proxy references, then
 its agents, then the full shop settings, then groups, exclusive pairs and
@@ -42,6 +54,7 @@ from typing import Any
 
 from _fastpath import (
     AgentConfig,
+    BusinessHours,
     Client,
     DispatchError,
     GroupConfig,
@@ -68,12 +81,13 @@ _SHOP_KEYS = {
     "offline_rule", "proxy_account", "staging_first_cap", "busy_threshold", "main_account_mode",
     "mobile_dispatch", "timezone", "tie_seed", "agents", "groups", "exclusive_agents", "presence",
     "reroute_unanswered_after", "reroute_unanswered_after_ms", "max_reroutes", "reclaim_after_offline",
-    "reclaim_after_offline_ms", "max_queue_wait", "max_queue_wait_ms",
+    "reclaim_after_offline_ms", "max_queue_wait", "max_queue_wait_ms", "business_hours",
+    "recent_contacts_after_hours",
 }  # fmt: skip
 _AGENT_KEYS = {"agent_id", "role", "weight", "max_capacity", "created_at", "created_at_ms", "chat_permission"}
 _GROUP_KEYS = {
     "group_id", "members", "order_states", "sources", "robot_enabled", "robot_agent_id", "strategy",
-    "reroute_unanswered_after", "reroute_unanswered_after_ms",
+    "reroute_unanswered_after", "reroute_unanswered_after_ms", "business_hours",
 }  # fmt: skip
 _EXCLUSIVE_KEYS = {"buyer_id", "agent_id"}
 _PRESENCE_KEYS = {"agent_id", "presence", "client"}
@@ -145,6 +159,86 @@ def _duration(obj: Mapping[str, Any], key: str, default: int, where: str) -> int
     return default
 
 
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK = re.compile(r"^([0-9]{1,2}):([0-9]{2})$")
+
+
+def _minute(text: str, where: str) -> int:
+    match = _CLOCK.match(text.strip())
+    if not match or int(match[1]) > 24 or int(match[2]) > 59 or (int(match[1]) == 24 and int(match[2])):
+        raise BootstrapError(f"{where}: {text.strip()!r} is not a time HH:MM (00:00 .. 24:00)")
+    return int(match[1]) * 60 + int(match[2])
+
+
+def _intervals(text: str, where: str) -> tuple[tuple[int, int], ...]:
+    """``"09:00-12:00, 14:00-18:00"`` -> ((540, 720), (840, 1080))."""
+    out = []
+    for part in text.split(","):
+        start, sep, end = part.partition("-")
+        if not sep:
+            raise BootstrapError(f"{where}: {part.strip()!r} is not an interval like '09:00-18:00'")
+        opens, closes = _minute(start, where) % (24 * 60), _minute(end, where)
+        if opens == closes:
+            raise BootstrapError(f"{where}: {part.strip()!r} closes when it opens")
+        out.append((opens, closes))
+    return tuple(out)
+
+
+def _days(text: str, where: str) -> list[int]:
+    days: list[int] = []
+    for part in text.lower().split(","):
+        part = part.strip()
+        if part in ("daily", "everyday"):
+            days += range(7)
+            continue
+        first, sep, last = part.partition("-")
+        if first not in _DAYS or (sep and last not in _DAYS):
+            raise BootstrapError(f"{where}: {part!r} is not a day (mon..sun), a range (mon-fri) or 'daily'")
+        a = _DAYS.index(first)
+        b = _DAYS.index(last) if sep else a
+        days += [(a + k) % 7 for k in range((b - a) % 7 + 1)]
+    return days
+
+
+def _hours(obj: Mapping[str, Any], where: str) -> BusinessHours:
+    """The readable business hours of a shop or group (see the module doc)."""
+    if "business_hours" not in obj:
+        return BusinessHours()
+    where = f"{where}.business_hours"
+    hours = _check_keys(obj["business_hours"], {"weekly", "exceptions"}, where)
+    lines = hours.get("weekly", [])
+    lines = [lines] if isinstance(lines, str) else lines
+    if not isinstance(lines, list):
+        raise BootstrapError(f"{where}.weekly: a list of lines like 'mon-fri 09:00-18:00'")
+    weekly = []
+    for i, line in enumerate(lines):
+        step = f"{where}.weekly[{i}]"
+        if not isinstance(line, str) or len(line.split(None, 1)) != 2:
+            raise BootstrapError(f"{step}: {line!r} is not a line like 'mon-fri 09:00-18:00'")
+        days, times = line.split(None, 1)
+        weekly += [(d, start, end) for d in _days(days, step) for start, end in _intervals(times, step)]
+    exceptions = []
+    table = hours.get("exceptions", {})
+    if not isinstance(table, Mapping):
+        raise BootstrapError(f"{where}.exceptions: a table of dates, like {{'2026-12-25': 'closed'}}")
+    for date, value in table.items():
+        step = f"{where}.exceptions.{date}"
+        if not isinstance(value, str):
+            raise BootstrapError(f"{step}: 'closed' or intervals like '09:00-12:00'")
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", str(date)):
+            raise BootstrapError(f"{step}: {date!r} is not a date YYYY-MM-DD")
+        try:
+            _dt.date.fromisoformat(str(date))
+        except ValueError:
+            raise BootstrapError(f"{step}: {date!r} is not a date YYYY-MM-DD") from None
+        spec = value.strip().lower()
+        exceptions.append((str(date), () if spec == "closed" else _intervals(spec, step)))
+    try:
+        return BusinessHours.of(BusinessHours(tuple(weekly), tuple(exceptions)), where)
+    except DispatchError as exc:
+        raise BootstrapError(str(exc)) from None
+
+
 def _time_ms(obj: Mapping[str, Any], key: str, where: str) -> int:
     if key in obj and f"{key}_ms" in obj:
         raise BootstrapError(f"{where}: give {key} or {key}_ms, not both")
@@ -191,6 +285,8 @@ def _shop(obj: Mapping[str, Any], where: str) -> ShopConfig:
         max_reroutes=obj.get("max_reroutes", 1),
         reclaim_after_offline_ms=_duration(obj, "reclaim_after_offline", 0, where),
         max_queue_wait_ms=_duration(obj, "max_queue_wait", 0, where),
+        business_hours=_hours(obj, where),
+        recent_contacts_after_hours=obj.get("recent_contacts_after_hours", False),
     )
 
 
@@ -277,6 +373,7 @@ def apply_bootstrap(engine: Any, shops: list[Any], at_ms: int, source: str = "bo
                         robot_agent_id=g.get("robot_agent_id", ""),
                         strategy=_enum(g["strategy"], Strategy, f"{step}.strategy") if "strategy" in g else 0,
                         reroute_unanswered_after_ms=_duration(g, "reroute_unanswered_after", 0, step),
+                        business_hours=_hours(g, step),
                     )
                 )
                 counts["groups"] += 1

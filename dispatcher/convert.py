@@ -16,9 +16,9 @@ from typing import Any, Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from _fastpath import AgentConfig, GroupConfig, InvalidArgumentError, ShopConfig, TimerKind
+from _fastpath import AgentConfig, BusinessHours, GroupConfig, InvalidArgumentError, ShopConfig, TimerKind
 from _fastpath.contract import Assignment
-from _fastpath.model import AFFINITY_WINDOW_MS_DEFAULT, timestamp_to_ms
+from _fastpath.model import AFFINITY_WINDOW_MS_DEFAULT, NEVER_MS, hours_state, timestamp_to_ms
 from _fastpath.wire import WAITING_REASONS
 
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
@@ -33,6 +33,8 @@ __all__ = [
     "check_clock_skew",
     "duration_ms",
     "group_from_pb",
+    "hours_from_pb",
+    "hours_to_pb",
     "now_ms",
     "shop_config_to_pb",
     "shop_from_pb",
@@ -132,7 +134,55 @@ def shop_from_pb(shop: admin_pb2.ShopConfig) -> ShopConfig:
         max_reroutes=shop.max_reroutes or 1,
         reclaim_after_offline_ms=_optional_ms(shop, "reclaim_after_offline"),
         max_queue_wait_ms=_optional_ms(shop, "max_queue_wait"),
+        business_hours=hours_from_pb(shop.business_hours, "business_hours"),
+        recent_contacts_after_hours=shop.recent_contacts_after_hours,
     )
+
+
+def hours_from_pb(hours: admin_pb2.BusinessHours, field: str) -> BusinessHours:
+    """Spec §10 business hours; the engine validates the numbers and dates (errors name the field)."""
+    exceptions: list[tuple[str, tuple[tuple[int, int], ...]]] = []
+    for i, exc in enumerate(hours.exceptions):
+        if exc.closed and exc.intervals:
+            raise InvalidArgumentError(f"{field}.exceptions[{i}]: closed, yet it has intervals")
+        if not exc.closed and not exc.intervals:
+            raise InvalidArgumentError(f"{field}.exceptions[{i}]: neither closed nor any interval")
+        exceptions.append((exc.date, tuple((iv.open_minute, iv.close_minute) for iv in exc.intervals)))
+    return BusinessHours(
+        weekly=tuple((w.day_of_week, w.open_minute, w.close_minute) for w in hours.weekly),
+        exceptions=tuple(exceptions),
+    )
+
+
+def hours_to_pb(hours: BusinessHours) -> admin_pb2.BusinessHours:
+    """The normalized hours (a close after midnight is written as its minute of the next day)."""
+    return admin_pb2.BusinessHours(
+        weekly=[
+            admin_pb2.WeeklyInterval(day_of_week=day, open_minute=start, close_minute=_close_minute(start, end))
+            for day, start, end in hours.weekly
+        ],
+        exceptions=[
+            admin_pb2.DateException(
+                date=date,
+                closed=not intervals,
+                intervals=[
+                    admin_pb2.DayInterval(open_minute=start, close_minute=_close_minute(start, end))
+                    for start, end in intervals
+                ],
+            )
+            for date, intervals in hours.exceptions
+        ],
+    )
+
+
+_YEAR_MS: Final = 366 * 24 * 3_600_000
+"""open_now_until is shown when the change is within this (hours are looked up about a year ahead)."""
+
+
+def _close_minute(start: int, end: int) -> int:
+    """The wire form of a normalized close: the next day's minute when that reads unambiguously
+    (before the open), else as it is (a 24-hour interval from ``start``: start + 1440)."""
+    return end - 24 * 60 if 24 * 60 < end < start + 24 * 60 else end
 
 
 def _optional_ms(message: Any, field: str) -> int:
@@ -164,6 +214,8 @@ def shop_config_to_pb(config: ShopConfig) -> admin_pb2.ShopConfig:
         max_reroutes=config.max_reroutes,
         reclaim_after_offline=_duration(config.reclaim_after_offline_ms),
         max_queue_wait=_duration(config.max_queue_wait_ms),
+        business_hours=hours_to_pb(config.business_hours),
+        recent_contacts_after_hours=config.recent_contacts_after_hours,
     )
 
 
@@ -190,6 +242,7 @@ def group_from_pb(group: admin_pb2.Group) -> GroupConfig:
         robot_agent_id=group.robot_agent_id,
         strategy=group.strategy,
         reroute_unanswered_after_ms=_optional_ms(group, "reroute_unanswered_after"),
+        business_hours=hours_from_pb(group.business_hours, "business_hours"),
     )
 
 
@@ -207,7 +260,7 @@ def assignment_to_pb(item: Assignment) -> dispatch_pb2.Assignment:
 
 
 _DEADLINE_KINDS: Final = {int(TimerKind.REROUTE): "reroute", int(TimerKind.RECLAIM): "reclaim",
-                          int(TimerKind.QUEUE): "queue_timeout"}  # fmt: skip
+                          int(TimerKind.QUEUE): "queue_timeout", int(TimerKind.HOURS): "opening"}  # fmt: skip
 
 
 def _deadlines(state: dict[str, Any]) -> list[admin_pb2.Deadline]:
@@ -272,9 +325,11 @@ def _agent_state(a: dict[str, Any]) -> admin_pb2.AgentState:
     return agent
 
 
-def shop_state_to_pb(state: dict[str, Any], config: ShopConfig) -> admin_pb2.ShopState:
-    """The whole state (every agent, in the engine's creation order)."""
-    return admin_pb2.ShopState(
+def shop_state_to_pb(state: dict[str, Any], config: ShopConfig, now: int | None = None) -> admin_pb2.ShopState:
+    """The whole state (every agent, in the engine's creation order); ``open_now`` at ``now``
+    (default: the server's clock)."""
+    is_open, until = hours_state(config.business_hours, config.timezone, now_ms() if now is None else now)
+    page = admin_pb2.ShopState(
         shop_id=state["shop_id"],
         clock=timestamp(state["clock_ms"]),
         agents=[_agent_state(a) for a in state["agents"]],
@@ -286,7 +341,11 @@ def shop_state_to_pb(state: dict[str, Any], config: ShopConfig) -> admin_pb2.Sho
         config=shop_config_to_pb(config),
         pending_deadlines=state.get("deadlines", 0),
         next_deadlines=_deadlines(state),
+        open_now=is_open,
     )
+    if until < min(NEVER_MS, (now_ms() if now is None else now) + _YEAR_MS):
+        page.open_now_until.CopyFrom(timestamp(until))
+    return page
 
 
 # --------------------------------------------------------------------- GetShopState pages

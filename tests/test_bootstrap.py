@@ -141,3 +141,59 @@ def test_parse_duration() -> None:
     for bad in ("", "10", "h", "1x", "-5m"):
         with pytest.raises(ValueError):
             parse_duration_ms(bad)
+
+
+def test_business_hours_in_readable_form(tmp_path: Path) -> None:
+    doc = {
+        "shops": [
+            {
+                "shop_id": "h",
+                "main_account": "h",
+                "timezone": "Europe/Berlin",
+                "recent_contacts_after_hours": True,
+                "business_hours": {
+                    "weekly": ["mon-fri 09:00-18:00", "sat 10:00-14:00", "fri 22:00-02:00"],
+                    "exceptions": {"2026-12-25": "closed", "2026-12-24": "09:00-12:00, 14:00-16:00"},
+                },
+                "agents": [{"agent_id": "h:a", "max_capacity": 2}],
+                "groups": [{"group_id": "g", "members": ["h:a"], "business_hours": {"weekly": "daily 00:00-24:00"}}],
+            }
+        ]
+    }
+    engine = _load(tmp_path, "hours.json", json.dumps(doc))
+    config = engine.shop_config("h")
+    assert config.recent_contacts_after_hours
+    assert config.business_hours.weekly == (
+        *((d, 540, 1080) for d in range(4)),
+        (4, 540, 1080),
+        (4, 1320, 1560),
+        (5, 600, 840),
+    )
+    assert config.business_hours.exceptions == (("2026-12-24", ((540, 720), (840, 960))), ("2026-12-25", ()))
+
+
+@pytest.mark.parametrize(
+    ("hours", "words"),
+    [
+        ({"weekly": ["mon-fry 09:00-18:00"]}, ["shops[0].business_hours.weekly[0]", "mon-fry"]),
+        ({"weekly": ["mon 09:00-18:00", "tue 9-18"]}, ["shops[0].business_hours.weekly[1]", "'9'"]),
+        ({"weekly": ["sat 10:00-10:00"]}, ["business_hours.weekly[0]", "closes when it opens"]),
+        ({"exceptions": {"2026-02-30": "closed"}}, ["business_hours.exceptions.2026-02-30", "not a date"]),
+        ({"exceptions": {"2026-02-20": 5}}, ["business_hours.exceptions.2026-02-20", "closed"]),
+        ({"weekdays": []}, ["shops[0].business_hours", "weekdays"]),
+    ],
+)
+def test_business_hours_errors_name_the_place(tmp_path: Path, hours: dict, words: list[str]) -> None:
+    doc = {"shops": [{"shop_id": "x", "main_account": "x", "business_hours": hours}]}
+    with pytest.raises(BootstrapError) as info:
+        _load(tmp_path, "bad.json", json.dumps(doc))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_demo_shop_shows_business_hours_and_a_reroute() -> None:
+    engine = _fastpath.ReferenceEngine(0)
+    apply_bootstrap(engine, load_bootstrap(DEMO), T0, str(DEMO))
+    config = engine.shop_config("demo")
+    assert config.business_hours.exceptions == (("2099-12-25", ()),)
+    assert config.reroute_unanswered_after_ms == 3 * 60_000

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from _fastpath import AgentConfig, InvalidArgumentError, ShopConfig
+from _fastpath import AgentConfig, BusinessHours, InvalidArgumentError, ShopConfig
 from dispatcher._gen.dispatch.v1 import admin_pb2
 from dispatcher.convert import (
     agent_from_pb,
     assignment_to_pb,
     duration_ms,
     group_from_pb,
+    hours_from_pb,
+    hours_to_pb,
     shop_config_to_pb,
     shop_from_pb,
     timestamp,
@@ -84,3 +86,17 @@ def test_groups_and_assignments() -> None:
     assert (pb.shop_id, pb.conversation_id, pb.buyer_id, pb.agent_id, pb.reason) == ("s", "c", "b", "a", 12)
     assert timestamp_ms(pb.at, "at") == 1_500
     assert isinstance(agent_from_pb(admin_pb2.Agent(shop_id="s", agent_id="a")), AgentConfig)
+
+
+def test_business_hours_round_trip_through_the_proto() -> None:
+    hours = BusinessHours.of(
+        BusinessHours(
+            weekly=((0, 600, 600 + 1440), (1, 1320, 120), (2, 0, 1440), (3, 540, 1080)),
+            exceptions=(("2026-01-01", ()), ("2026-01-02", ((1380, 60),))),
+        ),
+        "business_hours",
+    )
+    pb = hours_to_pb(hours)
+    assert [(w.open_minute, w.close_minute) for w in pb.weekly] == [(600, 2040), (1320, 120), (0, 1440), (540, 1080)]
+    assert pb.exceptions[0].closed and not pb.exceptions[1].closed
+    assert BusinessHours.of(hours_from_pb(pb, "business_hours"), "business_hours") == hours

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import _fastpath
-from _fastpath import AgentConfig, DispatchError, GroupConfig, ShopConfig
+from _fastpath import AgentConfig, BusinessHours, DispatchError, GroupConfig, ShopConfig
 
 SHOPS = ["s0", "s1"]
 MAIN = "main"
@@ -41,6 +41,18 @@ DAY = 24 * HOUR
 # Jumps chosen to cross the grace (10 min), the window (1 h or 72 h) and midnight.
 JUMPS = [0, 1_000, 9 * MINUTE, 11 * MINUTE, HOUR + 1, 5 * HOUR, DAY, 73 * HOUR, -HOUR]
 START_MS = 1_767_225_600_000 - 30 * MINUTE  # 2025-12-31T23:30Z: midnight comes soon
+# §10 business hours: schedules whose openings and closings the jumps above cross.
+SCHEDULES = [
+    BusinessHours(weekly=tuple((d, 9 * 60, 18 * 60) for d in range(7))),
+    BusinessHours(weekly=tuple((d, 23 * 60, 60) for d in range(7))),  # across midnight
+    BusinessHours(weekly=tuple((d, a, b) for d in range(7) for a, b in ((0, 30), (60, 180), (600, 1200)))),
+    BusinessHours(weekly=tuple((d, 0, 24 * 60) for d in range(5))),  # Monday to Friday
+    BusinessHours(exceptions=(("2026-01-01", ()),)),  # a holiday, open every other day
+    BusinessHours(
+        weekly=tuple((d, 8 * 60, 20 * 60) for d in range(7)),
+        exceptions=(("2025-12-31", ()), ("2026-01-02", ((10 * 60, 11 * 60), (13 * 60, 14 * 60)))),
+    ),
+]
 
 
 def compiled_engine() -> type:
@@ -150,6 +162,8 @@ def gen_op(r: Any) -> tuple:
                 max_reroutes=r.choice([1, 1, 2]),
                 reclaim_after_offline_ms=r.choice([0, 0, MINUTE, 11 * MINUTE]),
                 max_queue_wait_ms=r.choice([0, 0, MINUTE, HOUR]),
+                business_hours=r.choice([BusinessHours(), BusinessHours(), *SCHEDULES]),
+                recent_contacts_after_hours=r.random() < 0.5,
             ),
         )
     if kind == "put_group":
@@ -165,6 +179,7 @@ def gen_op(r: Any) -> tuple:
             r.choice(["", "", "robot"]),
             r.choice([0, 0, 1, 2, 3, 4, 5]),
             r.choice([0, 0, 0, 2 * MINUTE]),
+            r.choice([BusinessHours()] * 4 + SCHEDULES),
         )
     if kind == "claim":
         return ("claim", shop, r.choice(AGENTS), r.choice(["", "", *CONVERSATIONS[:10]]))
@@ -235,7 +250,7 @@ class Runner:
                 )
             )
         if kind == "put_group":
-            _, shop, group, members, states, sources, robot_on, robot, strategy, reroute = op
+            _, shop, group, members, states, sources, robot_on, robot, strategy, reroute, hours = op
             return e.put_group(
                 GroupConfig(
                     shop,
@@ -247,6 +262,7 @@ class Runner:
                     robot_agent_id=robot,
                     strategy=strategy,
                     reroute_unanswered_after_ms=reroute,
+                    business_hours=hours,
                 )
             )
         if kind == "delete_agent":
@@ -356,6 +372,7 @@ def test_long_streams_reach_deep_states() -> None:
     handout_reasons: set[int] = set()
     errors: set[str] = set()
     retries = 0
+    closed = 0
     positions: set[int] = set()
     for seed in range(12):
         r = random.Random(seed)
@@ -370,6 +387,7 @@ def test_long_streams_reach_deep_states() -> None:
                 (reason, _, _, trace), place = result[1]
                 reasons.add(reason)
                 retries += trace[0].startswith("retry:")
+                closed += trace[0] == "online:closed"  # §10 business hours
                 positions.add(place[0] if place is not None else 0)
             elif op[0] == "direct":
                 reasons.add(result[1][0])
@@ -381,3 +399,4 @@ def test_long_streams_reach_deep_states() -> None:
     assert {13, 14, 15} <= handout_reasons, sorted(handout_reasons)
     assert errors == {"InvalidArgumentError", "NotFoundError", "FailedPreconditionError", "AlreadyExistsError"}
     assert retries > 50 and {1, 2, 3} <= positions, (retries, sorted(positions))  # §12 retries, §11 positions
+    assert closed > 20, closed

@@ -700,3 +700,55 @@ async def test_waiting_answers_carry_position_and_estimated_wait_and_retries_are
         ("low", 0, 3),
     ]
     assert state.live_conversations == 4
+
+
+# ------------------------------------------------------------------ business hours (§10)
+
+
+async def test_business_hours_over_grpc_and_get_shop_state(client: AsyncDispatchClient) -> None:
+    # Open only on 2023-11-14 (T0's date) from 00:00 to 23:59 UTC: T0 is open, the server's now is not.
+    day = dt.datetime.fromtimestamp(T0 / 1000, dt.UTC).date()
+    hours = admin_pb2.BusinessHours(
+        weekly=[admin_pb2.WeeklyInterval(day_of_week=day.weekday(), open_minute=0, close_minute=22 * 60 + 30)],
+        exceptions=[admin_pb2.DateException(date="2099-12-25", closed=True)],
+    )
+    stored = await client.put_shop(shop_id="bh", main_account="bh", business_hours=hours)
+    assert stored.business_hours == hours and not stored.recent_contacts_after_hours
+    await client.put_agent(shop_id="bh", agent_id="bh:a", max_capacity=5)
+    await client.set_presence("bh", "bh:a", ONLINE, at=T0)
+    open_answer = await client.dispatch("bh", "b1", "c1", at=T0)
+    assert (open_answer.reason, open_answer.agent_id) == (R.REASON_GROUP, "bh:a")
+    late = T0 + 12 * 3_600_000  # 2023-11-15 10:13 UTC: closed
+    closed = await client.dispatch("bh", "b2", "c2", at=late, trace=True)
+    assert (closed.reason, closed.agent_id) == (R.REASON_OFFLINE_MAIN_ACCOUNT, "bh")
+    assert list(closed.trace)[:1] == ["online:closed"]
+    state = await client.get_shop_state("bh")
+    assert state.config.business_hours == hours
+    assert not state.open_now and state.HasField("open_now_until")
+    await expect_error(
+        client.put_shop(
+            shop_id="bh",
+            main_account="bh",
+            business_hours=admin_pb2.BusinessHours(
+                weekly=[admin_pb2.WeeklyInterval(day_of_week=9, open_minute=0, close_minute=60)]
+            ),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "business_hours.weekly[0].day",
+    )
+    await expect_error(
+        client.put_shop(
+            shop_id="bh",
+            main_account="bh",
+            business_hours=admin_pb2.BusinessHours(exceptions=[admin_pb2.DateException(date="2026-12-25")]),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "business_hours.exceptions[0]",
+    )
+
+
+async def test_a_shop_without_business_hours_is_open(client: AsyncDispatchClient) -> None:
+    await make_shop(client, "nh")
+    state = await client.get_shop_state("nh")
+    assert state.open_now and not state.HasField("open_now_until")
+    assert not state.config.HasField("business_hours") or not state.config.business_hours.weekly

@@ -6,7 +6,9 @@ are those of ``test_engine_scenarios.py`` (shop ``tb1``, agents ``tb1:a``...).
 
 from __future__ import annotations
 
+import datetime
 import json
+import zoneinfo
 
 import pytest
 from test_engine_scenarios import (
@@ -32,7 +34,17 @@ from test_engine_scenarios import (
     waiting,
 )
 
-from _fastpath import GroupConfig, OfflineRule, Presence, Reason, ShopConfig, TimerKind
+from _fastpath import (
+    AgentConfig,
+    BusinessHours,
+    GroupConfig,
+    InvalidArgumentError,
+    OfflineRule,
+    Presence,
+    Reason,
+    ShopConfig,
+    TimerKind,
+)
 
 
 def conv_agent(engine, conv):
@@ -244,3 +256,170 @@ def test_config_validation(engine_cls):
     with pytest.raises(Exception, match="reroute_unanswered_after"):
         engine.put_shop(ShopConfig(SHOP, MAIN, reroute_unanswered_after_ms=-1))
     _ = (BOT, OfflineRule)
+
+
+# ----------------------------------------------------------------- business hours (§10)
+
+
+def utc_ms(*args, tz="UTC"):
+    return int(datetime.datetime(*args, tzinfo=zoneinfo.ZoneInfo(tz)).timestamp() * 1000)
+
+
+def weekly(days, start, end):
+    """(day, open minute, close minute) rows for ``days`` (0 = Monday)."""
+    return tuple((d, start, end) for d in days)
+
+
+def hours_shop(engine_cls, hours, tz="UTC", **settings):
+    return fresh(engine_cls, business_hours=hours, timezone=tz, **settings)
+
+
+def reason_of(result):
+    return result[0]
+
+
+def test_schedule_across_midnight(engine_cls):
+    # Friday 22:00 - Saturday 02:00 only (2026-11-27 is a Friday).
+    engine = hours_shop(engine_cls, BusinessHours(weekly=((4, 22 * 60, 2 * 60),)))
+    add_agent(engine, A, at=utc_ms(2026, 11, 27, 20, 0))
+    closed = dispatch(engine, "c1", "buyer1", at=utc_ms(2026, 11, 27, 21, 59), trace=True)
+    assert picked(closed) == (Reason.OFFLINE_MAIN_ACCOUNT, MAIN, None)
+    assert closed[3][:2] == ["online:closed", "offline:MAIN_ACCOUNT"]
+    assert picked(dispatch(engine, "c2", "buyer2", at=utc_ms(2026, 11, 27, 22, 0)))[:2] == (Reason.GROUP, A)
+    assert picked(dispatch(engine, "c3", "buyer3", at=utc_ms(2026, 11, 28, 1, 59)))[:2] == (Reason.GROUP, A)
+    assert reason_of(dispatch(engine, "c4", "buyer4", at=utc_ms(2026, 11, 28, 2, 0))) == Reason.OFFLINE_MAIN_ACCOUNT
+    assert reason_of(dispatch(engine, "c5", "buyer5", at=utc_ms(2026, 12, 4, 23, 30))) == Reason.GROUP
+
+
+@pytest.mark.parametrize(
+    ("closed_at", "open_at"),
+    [
+        # Spring forward (2026-03-29): 09:00 CEST is 07:00 UTC, not 08:00.
+        (utc_ms(2026, 3, 29, 6, 59), utc_ms(2026, 3, 29, 7, 0)),
+        # Fall back (2026-10-25): 09:00 CET is 08:00 UTC again.
+        (utc_ms(2026, 10, 25, 7, 59), utc_ms(2026, 10, 25, 8, 0)),
+    ],
+)
+def test_schedule_across_a_dst_change(engine_cls, closed_at, open_at):
+    engine = hours_shop(engine_cls, BusinessHours(weekly=weekly(range(7), 9 * 60, 18 * 60)), tz="Europe/Berlin")
+    add_agent(engine, A, at=closed_at - MIN)
+    assert reason_of(dispatch(engine, "c1", "buyer1", at=closed_at)) == Reason.OFFLINE_MAIN_ACCOUNT
+    assert picked(dispatch(engine, "c2", "buyer2", at=open_at))[:2] == (Reason.GROUP, A)
+
+
+def test_holiday_exception_and_special_hours(engine_cls):
+    hours = BusinessHours(
+        weekly=weekly(range(7), 0, 24 * 60),
+        exceptions=(("2026-12-24", ((9 * 60, 12 * 60),)), ("2026-12-25", ())),
+    )
+    engine = hours_shop(engine_cls, hours)
+    add_agent(engine, A, at=utc_ms(2026, 12, 23, 0, 0))
+    assert reason_of(dispatch(engine, "c1", "b1", at=utc_ms(2026, 12, 23, 23, 0))) == Reason.GROUP
+    assert reason_of(dispatch(engine, "c2", "b2", at=utc_ms(2026, 12, 24, 8, 0))) == Reason.OFFLINE_MAIN_ACCOUNT
+    assert reason_of(dispatch(engine, "c3", "b3", at=utc_ms(2026, 12, 24, 11, 0))) == Reason.GROUP
+    assert reason_of(dispatch(engine, "c4", "b4", at=utc_ms(2026, 12, 25, 12, 0))) == Reason.OFFLINE_MAIN_ACCOUNT
+    assert reason_of(dispatch(engine, "c5", "b5", at=utc_ms(2026, 12, 26, 0, 0))) == Reason.GROUP
+
+
+def test_staging_and_queue_open_at_the_first_minute_of_business(engine_cls):
+    # Monday to Friday 09:00-18:00; 2026-11-28 is a Saturday.
+    hours = BusinessHours(weekly=weekly(range(5), 9 * 60, 18 * 60))
+    engine = hours_shop(engine_cls, hours, offline_rule=OfflineRule.STAGING)
+    fri = utc_ms(2026, 11, 27, 17, 0)
+    add_agent(engine, A, cap=1, at=fri)
+    add_agent(engine, B, cap=1, at=fri)
+    assert reason_of(dispatch(engine, "q0", "buyer0", at=fri)) == Reason.GROUP
+    assert reason_of(dispatch(engine, "q1", "buyer1", at=fri)) == Reason.GROUP
+    assert reason_of(dispatch(engine, "q2", "buyer2", at=fri)) == Reason.QUEUED
+    # Saturday: closed, so staging even though agents are online; room made while closed
+    # (a close, a capacity raise) hands nothing out.
+    sat = utc_ms(2026, 11, 28, 10, 0)
+    assert reason_of(dispatch(engine, "s1", "buyer4", at=sat)) == Reason.OFFLINE_STAGING
+    assert reason_of(dispatch(engine, "s2", "buyer5", at=sat + MIN, priority=5)) == Reason.OFFLINE_STAGING
+    close(engine, "q1", at=sat + 2 * MIN)
+    for agent_id in (A, B):
+        engine.put_agent(AgentConfig(shop_id=SHOP, agent_id=agent_id, max_capacity=5))
+    assert waiting(engine, "queue") == ["q2"]
+    assert waiting(engine, "staging") == ["s2", "s1"]
+    assert engine.drain_outbox() == []
+    monday = utc_ms(2026, 11, 30, 9, 0)
+    assert engine.shop_state(SHOP)["next_deadlines"] == [{"at_ms": monday, "kind": int(TimerKind.HOURS), "id": ""}]
+    assert engine.tick(monday - 1) == 0
+    # The first minute of business, with no call: staging (priority first, then oldest), then the queue.
+    assert engine.tick(monday) == 1
+    handed = engine.drain_outbox()
+    assert [(h[1], h[4], h[5]) for h in handed] == [
+        ("s2", Reason.OFFLINE_STAGING, monday),
+        ("s1", Reason.OFFLINE_STAGING, monday),
+        ("q2", Reason.GROUP, monday),
+    ]
+    assert waiting(engine, "staging") == waiting(engine, "queue") == []
+    assert engine.shop_state(SHOP)["deadlines"] == 0
+
+
+def test_closed_shop_answers_the_offline_rule_and_honours_contacts_if_asked(engine_cls):
+    hours = BusinessHours(weekly=weekly(range(7), 9 * 60, 18 * 60))
+    for after_hours, expected in ((False, (Reason.OFFLINE_MAIN_ACCOUNT, MAIN)), (True, (Reason.AFFINITY, A))):
+        engine = hours_shop(engine_cls, hours, recent_contacts_after_hours=after_hours)
+        day = utc_ms(2026, 11, 30, 10, 0)
+        add_agent(engine, A, at=day)
+        dispatch(engine, "c1", "buyer1", at=day)
+        reply(engine, "c1", A, at=day + MIN)
+        close(engine, "c1", at=day + 2 * MIN)
+        night = utc_ms(2026, 11, 30, 20, 0)
+        assert picked(dispatch(engine, "c2", "buyer1", at=night))[:2] == expected
+        # A buyer without a recent contact gets the offline rule either way.
+        assert picked(dispatch(engine, "c3", "buyer2", at=night))[:2] == (Reason.OFFLINE_MAIN_ACCOUNT, MAIN)
+
+
+def test_closed_group_is_not_a_candidate(engine_cls):
+    engine = fresh(engine_cls)
+    day = utc_ms(2026, 11, 30, 10, 0)
+    add_agent(engine, A, at=day)
+    add_agent(engine, B, at=day)
+    add_group(engine, "day", [A], business_hours=BusinessHours(weekly=weekly(range(7), 9 * 60, 18 * 60)))
+    add_group(engine, "always", [B])
+    night = utc_ms(2026, 11, 30, 20, 0)
+    for i in range(6):
+        result = dispatch(engine, f"n{i}", f"night{i}", at=night, trace=True)
+        assert picked(result) == (Reason.GROUP, B, "always")
+        assert "groups:ready:1" in result[3]
+    groups = {picked(dispatch(engine, f"d{i}", f"day{i}", at=utc_ms(2026, 12, 1, 10, 0)))[2] for i in range(12)}
+    assert groups == {"day", "always"}
+
+
+def test_business_hours_survive_a_snapshot_and_old_snapshots_are_always_open(engine_cls):
+    import _fastpath
+
+    other_engine_cls = (
+        _fastpath.CompiledEngine if engine_cls is _fastpath.ReferenceEngine else _fastpath.ReferenceEngine
+    )
+    hours = BusinessHours(weekly=weekly(range(5), 9 * 60, 18 * 60))
+    engine = hours_shop(engine_cls, hours, offline_rule=OfflineRule.STAGING)
+    add_agent(engine, A, at=utc_ms(2026, 11, 28, 10, 0))
+    dispatch(engine, "s1", "buyer1", at=utc_ms(2026, 11, 28, 10, 0))
+    state = json.loads(json.dumps(engine.export_state()))
+    other = other_engine_cls()
+    other.import_state(state)
+    assert other.export_state() == state
+    assert other.shop_config(SHOP).business_hours == hours
+    assert other.tick(utc_ms(2026, 11, 30, 9, 0)) == 1
+    # A snapshot older than business hours: no schedule, always open.
+    del state["shops"][0]["config"]["business_hours"]
+    del state["shops"][0]["config"]["recent_contacts_after_hours"]
+    state["timers"]["pending"] = []
+    old = engine_cls()
+    old.import_state(state)
+    assert not old.shop_config(SHOP).business_hours
+
+
+def test_business_hours_validation(engine_cls):
+    engine = engine_cls()
+    with pytest.raises(InvalidArgumentError, match=r"business_hours.weekly\[0\].day"):
+        engine.put_shop(ShopConfig(SHOP, MAIN, business_hours=BusinessHours(weekly=((7, 0, 60),))))
+    with pytest.raises(InvalidArgumentError, match=r"business_hours.exceptions\[0\].date"):
+        engine.put_shop(ShopConfig(SHOP, MAIN, business_hours=BusinessHours(exceptions=(("2026-13-01", ()),))))
+    with pytest.raises(InvalidArgumentError, match="close equals the open"):
+        engine.put_shop(ShopConfig(SHOP, MAIN, business_hours=BusinessHours(weekly=((0, 60, 60),))))
+    with pytest.raises(InvalidArgumentError, match="recent_contacts_after_hours"):
+        engine.put_shop(ShopConfig(SHOP, MAIN, recent_contacts_after_hours=1))  # type: ignore[arg-type]

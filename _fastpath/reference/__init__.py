@@ -20,6 +20,8 @@ names (``constants.pxi``, ``validation.pyx``, ... ``snapshot.pyx``):
 - ``strategies``: §5, each strategy as a function over a roster's eligible agents.
 - ``shop``: storage: shops, agents, groups, waiting conversations, the day
   cache, the PRNG, and their invariants.
+- ``hours``: §10 business hours: open or closed at the shop's time, the
+  decision while closed, the opening deadline.
 - ``routing``: ``Router``, the tables and the decision: ``decide``,
   ``offline``, ``route``, ``assign``, ``remember``, ``settle`` (§4, §6, §7, §8).
 - ``timers``: the rules that fire on time (§10 re-route and reclaim, §11

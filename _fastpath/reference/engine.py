@@ -39,7 +39,7 @@ from ..model import (
     shop_seed,
 )
 from ..wire import reference_dispatch_batch_wire, reference_dispatch_wire
-from . import operations, reads, snapshot, timers
+from . import hours, operations, reads, snapshot, timers
 from .eligibility import eligible, group_roster
 from .reads import NEXT_DEADLINES
 from .routing import NO_STRATEGY, Decision, Router
@@ -116,6 +116,7 @@ class ReferenceEngine(Router):
             shop.config = config
         shop.round_robin.clear()
         timers.configure(self, shop)
+        hours.configure(self, shop)
         self.settle(shop, None)
 
     def delete_shop(self, shop_id: str) -> None:
@@ -157,6 +158,7 @@ class ReferenceEngine(Router):
             agent.chat_permission = config.chat_permission
         shop.round_robin.clear()
         timers.configure(self, shop)
+        hours.configure(self, shop)
         self.settle(shop, agent)
 
     def delete_agent(self, shop_id: str, agent_id: str) -> None:
@@ -188,6 +190,7 @@ class ReferenceEngine(Router):
         shop.round_robin.clear()
         timers.on_presence(self, shop, agent, False, shop.clock)
         timers.configure(self, shop)
+        hours.configure(self, shop)
         self.settle(shop, None)
 
     def put_group(self, config: GroupConfig) -> None:
@@ -212,6 +215,7 @@ class ReferenceEngine(Router):
             shop.agents[member].groups.append(config.group_id)
         shop.round_robin.clear()
         timers.configure(self, shop)
+        hours.configure(self, shop)
         self.settle(shop, None)
 
     def delete_group(self, shop_id: str, group_id: str) -> None:
@@ -224,6 +228,7 @@ class ReferenceEngine(Router):
             shop.agents[member].groups.remove(group_id)
         shop.round_robin.clear()
         timers.configure(self, shop)
+        hours.configure(self, shop)
         self.settle(shop, None)
 
     def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:

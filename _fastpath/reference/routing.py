@@ -50,7 +50,7 @@ from ..model import (
     Strategy,
     WaitKind,
 )
-from . import timers
+from . import hours, timers
 from .eligibility import (
     available,
     contact_state,
@@ -160,9 +160,17 @@ class Router:
         self._conversations[(shop.config.shop_id, conversation_id)] = conv
         shop.live += 1
 
-        # Step 1: is the shop online?
-        if not shop_online(shop):
-            _note(trace, "online:no")
+        # Step 1: is the shop online (and open, §10 business hours)?
+        online = shop_online(shop)
+        if not online or not hours.shop_open(shop, now):
+            _note(trace, "online:no" if not online else "online:closed")
+            if online and shop.config.recent_contacts_after_hours:
+                choice = self.affinity(shop, buyer_id, now, trace)
+                if choice is not None:
+                    self.assign(shop, conv, choice.agent, now)
+                    conv.reason = choice.reason
+                    self._decisions[choice.reason][NO_STRATEGY] += 1
+                    return choice.reason, choice.agent.agent_id, None, trace
             reason, agent_id = self.offline(shop, conv, conversation_id, source, order_state, now, trace, priority)
             self._decisions[reason][NO_STRATEGY] += 1
             return reason, agent_id, None, trace
@@ -219,25 +227,9 @@ class Router:
         key = (config.shop_id, buyer_id)
 
         # Step 2: recent contact.
-        contact = self._recent_contacts.get(key)
-        if contact is not None and now - contact.at_ms >= config.affinity_window_ms:
-            del self._recent_contacts[key]  # expired: forget it
-            contact = None
-        if contact is None:
-            _note(trace, "affinity:none")
-        else:
-            agent = shop.agents.get(contact.agent_id)
-            state = contact_state(shop, agent, now)
-            if agent is None or state == "unavailable":
-                _note(trace, f"affinity:{contact.agent_id}:unavailable")
-            elif not (config.affinity_may_exceed_capacity or has_room(agent)):
-                _note(trace, f"affinity:{contact.agent_id}:full")
-            elif state == "held":
-                _note(trace, f"affinity:{contact.agent_id}:held")
-                return Choice(int(Reason.AFFINITY_HELD), agent, None, NO_STRATEGY)
-            else:
-                _note(trace, f"affinity:{contact.agent_id}")
-                return Choice(int(Reason.AFFINITY), agent, None, NO_STRATEGY)
+        choice = self.affinity(shop, buyer_id, now, trace)
+        if choice is not None:
+            return choice
 
         # Step 3: exclusive agent.
         if not config.exclusive_direct:
@@ -271,7 +263,7 @@ class Router:
             bound = [g for g in shop.groups.values() if group_bound(g, source, order_state)]
             candidate_groups = bound or list(shop.groups.values())
             _note(trace, f"groups:{'bound' if bound else 'unbound'}:{len(candidate_groups)}")
-            ready = [g for g in candidate_groups if group_ready(shop, g)]
+            ready = [g for g in candidate_groups if group_ready(shop, g) and hours.group_open(shop, g, now)]
             _note(trace, f"groups:ready:{len(ready)}")
             if ready:
                 group = ready[shop.rand_below(len(ready))]
@@ -306,6 +298,31 @@ class Router:
                 return Choice(int(Reason.FALLBACK), main, None, NO_STRATEGY)
         return None
 
+    def affinity(self, shop: Shop, buyer_id: str, now: int, trace: list[str] | None) -> Choice | None:
+        """Step 2: the buyer's recent contact, if it may receive (also asked while closed, §10)."""
+        config = shop.config
+        key = (config.shop_id, buyer_id)
+        contact = self._recent_contacts.get(key)
+        if contact is not None and now - contact.at_ms >= config.affinity_window_ms:
+            del self._recent_contacts[key]  # expired: forget it
+            contact = None
+        if contact is None:
+            _note(trace, "affinity:none")
+        else:
+            agent = shop.agents.get(contact.agent_id)
+            state = contact_state(shop, agent, now)
+            if agent is None or state == "unavailable":
+                _note(trace, f"affinity:{contact.agent_id}:unavailable")
+            elif not (config.affinity_may_exceed_capacity or has_room(agent)):
+                _note(trace, f"affinity:{contact.agent_id}:full")
+            elif state == "held":
+                _note(trace, f"affinity:{contact.agent_id}:held")
+                return Choice(int(Reason.AFFINITY_HELD), agent, None, NO_STRATEGY)
+            else:
+                _note(trace, f"affinity:{contact.agent_id}")
+                return Choice(int(Reason.AFFINITY), agent, None, NO_STRATEGY)
+        return None
+
     # ------------------------------------------------------------ state changes (spec §8)
 
     def assign(self, shop: Shop, conv: Conversation, agent: Agent, now: int) -> None:
@@ -336,6 +353,7 @@ class Router:
         shop.waiting[kind].append(Waiting(conversation_id, conv.buyer_id, source, order_state, now, priority))
         if conv.track is not None:
             timers.on_wait(self, shop, conv, kind, now)  # §11: its max_queue_wait starts
+        hours.on_wait(self, shop, kind, now)  # §10: handed out at the next opening
 
     def remember(self, shop: Shop, buyer_id: str, agent: Agent, now: int) -> None:
         """The agent spoke to the buyer (or received the conversation by transfer): its recent contact."""
@@ -370,6 +388,8 @@ class Router:
         """
         shop_id = shop.config.shop_id
         now = shop.clock
+        if not hours.shop_open(shop, now):
+            return  # §10: nothing is handed out while the shop is closed
         staging = shop.waiting[WaitKind.STAGING]
         cap = shop.config.staging_first_cap
         if staging and focus is not None and available(shop, focus):

@@ -285,6 +285,8 @@ class Shop:
         self.live = 0  # conversations held or waiting
         # Pending deadlines (§10, timers.py): (TimerKind, conversation or agent id) -> (deadline ms, seq).
         self.timers: dict[tuple[int, str], tuple[int, int]] = {}
+        # §10 business hours (hours.py): "" or "group:<id>" -> (open, until ms): a cache, not state.
+        self.hours_cache: dict[str, tuple[bool, int]] = {}
 
     def serving_agent(self, conv: Conversation) -> Agent:
         """The agent that holds ``conv`` (which must not be waiting)."""

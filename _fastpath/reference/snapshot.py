@@ -24,7 +24,6 @@ name stays for compatibility with existing snapshots.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, cast
 
 from ..model import (
@@ -36,6 +35,7 @@ from ..model import (
     ShopConfig,
     WaitKind,
     group_dict,
+    shop_dict,
 )
 from . import timers
 from .routing import Router
@@ -105,7 +105,7 @@ def _export_shop(shop: Shop) -> dict[str, Any]:
         for roster_key, rr in sorted(shop.round_robin.items())
     ]
     return {
-        "config": dataclasses.asdict(shop.config),
+        "config": shop_dict(shop.config),
         "rng": shop.rng,
         "clock": shop.clock,
         "live": shop.live,

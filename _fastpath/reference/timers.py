@@ -43,6 +43,10 @@ drops the tracks (and every deadline of the shop).
   the message pool (its place in the queue is given up), with a hand-out
   (agent "", reason QUEUE_TIMEOUT) so that watchers learn it.
 
+- HOURS (business hours, ``hours.py``; key ""): the next opening of the shop
+  or one of its groups while conversations wait in its queue or staging.
+  Fires: ``hours.fire`` hands them out.
+
 A configuration change applies to what is received (or goes offline, or
 starts waiting) after it; a rule switched off clears its pending deadlines.
 """
@@ -52,6 +56,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..model import Presence, Reason, Role, TimerKind, WaitKind
+from . import hours
 from .shop import Agent, Conversation, Shop, Track
 
 if TYPE_CHECKING:
@@ -221,7 +226,9 @@ def next_deadlines(shop: Shop, limit: int) -> list[tuple[int, int, str]]:
 def _fire(router: Router, shop: Shop, kind: int, key: str, deadline: int) -> None:
     now = router.advance(shop, deadline)
     shop_id = shop.config.shop_id
-    if kind == TimerKind.REROUTE:
+    if kind == TimerKind.HOURS:
+        hours.fire(router, shop, now)  # §10: the shop or a group opens
+    elif kind == TimerKind.REROUTE:
         conv = router._conversations[(shop_id, key)]
         holder = shop.serving_agent(conv)
         reroute(router, shop, key, conv, holder, int(Reason.REROUTED), now)

@@ -60,6 +60,8 @@ class ShopConfig(_message.Message):
     MAX_REROUTES_FIELD_NUMBER: _builtins.int
     RECLAIM_AFTER_OFFLINE_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_WAIT_FIELD_NUMBER: _builtins.int
+    BUSINESS_HOURS_FIELD_NUMBER: _builtins.int
+    RECENT_CONTACTS_AFTER_HOURS_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop. Required."""
     main_account: _builtins.str
@@ -114,6 +116,11 @@ class ShopConfig(_message.Message):
     """Spec §10: how many times one conversation may be re-routed for silence.
     Unset or 0: 1 (a second silence does not move it again). At most 100.
     """
+    recent_contacts_after_hours: _builtins.bool
+    """Spec §10: while the shop is closed, a buyer's recent contact (if online,
+    or held by the offline grace) still gets the conversation (REASON_AFFINITY).
+    Default false: the offline rule.
+    """
     @_builtins.property
     def affinity_window(self) -> _duration_pb2.Duration:
         """How long a recent contact keeps its buyer. Unset: 72 hours. When set:
@@ -149,6 +156,14 @@ class ShopConfig(_message.Message):
         agent tells watchers). Unset or 0: off.
         """
 
+    @_builtins.property
+    def business_hours(self) -> Global___BusinessHours:
+        """Spec §10: when the shop is open, in its `timezone`. While it is closed,
+        step 1 treats it as offline (the offline rule applies even if agents are
+        online) and nothing waiting is handed out; at the opening the staging pool
+        and the queue are handed out. Unset or empty: always open.
+        """
+
     def __init__(
         self,
         *,
@@ -173,10 +188,12 @@ class ShopConfig(_message.Message):
         max_reroutes: _builtins.int = ...,
         reclaim_after_offline: _duration_pb2.Duration | None = ...,
         max_queue_wait: _duration_pb2.Duration | None = ...,
+        business_hours: Global___BusinessHours | None = ...,
+        recent_contacts_after_hours: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "busy_threshold", b"busy_threshold", "max_queue_wait", b"max_queue_wait", "offline_grace", b"offline_grace", "reclaim_after_offline", b"reclaim_after_offline", "reroute_unanswered_after", b"reroute_unanswered_after", "staging_first_cap", b"staging_first_cap"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "business_hours", b"business_hours", "busy_threshold", b"busy_threshold", "max_queue_wait", b"max_queue_wait", "offline_grace", b"offline_grace", "reclaim_after_offline", b"reclaim_after_offline", "reroute_unanswered_after", b"reroute_unanswered_after", "staging_first_cap", b"staging_first_cap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "busy_threshold", b"busy_threshold", "exclusive_direct", b"exclusive_direct", "main_account", b"main_account", "main_account_mode", b"main_account_mode", "max_queue_wait", b"max_queue_wait", "max_reroutes", b"max_reroutes", "mobile_dispatch", b"mobile_dispatch", "offline_grace", b"offline_grace", "offline_rule", b"offline_rule", "proxy_account", b"proxy_account", "reclaim_after_offline", b"reclaim_after_offline", "reroute_unanswered_after", b"reroute_unanswered_after", "robot_agent_id", b"robot_agent_id", "robot_first", b"robot_first", "shop_id", b"shop_id", "staging_first_cap", b"staging_first_cap", "strategy", b"strategy", "tie_seed", b"tie_seed", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity", "_busy_threshold", b"_busy_threshold", "_staging_first_cap", b"_staging_first_cap", "affinity_may_exceed_capacity", b"affinity_may_exceed_capacity", "affinity_window", b"affinity_window", "business_hours", b"business_hours", "busy_threshold", b"busy_threshold", "exclusive_direct", b"exclusive_direct", "main_account", b"main_account", "main_account_mode", b"main_account_mode", "max_queue_wait", b"max_queue_wait", "max_reroutes", b"max_reroutes", "mobile_dispatch", b"mobile_dispatch", "offline_grace", b"offline_grace", "offline_rule", b"offline_rule", "proxy_account", b"proxy_account", "recent_contacts_after_hours", b"recent_contacts_after_hours", "reclaim_after_offline", b"reclaim_after_offline", "reroute_unanswered_after", b"reroute_unanswered_after", "robot_agent_id", b"robot_agent_id", "robot_first", b"robot_first", "shop_id", b"shop_id", "staging_first_cap", b"staging_first_cap", "strategy", b"strategy", "tie_seed", b"tie_seed", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__affinity_may_exceed_capacity: _TypeAlias = _typing.Literal["affinity_may_exceed_capacity"]  # noqa: Y015
     _WhichOneofArgType__affinity_may_exceed_capacity: _TypeAlias = _typing.Literal["_affinity_may_exceed_capacity", b"_affinity_may_exceed_capacity"]  # noqa: Y015
@@ -192,6 +209,137 @@ class ShopConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__staging_first_cap) -> _WhichOneofReturnType__staging_first_cap | None: ...
 
 Global___ShopConfig: _TypeAlias = ShopConfig  # noqa: Y015
+
+@_typing.final
+class BusinessHours(_message.Message):
+    """Spec §10: opening hours, in the shop's time zone. Empty (no weekly interval
+    and no exception): always open. No weekly interval but some exceptions:
+    every day not named by an exception is open all day.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEKLY_FIELD_NUMBER: _builtins.int
+    EXCEPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def weekly(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeeklyInterval]:
+        """The weekly opening intervals."""
+
+    @_builtins.property
+    def exceptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DateException]:
+        """Dated exceptions: each replaces the weekly intervals of its date."""
+
+    def __init__(
+        self,
+        *,
+        weekly: _abc.Iterable[Global___WeeklyInterval] | None = ...,
+        exceptions: _abc.Iterable[Global___DateException] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exceptions", b"exceptions", "weekly", b"weekly"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusinessHours: _TypeAlias = BusinessHours  # noqa: Y015
+
+@_typing.final
+class WeeklyInterval(_message.Message):
+    """One weekly opening interval, in local time of the shop's time zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_OF_WEEK_FIELD_NUMBER: _builtins.int
+    OPEN_MINUTE_FIELD_NUMBER: _builtins.int
+    CLOSE_MINUTE_FIELD_NUMBER: _builtins.int
+    day_of_week: _builtins.int
+    """The day the interval opens: 0 Monday .. 6 Sunday."""
+    open_minute: _builtins.int
+    """The opening minute of that day, 0 .. 1439 (09:00 is 540)."""
+    close_minute: _builtins.int
+    """The closing minute, 1 .. 1440 (24:00 is 1440). Before the opening minute
+    it is on the next day (open 1320, close 120: 22:00 to 02:00); so is
+    1441 .. 2880 (1440 + the next day's minute: open 600, close 2040 is 24
+    hours from 10:00). The same as the opening minute is INVALID_ARGUMENT; an
+    interval is at most 24 hours.
+    """
+    def __init__(
+        self,
+        *,
+        day_of_week: _builtins.int = ...,
+        open_minute: _builtins.int = ...,
+        close_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_minute", b"close_minute", "day_of_week", b"day_of_week", "open_minute", b"open_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WeeklyInterval: _TypeAlias = WeeklyInterval  # noqa: Y015
+
+@_typing.final
+class DayInterval(_message.Message):
+    """An interval of a DateException (minutes as in WeeklyInterval)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_MINUTE_FIELD_NUMBER: _builtins.int
+    CLOSE_MINUTE_FIELD_NUMBER: _builtins.int
+    open_minute: _builtins.int
+    """The opening minute, 0 .. 1439."""
+    close_minute: _builtins.int
+    """The closing minute, as in WeeklyInterval.close_minute."""
+    def __init__(
+        self,
+        *,
+        open_minute: _builtins.int = ...,
+        close_minute: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_minute", b"close_minute", "open_minute", b"open_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DayInterval: _TypeAlias = DayInterval  # noqa: Y015
+
+@_typing.final
+class DateException(_message.Message):
+    """A date with other hours than the week's: a holiday or special hours. It
+    replaces the intervals that open on that date (an interval of the day before
+    that runs past midnight still ends as it would).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """The local date, "YYYY-MM-DD". Each date at most once."""
+    closed: _builtins.bool
+    """Closed the whole day (intervals must then be empty)."""
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[Global___DayInterval]:
+        """The opening intervals of that day (when not closed; empty and not closed
+        is INVALID_ARGUMENT).
+        """
+
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        closed: _builtins.bool = ...,
+        intervals: _abc.Iterable[Global___DayInterval] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "date", b"date", "intervals", b"intervals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DateException: _TypeAlias = DateException  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
@@ -269,6 +417,7 @@ class Group(_message.Message):
     ROBOT_AGENT_ID_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     REROUTE_UNANSWERED_AFTER_FIELD_NUMBER: _builtins.int
+    BUSINESS_HOURS_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop (must exist). Required."""
     group_id: _builtins.str
@@ -300,6 +449,12 @@ class Group(_message.Message):
         or 0: the shop's reroute_unanswered_after.
         """
 
+    @_builtins.property
+    def business_hours(self) -> Global___BusinessHours:
+        """Spec §10: the group's own opening hours (the shop's time zone). While
+        closed it is not a candidate in step 5. Unset or empty: always open.
+        """
+
     def __init__(
         self,
         *,
@@ -312,10 +467,11 @@ class Group(_message.Message):
         robot_agent_id: _builtins.str = ...,
         strategy: _common_pb2.Strategy.ValueType = ...,
         reroute_unanswered_after: _duration_pb2.Duration | None = ...,
+        business_hours: Global___BusinessHours | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reroute_unanswered_after", b"reroute_unanswered_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_hours", b"business_hours", "reroute_unanswered_after", b"reroute_unanswered_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "members", b"members", "order_states", b"order_states", "reroute_unanswered_after", b"reroute_unanswered_after", "robot_agent_id", b"robot_agent_id", "robot_enabled", b"robot_enabled", "shop_id", b"shop_id", "sources", b"sources", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_hours", b"business_hours", "group_id", b"group_id", "members", b"members", "order_states", b"order_states", "reroute_unanswered_after", b"reroute_unanswered_after", "robot_agent_id", b"robot_agent_id", "robot_enabled", b"robot_enabled", "shop_id", b"shop_id", "sources", b"sources", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,6 +878,8 @@ class ShopState(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     PENDING_DEADLINES_FIELD_NUMBER: _builtins.int
     NEXT_DEADLINES_FIELD_NUMBER: _builtins.int
+    OPEN_NOW_FIELD_NUMBER: _builtins.int
+    OPEN_NOW_UNTIL_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """The shop."""
     live_conversations: _builtins.int
@@ -733,6 +891,11 @@ class ShopState(_message.Message):
     pending_deadlines: _builtins.int
     """Spec §10/§11 deadlines pending in the shop (re-routes, reclaims, queue
     timeouts).
+    """
+    open_now: _builtins.bool
+    """Spec §10: whether the shop's business hours are open now (the server's
+    clock); always true without business hours (config.business_hours holds
+    the schedule).
     """
     @_builtins.property
     def clock(self) -> _timestamp_pb2.Timestamp:
@@ -774,6 +937,12 @@ class ShopState(_message.Message):
     def next_deadlines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deadline]:
         """The next of them (at most 10), soonest first."""
 
+    @_builtins.property
+    def open_now_until(self) -> _timestamp_pb2.Timestamp:
+        """When open_now next changes (the next closing or opening), if it does
+        within about a year. Unset: not within that time.
+        """
+
     def __init__(
         self,
         *,
@@ -789,10 +958,12 @@ class ShopState(_message.Message):
         next_page_token: _builtins.str = ...,
         pending_deadlines: _builtins.int = ...,
         next_deadlines: _abc.Iterable[Global___Deadline] | None = ...,
+        open_now: _builtins.bool = ...,
+        open_now_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "config", b"config", "open_now_until", b"open_now_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "clock", b"clock", "config", b"config", "groups", b"groups", "live_conversations", b"live_conversations", "next_deadlines", b"next_deadlines", "next_page_token", b"next_page_token", "pending_deadlines", b"pending_deadlines", "pool", b"pool", "queue", b"queue", "shop_id", b"shop_id", "staging", b"staging"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "clock", b"clock", "config", b"config", "groups", b"groups", "live_conversations", b"live_conversations", "next_deadlines", b"next_deadlines", "next_page_token", b"next_page_token", "open_now", b"open_now", "open_now_until", b"open_now_until", "pending_deadlines", b"pending_deadlines", "pool", b"pool", "queue", b"queue", "shop_id", b"shop_id", "staging", b"staging"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -809,8 +980,9 @@ class Deadline(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """What it does: "reroute" (conversation_id), "reclaim" (agent_id) or
-    "queue_timeout" (conversation_id).
+    """What it does: "reroute" (conversation_id), "reclaim" (agent_id),
+    "queue_timeout" (conversation_id) or "opening" (spec §10: the shop or one
+    of its groups opens while conversations wait; no id).
     """
     conversation_id: _builtins.str
     """The conversation it is about (reroute, queue_timeout)."""
