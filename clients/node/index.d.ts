@@ -62,7 +62,18 @@ export interface ShopConfig {
   reclaimAfterOffline?: Duration;
   /** Spec §11: move a conversation that waited this long in the queue to the message pool; unset: off. */
   maxQueueWait?: Duration;
+  /** Spec §10: opening hours in the shop's time zone; unset or empty: always open. */
+  businessHours?: BusinessHours;
+  /** Spec §10: while closed, still honour a buyer's recent contact. */
+  recentContactsAfterHours?: boolean;
 }
+/** Spec §10: weekly opening intervals plus dated exceptions, in the shop's time zone. */
+export interface BusinessHours { weekly?: WeeklyInterval[]; exceptions?: DateException[] }
+/** dayOfWeek 0 = Monday; minutes from local midnight; a close at or before the open ends the next day. */
+export interface WeeklyInterval { dayOfWeek: number; openMinute: number; closeMinute: number }
+export interface DayInterval { openMinute: number; closeMinute: number }
+/** A local date "YYYY-MM-DD": closed all day, or its own intervals. */
+export interface DateException { date: string; closed?: boolean; intervals?: DayInterval[] }
 export interface Agent {
   shopId: string; agentId: string; role?: string; weight?: number; maxCapacity: number;
   createdAt?: Timestamp; chatPermission?: boolean;
@@ -72,6 +83,8 @@ export interface Group {
   robotEnabled?: boolean; robotAgentId?: string; strategy?: Strategy;
   /** Spec §10: the group's own re-route delay (unset: the shop's). */
   rerouteUnansweredAfter?: Duration;
+  /** Spec §10: the group's own opening hours (unset: always open; the shop's hours apply too). */
+  businessHours?: BusinessHours;
 }
 
 export interface SetPresenceRequest { shopId: string; agentId: string; presence: Presence; client?: string; at?: Timestamp }
