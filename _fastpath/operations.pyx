@@ -158,7 +158,6 @@ cdef object operate_wire(CompiledEngine engine, object data, int64_t now_ms, Py_
     failed), or None with nothing changed (see the invariants above)."""
     cdef const unsigned char* d
     cdef Py_ssize_t end, pos = 0, n = 0, stop, i
-    cdef uint64_t key, v
     cdef WireOperation* grown
     cdef WireOperation* op
     cdef int64_t failed = 0
@@ -169,13 +168,9 @@ cdef object operate_wire(CompiledEngine engine, object data, int64_t now_ms, Py_
     d = <const unsigned char*>PyBytes_AS_STRING(data)
     end = PyBytes_GET_SIZE(data)
     while pos < end:
-        pos = read_varint(d, pos, end, &key)
-        if pos < 0 or key != 0x0A:
+        pos = next_element(d, pos, end, &stop)
+        if pos < 0:
             return None
-        pos = read_varint(d, pos, end, &v)
-        if pos < 0 or v > <uint64_t>(end - pos):
-            return None
-        stop = pos + <Py_ssize_t>v
         if n == engine.cap_wire_ops:
             grown = <WireOperation*>realloc(engine.wire_ops, (n * 2 + 64) * sizeof(WireOperation))
             if grown == NULL:

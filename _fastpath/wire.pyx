@@ -34,6 +34,22 @@ cdef inline Py_ssize_t read_varint(const unsigned char* d, Py_ssize_t pos, Py_ss
     return -1
 
 
+cdef inline Py_ssize_t next_element(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end,
+                                    Py_ssize_t* stop) noexcept:
+    """The next element of a batch message's field 1 (repeated, length-delimited: the
+    DispatchBatchRequest's requests, the OperateRequest's operations): its start, and its
+    end in ``stop``; -1 for any other field or a length past ``end``."""
+    cdef uint64_t key, v
+    pos = read_varint(d, pos, end, &key)
+    if pos < 0 or key != 0x0A:
+        return -1
+    pos = read_varint(d, pos, end, &v)
+    if pos < 0 or v > <uint64_t>(end - pos):
+        return -1
+    stop[0] = pos + <Py_ssize_t>v
+    return pos
+
+
 cdef inline bint valid_utf8(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     # Exactly what Python's strict UTF-8 decoder accepts (Unicode table 3-7):
     # no overlong forms, no surrogates, nothing above U+10FFFF. ASCII runs are
@@ -265,7 +281,6 @@ cdef object batch_wire(CompiledEngine engine, object data, int64_t now_ms, Py_ss
     exactly as the reference does (wire_item_slow)."""
     cdef const unsigned char* d
     cdef Py_ssize_t end, pos = 0, n = 0, stop, i
-    cdef uint64_t key, v
     cdef WireItem* grown
     cdef int64_t failed = 0
     cdef bint bounded
@@ -275,13 +290,9 @@ cdef object batch_wire(CompiledEngine engine, object data, int64_t now_ms, Py_ss
     d = <const unsigned char*>PyBytes_AS_STRING(data)
     end = PyBytes_GET_SIZE(data)
     while pos < end:
-        pos = read_varint(d, pos, end, &key)
-        if pos < 0 or key != 0x0A:
+        pos = next_element(d, pos, end, &stop)
+        if pos < 0:
             return None
-        pos = read_varint(d, pos, end, &v)
-        if pos < 0 or v > <uint64_t>(end - pos):
-            return None
-        stop = pos + <Py_ssize_t>v
         if n == engine.cap_wire_items:
             grown = <WireItem*>realloc(engine.wire_items, (n * 2 + 64) * sizeof(WireItem))
             if grown == NULL:
