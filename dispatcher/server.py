@@ -66,6 +66,7 @@ __all__ = [
     "WATCH_BACKLOG",
     "AdminServicer",
     "AssignmentHub",
+    "CallCore",
     "Counters",
     "DispatchServer",
     "DispatchServicer",
@@ -150,8 +151,9 @@ class Counters:
         }
 
 
-class _Core:
-    """The engine plus what every servicer needs around it."""
+class CallCore:
+    """The engine plus what every servicer needs around it: running a call (``call``: errors to
+    statuses, the journal's group commit), the outbox (``flush``), flow control, draining."""
 
     def __init__(
         self, engine: EngineProtocol, hub: AssignmentHub, counters: Counters, journal: Journal | None = None
@@ -280,7 +282,7 @@ def _max_at(now: int, max_skew_ms: int | None) -> int | None:
 class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
     """``dispatch.v1.Dispatch``: the hot path and the IM-side events."""
 
-    def __init__(self, core: _Core, max_batch: int = MAX_BATCH, max_clock_skew_ms: int | None = None) -> None:
+    def __init__(self, core: CallCore, max_batch: int = MAX_BATCH, max_clock_skew_ms: int | None = None) -> None:
         self._core = core
         self._engine = core.engine
         self._max_batch = max_batch
@@ -340,7 +342,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                 out, failed = answer
                 if failed:  # rare: count the refused items by status
                     self._count_item_errors(dispatch_pb2.DispatchBatchResponse.FromString(out))
-                return out  # _Core.call flushes the outbox
+                return out  # CallCore.call flushes the outbox
         try:
             request = dispatch_pb2.DispatchBatchRequest.FromString(raw)
         except DecodeError:
@@ -411,7 +413,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         if scope is None:
             answer = self._engine.dispatch_wire(raw, now, _max_at(now, self._max_skew_ms))
             if answer is not None:
-                return answer  # _Core.call flushes the outbox
+                return answer  # CallCore.call flushes the outbox
         try:
             request = dispatch_pb2.DispatchRequest.FromString(raw)
         except DecodeError:
@@ -455,7 +457,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
                     self._count_operation_errors(dispatch_pb2.OperateResponse.FromString(out))
                 core.operations_in_flight += count
                 taken.append(count)
-                return out  # _Core.call flushes the outbox (the watchers)
+                return out  # CallCore.call flushes the outbox (the watchers)
         try:
             request = dispatch_pb2.OperateRequest.FromString(raw)
         except DecodeError:
@@ -606,7 +608,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """``dispatch.v1.Admin``: configuration and inspection. Mutations are logged, one line each."""
 
-    def __init__(self, core: _Core) -> None:
+    def __init__(self, core: CallCore) -> None:
         self._core = core
         self._engine = core.engine
 
@@ -829,7 +831,7 @@ class DispatchServer:
         self._decisions_base = self.engine.decision_counts()
         self._retries_base: int = int(self.engine.retry_count())
         self.hub = AssignmentHub(watch_backlog)
-        self._core = _Core(self.engine, self.hub, self.counters, journal)
+        self._core = CallCore(self.engine, self.hub, self.counters, journal)
         self._max_batch = max_batch
         # A caller's ``at`` may be this far ahead of the server clock; None or 0: no bound.
         if max_clock_skew is not None and max_clock_skew < 0:

@@ -2,7 +2,7 @@
 
 How a hand-out travels:
 
-1. ``_Core.flush`` (dispatcher/server.py) drains the engine's outbox and, once
+1. ``CallCore.flush`` (dispatcher/server.py) drains the engine's outbox and, once
    the journal holds it durably, calls ``AssignmentHub.publish``: one append of
    the engine's tuples to the hub's pending list and, if needed, the start of
    the fan-out task. A call's answer never waits for watchers, and costs

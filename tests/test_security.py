@@ -31,7 +31,7 @@ from server_fixtures import T0, Proc, ThreadedServer
 from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, common_pb2, dispatch_pb2, dispatch_pb2_grpc
 from dispatcher.auth import hash_token
 from dispatcher.security import server_credentials
-from dispatcher.server import AssignmentHub, Counters, _Core
+from dispatcher.server import AssignmentHub, CallCore, Counters
 
 IA = grpc.StatusCode.INVALID_ARGUMENT
 NF = grpc.StatusCode.NOT_FOUND
@@ -719,7 +719,7 @@ def test_an_expired_call_never_reaches_the_engine() -> None:
         def drain_outbox(self) -> list[Any]:
             return []
 
-    core = _Core(Engine(), AssignmentHub(), Counters())
+    core = CallCore(Engine(), AssignmentHub(), Counters())
     ran: list[int] = []
     for remaining in (0.0, -1.5):
         context = _ExpiredContext(remaining)
