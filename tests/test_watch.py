@@ -171,7 +171,7 @@ def test_a_subscription_gets_exactly_what_is_published_after_it() -> None:
 
 
 def test_watchers_see_a_hand_out_only_once_the_journal_holds_it() -> None:
-    from dispatcher.server import Counters, _Core
+    from dispatcher.server import CallCore, Counters
 
     class Engine:
         def __init__(self) -> None:
@@ -190,7 +190,7 @@ def test_watchers_see_a_hand_out_only_once_the_journal_holds_it() -> None:
 
     async def run() -> None:
         hub, journal = AssignmentHub(), Journal()
-        core = _Core(Engine(), hub, Counters(), journal)
+        core = CallCore(Engine(), hub, Counters(), journal)
         sub = hub.subscribe(["s"])
         assert core.flush() == 2 and core.counters.handed_out == 2
         for _ in range(5):

@@ -186,11 +186,11 @@ def build(cls: type) -> Any:
 
 def object_path(engine: Any, batch: dispatch_pb2.DispatchBatchRequest, now: int) -> bytes:
     """The servicer's protobuf-object path (``DispatchServicer._batch_objects``), as the expected answer."""
-    from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
+    from dispatcher.server import AssignmentHub, CallCore, Counters, DispatchServicer
 
-    servicer = DispatchServicer(_Core(engine, AssignmentHub(), Counters()), max_batch=64)
+    servicer = DispatchServicer(CallCore(engine, AssignmentHub(), Counters()), max_batch=64)
     out = servicer._batch_objects(batch.requests, now, None).SerializeToString()
-    engine.drain_outbox()  # as _Core.call does after every call
+    engine.drain_outbox()  # as CallCore.call does after every call
     return out
 
 
@@ -296,7 +296,7 @@ def unary_outcome(servicer: Any, raw: bytes) -> Any:
         out = servicer._unary(raw)
     except _fastpath.DispatchError as exc:
         out = (exc.grpc_status, str(exc))
-    servicer._engine.drain_outbox()  # as _Core.call does after every call
+    servicer._engine.drain_outbox()  # as CallCore.call does after every call
     return out
 
 
@@ -318,12 +318,12 @@ def test_unary_dispatch_answers_like_the_object_path_on_both_engines(seq: list[t
     """``DispatchServicer._unary`` over each engine's ``dispatch_wire`` against the object path alone:
     the same bytes or the same refusal for every request (some mutated), and the same state."""
     from dispatcher import server as server_module
-    from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
+    from dispatcher.server import AssignmentHub, CallCore, Counters, DispatchServicer
 
     expected_engine = build(ReferenceEngine)
     engines = [build(cls) for cls in ENGINES]
-    servicers = [DispatchServicer(_Core(e, AssignmentHub(), Counters()), max_batch=64) for e in engines]
-    expected = DispatchServicer(_Core(_ObjectPathOnly(expected_engine), AssignmentHub(), Counters()), max_batch=64)
+    servicers = [DispatchServicer(CallCore(e, AssignmentHub(), Counters()), max_batch=64) for e in engines]
+    expected = DispatchServicer(CallCore(_ObjectPathOnly(expected_engine), AssignmentHub(), Counters()), max_batch=64)
     for n, (request, seed) in enumerate(seq):
         raw = request.SerializeToString()
         if seed % 4 == 0:
@@ -431,7 +431,7 @@ def outcome(servicer: Any, call: Any) -> Any:
         out = call()
     except _fastpath.DispatchError as exc:
         out = (exc.grpc_status, str(exc))
-    servicer._engine.drain_outbox()  # as _Core.call does after every call
+    servicer._engine.drain_outbox()  # as CallCore.call does after every call
     return out
 
 
@@ -442,12 +442,12 @@ def test_with_a_bound_the_servicer_answers_like_the_object_path_on_both_engines(
     an item beyond the bound is refused by itself (INVALID_ARGUMENT, naming the bound), the others
     are answered, and the engines end in the same state."""
     from dispatcher import server as server_module
-    from dispatcher.server import AssignmentHub, Counters, DispatchServicer, _Core
+    from dispatcher.server import AssignmentHub, CallCore, Counters, DispatchServicer
 
     expected_engine = build(ReferenceEngine)
     engines = [build(cls) for cls in ENGINES]
-    servicers = [DispatchServicer(_Core(e, AssignmentHub(), Counters()), 64, SKEW) for e in engines]
-    expected = DispatchServicer(_Core(_ObjectPathOnly(expected_engine), AssignmentHub(), Counters()), 64, SKEW)
+    servicers = [DispatchServicer(CallCore(e, AssignmentHub(), Counters()), 64, SKEW) for e in engines]
+    expected = DispatchServicer(CallCore(_ObjectPathOnly(expected_engine), AssignmentHub(), Counters()), 64, SKEW)
     for n, (items, unary) in enumerate(seq):
         with mock.patch.object(server_module, "now_ms", lambda n=n: T0 + 1000 * n):
             if unary:
