@@ -66,11 +66,16 @@ cdef inline int32_t priority_value(object value) except -1:
     """A dispatch's priority, 0..MAX_PRIORITY (spec §11); raise like model.check_priority."""
     cdef int overflow = 0
     cdef long long v
+    if value is _ZERO:  # the default (CPython's one small int 0): no conversion on the hot path
+        return 0
     if type(value) is int:
         v = PyLong_AsLongLongAndOverflow(value, &overflow)
         if not overflow and 0 <= v <= MAX_PRIORITY:
             return <int32_t>v
     return check_priority(value)
+
+
+cdef object _ZERO = 0
 
 
 cdef inline int32_t enum_value(object value, int32_t highest, object enum_type, str field) except -1:
