@@ -158,7 +158,6 @@ cdef object operate_wire(CompiledEngine engine, object data, int64_t now_ms, Py_
     failed), or None with nothing changed (see the invariants above)."""
     cdef const unsigned char* d
     cdef Py_ssize_t end, pos = 0, n = 0, stop, i
-    cdef WireOperation* grown
     cdef WireOperation* op
     cdef int64_t failed = 0
     cdef bint bounded
@@ -172,11 +171,7 @@ cdef object operate_wire(CompiledEngine engine, object data, int64_t now_ms, Py_
         if pos < 0:
             return None
         if n == engine.cap_wire_ops:
-            grown = <WireOperation*>realloc(engine.wire_ops, (n * 2 + 64) * sizeof(WireOperation))
-            if grown == NULL:
-                raise MemoryError()
-            engine.wire_ops = grown
-            engine.cap_wire_ops = n * 2 + 64
+            engine.wire_ops = <WireOperation*>grow(engine.wire_ops, &engine.cap_wire_ops, sizeof(WireOperation))
         if read_operation(d, pos, stop, &engine.wire_ops[n]) != stop:
             return None
         if bounded and at_beyond(&engine.wire_ops[n].item, max_at):

@@ -33,7 +33,8 @@ nothing is declined for its time.
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple, TypeVar
 
 from .contract import Assignment, DispatchCall, EngineProtocol
 from .model import LATEST_SECONDS, DispatchError, InvalidArgumentError, Reason, timestamp_to_ms
@@ -206,9 +207,13 @@ def _item(data: bytes, pos: int, end: int) -> WireItem:
     return WireItem(**fields)
 
 
-def parse_batch_request(data: bytes) -> list[WireItem] | None:
-    """The items of a ``DispatchBatchRequest``, or ``None`` if this reader declines the bytes."""
-    items = []
+_T = TypeVar("_T")
+
+
+def _elements(data: bytes, read: Callable[[bytes, int, int], _T]) -> list[_T] | None:
+    """The elements of a batch message's field 1 (repeated, length-delimited), each read by
+    ``read(data, start, stop)``; ``None`` if this reader declines the bytes."""
+    out = []
     pos, end = 0, len(data)
     try:
         while pos < end:
@@ -216,11 +221,16 @@ def parse_batch_request(data: bytes) -> list[WireItem] | None:
             if key != (1 << 3) | _LEN:
                 return None
             stop, start = _length(data, pos, end)
-            items.append(_item(data, start, stop))
+            out.append(read(data, start, stop))
             pos = stop
     except _Malformed:
         return None
-    return items
+    return out
+
+
+def parse_batch_request(data: bytes) -> list[WireItem] | None:
+    """The items of a ``DispatchBatchRequest``, or ``None`` if this reader declines the bytes."""
+    return _elements(data, _item)
 
 
 def parse_request(data: bytes) -> WireItem | None:
@@ -529,19 +539,7 @@ def _operation(data: bytes, pos: int, end: int) -> WireOperation:
 
 def parse_operate_request(data: bytes) -> list[WireOperation] | None:
     """The operations of an ``OperateRequest``, or ``None`` if this reader declines the bytes."""
-    ops = []
-    pos, end = 0, len(data)
-    try:
-        while pos < end:
-            key, pos = _varint(data, pos)
-            if key != (1 << 3) | _LEN:
-                return None
-            stop, start = _length(data, pos, end)
-            ops.append(_operation(data, start, stop))
-            pos = stop
-    except _Malformed:
-        return None
-    return ops
+    return _elements(data, _operation)
 
 
 def operation_at(item: WireItem | WirePresence | WireEvent | WireClaim, now_ms: int) -> int:

@@ -34,6 +34,17 @@ cdef inline Py_ssize_t read_varint(const unsigned char* d, Py_ssize_t pos, Py_ss
     return -1
 
 
+cdef void* grow(void* array, Py_ssize_t* cap, size_t size) except NULL:
+    """``array`` (of ``cap[0]`` elements of ``size`` bytes, all in use) reallocated to hold
+    more: the reused per-batch arrays of the wire readers. Raises MemoryError."""
+    cdef Py_ssize_t new_cap = cap[0] * 2 + 64
+    cdef void* grown = realloc(array, new_cap * size)
+    if grown == NULL:
+        raise MemoryError()
+    cap[0] = new_cap
+    return grown
+
+
 cdef inline Py_ssize_t next_element(const unsigned char* d, Py_ssize_t pos, Py_ssize_t end,
                                     Py_ssize_t* stop) noexcept:
     """The next element of a batch message's field 1 (repeated, length-delimited: the
@@ -281,7 +292,6 @@ cdef object batch_wire(CompiledEngine engine, object data, int64_t now_ms, Py_ss
     exactly as the reference does (wire_item_slow)."""
     cdef const unsigned char* d
     cdef Py_ssize_t end, pos = 0, n = 0, stop, i
-    cdef WireItem* grown
     cdef int64_t failed = 0
     cdef bint bounded
     cdef int64_t max_at = at_bound(max_at_ms, &bounded)
@@ -294,11 +304,7 @@ cdef object batch_wire(CompiledEngine engine, object data, int64_t now_ms, Py_ss
         if pos < 0:
             return None
         if n == engine.cap_wire_items:
-            grown = <WireItem*>realloc(engine.wire_items, (n * 2 + 64) * sizeof(WireItem))
-            if grown == NULL:
-                raise MemoryError()
-            engine.wire_items = grown
-            engine.cap_wire_items = n * 2 + 64
+            engine.wire_items = <WireItem*>grow(engine.wire_items, &engine.cap_wire_items, sizeof(WireItem))
         if read_item(d, pos, stop, &engine.wire_items[n]) != stop:
             return None
         if bounded and at_beyond(&engine.wire_items[n], max_at):
