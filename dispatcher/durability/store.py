@@ -254,8 +254,8 @@ def _replay(engine: Any, directory: Path, snap_seq: int, manifest: ManifestData 
                 Problem("missing", seg.path, 0, expected - 1, (expected, seg.first_seq - 1)),
             )
         scan = scan_segment(seg)
-        later = [s for s, _ in relevant[idx + 1 :] if s.path.stat().st_size > 0]
         if scan.error is not None:
+            later = [s for k, (s, _) in enumerate(relevant) if k > idx and sizes[k] > 0]
             if end is not None:
                 raise _damage(directory, seg, scan, later, "a sealed segment cannot have a torn tail")
             if not scan.torn:
