@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import structlog
-import uvloop
 
 import _fastpath
 
+from . import aio
 from .auth import AuthPolicy, PolicyError, hash_token, new_token
 from .bootstrap import BootstrapError, apply_bootstrap, load_bootstrap
 from .config import ServeSettings, add_serve_arguments, apply_config_file, settings_from_args
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.log_format, settings.log_level)
     except ValueError as exc:
         parser.error(str(exc))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=aio.new_event_loop) as runner:
         return runner.run(serve(settings))
 
 

@@ -99,6 +99,7 @@ RULES: Final[dict[str, Rule]] = {
     _D + "ReportConversation": Rule("dispatch"),
     _D + "ClaimFromPool": Rule("dispatch"),
     _D + "WatchAssignments": Rule("read", lambda r: r.shop_ids, watch=True),
+    _D + "WatchAssignmentBatches": Rule("read", lambda r: r.shop_ids, watch=True),
     _A + "PutShop": Rule("admin", lambda r: (r.shop.shop_id,)),
     _A + "DeleteShop": Rule("admin"),
     _A + "PutAgent": Rule("admin", lambda r: (r.agent.shop_id,)),

@@ -21,7 +21,7 @@ import asyncio
 import collections
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final, TypeVar, cast
 
 import grpc
@@ -586,7 +586,17 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
     ) -> None:
         # Registered with an identity response serializer (add_dispatch_servicer):
         # the hub writes each hand-out's bytes, serialized once for every watcher.
-        shops = list(request.shop_ids)
+        await self._watch(request.shop_ids, context, batched=False)
+
+    async def WatchAssignmentBatches(  # type: ignore[override]  # context.write of bytes, not a generator
+        self, request: dispatch_pb2.WatchAssignmentBatchesRequest, context: Context
+    ) -> None:
+        # The same, with every write carrying the hand-outs queued by then, as
+        # the bytes of a dispatch.v1.WatchAssignmentBatchesResponse.
+        await self._watch(request.shop_ids, context, batched=True)
+
+    async def _watch(self, shop_ids: Iterable[str], context: Context, *, batched: bool) -> None:
+        shops = list(shop_ids)
         for i, shop_id in enumerate(shops):
             try:
                 _fastpath.model.check_id(shop_id, f"shop_ids[{i}]")
@@ -598,7 +608,7 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             # The headers tell the caller that the subscription is registered:
             # every hand-out after they arrive is delivered.
             await context.send_initial_metadata((("dispatch-watch", "subscribed"),))
-            await hub.serve(sub, context)  # ends with OK at shutdown, RESOURCE_EXHAUSTED if it falls behind
+            await hub.serve(sub, context, batched=batched)  # ends with OK at shutdown, RESOURCE_EXHAUSTED if behind
         finally:
             if sub.overflowed:
                 self._core.counters.errors["RESOURCE_EXHAUSTED"] += 1
@@ -765,8 +775,9 @@ class _Registration:
 RAW_BYTES_METHODS: Final = ("Dispatch", "DispatchBatch", "DispatchStream", "Operate", "OperateStream")
 """Methods registered without protobuf (de)serializers: the engine reads and
 writes their messages itself (``dispatch_wire``, ``dispatch_batch_wire``).
-WatchAssignments decodes its request with protobuf but writes bytes: each
-hand-out is serialized once, by the hub, for all its watchers."""
+WatchAssignments and WatchAssignmentBatches decode their requests with
+protobuf but write bytes: each hand-out is serialized once, by the hub, for
+all its watchers."""
 
 
 def add_dispatch_servicer(servicer: DispatchServicer, server: Any) -> None:
@@ -782,6 +793,10 @@ def add_dispatch_servicer(servicer: DispatchServicer, server: Any) -> None:
     handlers["WatchAssignments"] = grpc.unary_stream_rpc_method_handler(
         servicer.WatchAssignments, request_deserializer=dispatch_pb2.WatchAssignmentsRequest.FromString
     )  # no response serializer: the hub writes serialized dispatch.v1.Assignment bytes
+    handlers["WatchAssignmentBatches"] = grpc.unary_stream_rpc_method_handler(
+        servicer.WatchAssignmentBatches,
+        request_deserializer=dispatch_pb2.WatchAssignmentBatchesRequest.FromString,
+    )  # likewise: dispatch.v1.WatchAssignmentBatchesResponse bytes
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(caught.service, handlers),))
     server.add_registered_method_handlers(caught.service, handlers)
 

@@ -17,8 +17,14 @@ How a hand-out travels:
 3. Each WatchAssignments call (``AssignmentHub.serve``) writes its queue's
    bytes as they are: the method is registered with an identity response
    serializer, and the bytes are those of a ``dispatch.v1.Assignment``, so
-   clients see the same wire format as before. Every write is a trip through
-   the event loop, so open streams share the loop with the calls.
+   clients see the same wire format as before. A WatchAssignmentBatches call
+   writes everything queued for it by then as one
+   ``dispatch.v1.WatchAssignmentBatchesResponse`` (``batch_response``: each
+   shared frame behind its field tag), so a busy watcher costs one write per
+   batch. Every write is a trip through the event loop, so open streams share
+   the loop with the calls; at most ``WATCH_WRITE_SLOTS`` writes are in flight
+   at once over all watchers (``WriteGate``), so a turn of the loop runs at
+   most that many and the calls' own steps interleave.
 
 Ordering: a subscriber sees hand-outs in the order they were published. A
 subscription joins the pending list like a batch does, so it receives exactly
@@ -54,10 +60,15 @@ from .convert import assignment_to_pb
 
 __all__ = [
     "WATCH_BACKLOG",
+    "WATCH_BATCH_MAX",
     "WATCH_CHUNK",
+    "WATCH_WRITE_HOLD",
+    "WATCH_WRITE_SLOTS",
     "AssignmentHub",
     "HandOut",
     "Subscriber",
+    "WriteGate",
+    "batch_response",
 ]
 
 HandOut = Assignment
@@ -71,12 +82,42 @@ The frames are shared between subscribers (one bytes object per hand-out), so a
 full queue costs its subscriber only the references: a few hundred deque
 entries of shared tuples, and the hand-outs themselves once for all."""
 
+WATCH_BATCH_MAX: Final = 1024
+"""Hand-outs a WatchAssignmentBatches write gathers before it stops taking more
+(it takes whole shared chunks, so a write may hold up to ``WATCH_CHUNK - 1`` more)."""
+
+WATCH_WRITE_SLOTS: Final = 32
+"""Watcher writes in flight at once over all watchers (``WriteGate``)."""
+
+WATCH_WRITE_HOLD: Final = 0.05
+"""Seconds a write may keep its slot; one held longer by the client's flow control gives it back."""
+
 WATCH_CHUNK: Final = 256
 """Hand-outs the fan-out task serializes and distributes before it yields to the event loop."""
 
 _ALL: Final[frozenset[str]] = frozenset()
 
 log = structlog.get_logger("dispatcher.watch")
+
+
+def _field_1_tag(length: int) -> bytes:
+    """The tag and length that put a ``length``-byte message in field 1 (``assignments``)."""
+    head = bytearray(b"\x0a")
+    while length > 0x7F:
+        head.append((length & 0x7F) | 0x80)
+        length >>= 7
+    head.append(length)
+    return bytes(head)
+
+
+_TAGS: Final = [_field_1_tag(n) for n in range(1024)]
+
+
+def batch_response(frames: Iterable[bytes]) -> bytes:
+    """The bytes of a ``dispatch.v1.WatchAssignmentBatchesResponse`` holding ``frames``
+    (serialized ``dispatch.v1.Assignment`` messages): each one tagged as field 1."""
+    tags = _TAGS
+    return b"".join([tags[n] + f if (n := len(f)) < 1024 else _field_1_tag(n) + f for f in frames])
 
 
 class Subscriber:
@@ -134,6 +175,68 @@ class Subscriber:
             self._waiter = None
 
 
+class WriteGate:
+    """At most ``slots`` watcher writes in flight at once, over all watchers.
+
+    Every completed write wakes its watcher for the next one in the same turn
+    of the event loop, so with hundreds of busy watchers one turn would run
+    hundreds of writes (~40 us each) and every call would wait for several such
+    turns. With the gate a turn runs at most ``slots`` of them, and the calls'
+    steps interleave. A write held by a client's flow control must not keep its
+    slot: after ``hold`` seconds its slot is given back (the write goes on).
+    Slots are handed out first come, first served."""
+
+    __slots__ = ("_hold", "_loop", "_waiters", "free")
+
+    def __init__(self, slots: int, hold: float) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.free = slots
+        self._hold = hold
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def write(self, write: Any, data: bytes) -> None:
+        """``await write(data)`` in a slot."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+        else:
+            loop = self._loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter  # the releaser gave its slot to this waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # the slot was given just before the cancel: pass it on
+                raise
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release()
+
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        timer = loop.call_later(self._hold, release)
+        try:
+            await write(data)
+        finally:
+            timer.cancel()
+            release()
+
+    def _release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class _Batch:
     """Published hand-outs not distributed yet; ``start`` is how many of them were."""
 
@@ -151,10 +254,17 @@ class AssignmentHub:
     does, ``WATCH_CHUNK`` hand-outs at a time. ``serve`` runs one call.
     """
 
-    def __init__(self, backlog: int = WATCH_BACKLOG, chunk: int = WATCH_CHUNK) -> None:
+    def __init__(
+        self,
+        backlog: int = WATCH_BACKLOG,
+        chunk: int = WATCH_CHUNK,
+        write_slots: int = WATCH_WRITE_SLOTS,
+        write_hold: float = WATCH_WRITE_HOLD,
+    ) -> None:
         if backlog < 1 or chunk < 1:
             raise ValueError("backlog and chunk must be at least 1")
         self.backlog = backlog
+        self.gate = WriteGate(write_slots, write_hold)
         self._chunk = chunk
         self._groups: dict[frozenset[str], set[Subscriber]] = {}
         """Subscribers by their set of shops (``frozenset()``: every shop)."""
@@ -356,11 +466,18 @@ class AssignmentHub:
 
     # ---------------------------------------------------------------- one call
 
-    async def serve(self, sub: Subscriber, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def serve(
+        self, sub: Subscriber, context: grpc.aio.ServicerContext[Any, Any], *, batched: bool = False
+    ) -> None:
         """Write ``sub``'s queue to ``context`` until the server stops (OK) or the subscriber
-        falls behind (RESOURCE_EXHAUSTED). The caller unsubscribes ``sub`` afterwards."""
+        falls behind (RESOURCE_EXHAUSTED). The caller unsubscribes ``sub`` afterwards.
+
+        ``batched``: each write is a ``dispatch.v1.WatchAssignmentBatchesResponse``
+        holding everything queued by then (up to ``WATCH_BATCH_MAX`` hand-outs);
+        otherwise each write is one ``dispatch.v1.Assignment``."""
         sub._task = asyncio.current_task()
         write = context.write
+        gated = self.gate.write
         try:
             while True:
                 batch = sub.take()
@@ -370,10 +487,19 @@ class AssignmentHub:
                     await sub._wait()
                     continue
                 sub._writing = True
-                for frame in batch:
-                    await write(frame)
-                    if sub.overflowed:
-                        break
+                if batched:
+                    frames = list(batch)
+                    while len(frames) < WATCH_BATCH_MAX:
+                        more = sub.take()
+                        if more is None:
+                            break
+                        frames.extend(more)
+                    await gated(write, batch_response(frames))
+                else:
+                    for frame in batch:
+                        await gated(write, frame)
+                        if sub.overflowed:
+                            break
                 sub._writing = False
         except asyncio.CancelledError:
             if not sub.overflowed:

@@ -1,8 +1,9 @@
 """Helpers and fixtures shared by the tests (loaded by ``conftest.py`` as a plugin).
 
 - ``ThreadedServer``: a real Dispatch server on a free port, in its own thread
-  with its own uvloop event loop (as in production), so both the async client
-  (in the test's loop) and the blocking client can call it; the fixtures
+  with its own uvloop event loop, so both the async client (in the test's
+  loop) and the blocking client can call it (plain uvloop: ``dispatcher.aio``'s
+  loop, which ``dispatcher serve`` runs, is for a process's only loop); the fixtures
   ``server``, ``client`` and ``sync_client`` start one per test.
 - ``Proc``: ``dispatcher serve`` as a subprocess (no authentication, explicitly);
   ``demo_server`` runs it on the demo bootstrap.

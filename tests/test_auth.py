@@ -102,8 +102,14 @@ def _item_or_call(fn: Callable[[], dispatch_pb2.DispatchBatchResponse]) -> grpc.
     return grpc.StatusCode.OK
 
 
-def _watch(s: Stubs, shops: list[str], m: Any) -> grpc.StatusCode:
-    call = s.d.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shops), metadata=m, timeout=10)
+def _watch(s: Stubs, shops: list[str], m: Any, *, batches: bool = False) -> grpc.StatusCode:
+    call: Any
+    if batches:
+        call = s.d.WatchAssignmentBatches(
+            dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shops), metadata=m, timeout=10
+        )
+    else:
+        call = s.d.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shops), metadata=m, timeout=10)
     if ("dispatch-watch", "subscribed") in tuple(call.initial_metadata()):
         call.cancel()
         return grpc.StatusCode.OK
@@ -152,6 +158,7 @@ CALLS: dict[str, Callable[[Stubs, str, Any], grpc.StatusCode]] = {
         lambda: s.d.ClaimFromPool(dispatch_pb2.ClaimFromPoolRequest(shop_id=shop, agent_id=f"{shop}:x"), metadata=m)
     ),
     "WatchAssignments": lambda s, shop, m: _watch(s, [shop], m),
+    "WatchAssignmentBatches": lambda s, shop, m: _watch(s, [shop], m, batches=True),
     "PutShop": lambda s, shop, m: _code(
         lambda: s.a.PutShop(
             admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop, main_account=shop)), metadata=m
@@ -226,7 +233,10 @@ ROLE_OF = {
         ],
         "admin",
     ),
-    **dict.fromkeys(["GetShopState", "ListShops", "GetConversation", "GetBuyer", "WatchAssignments"], "read"),
+    **dict.fromkeys(
+        ["GetShopState", "ListShops", "GetConversation", "GetBuyer", "WatchAssignments", "WatchAssignmentBatches"],
+        "read",
+    ),
 }
 
 
@@ -326,6 +336,8 @@ def test_watching_every_shop_needs_star_and_list_shops_is_filtered(srv: tuple[Th
     assert _watch(stubs, [], md(TOKENS["read"])) == grpc.StatusCode.PERMISSION_DENIED
     assert _watch(stubs, ["a", "b"], md(TOKENS["read"])) == grpc.StatusCode.PERMISSION_DENIED
     assert _watch(stubs, [], md(TOKENS["all"])) == grpc.StatusCode.OK
+    assert _watch(stubs, [], md(TOKENS["read"]), batches=True) == grpc.StatusCode.PERMISSION_DENIED
+    assert _watch(stubs, [], md(TOKENS["all"]), batches=True) == grpc.StatusCode.OK
     assert list(stubs.a.ListShops(admin_pb2.ListShopsRequest(), metadata=md(TOKENS["read"])).shop_ids) == ["a"]
     assert list(stubs.a.ListShops(admin_pb2.ListShopsRequest(), metadata=md(TOKENS["all"])).shop_ids) == ["a", "b"]
 

@@ -110,3 +110,17 @@ def test_priority_position_estimated_wait_and_previous_agent(sync_client: Dispat
         moved = next(watch)
     assert (moved.conversation_id, moved.reason, moved.previous_agent_id) == ("r1", pb.Reason.REASON_REROUTED, held)
     assert moved.agent_id not in ("", held)
+
+
+def test_blocking_watch_gives_a_burst_one_by_one_in_order(sync_client: DispatchClient) -> None:
+    # The client reads WatchAssignmentBatches: a burst arrives as a few
+    # messages of many hand-outs, and the watch gives them one at a time.
+    sync_client.put_shop(shop_id="s", main_account="s")
+    sync_client.put_agent(shop_id="s", agent_id="s:a", max_capacity=1)
+    sync_client.set_presence("s", "s:a", pb.Presence.PRESENCE_ONLINE)
+    sync_client.dispatch("s", "b-first", "first")
+    sync_client.dispatch_batch([dispatch_request("s", f"b{i}", f"c{i:04d}") for i in range(1500)])
+    with sync_client.watch_assignments("s") as watch:
+        sync_client.put_agent(shop_id="s", agent_id="s:a", max_capacity=1501)  # hands out all 1,500 at once
+        got = [next(watch).conversation_id for _ in range(1500)]
+    assert got == [f"c{i:04d}" for i in range(1500)]

@@ -772,7 +772,7 @@ def test_undecodable_bytes_are_invalid_argument_on_every_rpc(hostile: Any) -> No
         )
         for m in svc.methods
     ]
-    assert len(methods) == 21
+    assert len(methods) == 22
     for path, client_streaming, server_streaming, first in methods:
         inputs = [b"\xff", b"\x0a\x7f"]  # an invalid wire type; a truncated field
         if first is not None:  # field 1 exists (a string, or a message whose field 1 is a string): invalid UTF-8

@@ -1,8 +1,11 @@
 """WatchAssignments cannot hurt the callers (dispatcher/watch.py, issue 11).
 
-- Health stays fast (p99 <= 50 ms) while 500 watchers, some reading slowly and
-  some not at all, get 50k hand-outs: a ``dispatcher serve`` subprocess, the
-  watchers in a second subprocess, health probed from this one.
+- Health stays fast (p99 <= 50 ms) while 500 watchers of both methods
+  (WatchAssignments and WatchAssignmentBatches), some reading slowly and some
+  not at all, get 50k hand-outs: a ``dispatcher serve`` subprocess, the
+  watchers in a second subprocess, health probed from this one. What makes it
+  hold: the write gate (``WriteGate``, tested here) and the server loop's
+  handling of grpc.aio's wake-up socket (``tests/test_aio.py``).
 - A watcher that falls behind its bound is ended with RESOURCE_EXHAUSTED (its
   queue never grows past the bound and is dropped at once) while a fast one
   gets everything, in order.
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +40,11 @@ from dispatcher._gen.dispatch.v1 import (
     dispatch_pb2_grpc,
 )
 from dispatcher.server import WATCH_BACKLOG, AssignmentHub
-from dispatcher.watch import Subscriber
+from dispatcher.watch import WATCH_CHUNK, Subscriber, WriteGate, batch_response
 
 ONLINE = 1
 ROOT = Path(__file__).resolve().parents[1]
+WATCH_METHODS = ["WatchAssignments", "WatchAssignmentBatches"]
 
 
 def _setup_shop(a: admin_pb2_grpc.AdminStub, d: dispatch_pb2_grpc.DispatchStub, shop: str, queued: int) -> None:
@@ -215,7 +220,143 @@ def test_publishing_without_watchers_costs_nothing_per_hand_out() -> None:
 # ------------------------------------------------------------------ end to end
 
 
-def test_a_slow_watcher_is_ended_with_resource_exhausted_while_a_fast_one_gets_everything() -> None:
+def test_the_write_gate_keeps_at_most_its_slots_in_flight_first_come_first_served() -> None:
+    async def run() -> None:
+        gate = WriteGate(slots=3, hold=10.0)
+        in_flight, most, order = 0, 0, []
+        release = asyncio.Event()
+
+        async def write(data: bytes) -> None:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            order.append(data)
+            await release.wait()
+            in_flight -= 1
+
+        tasks = [asyncio.create_task(gate.write(write, b"%d" % i)) for i in range(10)]
+        await asyncio.sleep(0.01)
+        assert in_flight == 3 and order == [b"0", b"1", b"2"]  # the others wait for a slot
+        release.set()
+        await asyncio.gather(*tasks)
+        assert most == 3 and order == [b"%d" % i for i in range(10)]  # in the order they asked
+        assert gate.free == 3  # every slot back
+
+    asyncio.run(run())
+
+
+def test_a_write_held_past_the_hold_time_gives_its_slot_back() -> None:
+    async def run() -> None:
+        gate = WriteGate(slots=1, hold=0.02)
+        stuck = asyncio.Event()  # a client that stopped reading: this write never completes
+        done: list[bytes] = []
+
+        async def held(data: bytes) -> None:
+            await stuck.wait()
+
+        async def write(data: bytes) -> None:
+            done.append(data)
+
+        blocked = asyncio.create_task(gate.write(held, b"stalled"))
+        await asyncio.sleep(0)
+        other = asyncio.create_task(gate.write(write, b"other"))
+        await asyncio.sleep(0.005)
+        assert done == []  # within the hold time the slot is the stalled write's
+        await asyncio.wait_for(other, 1)  # after it, the other watcher writes
+        assert done == [b"other"] and not blocked.done()
+        blocked.cancel()  # the stalled watcher is ended (overflow): nothing is released twice
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        assert gate.free == 1
+
+    asyncio.run(run())
+
+
+def test_a_watcher_cancelled_while_it_waits_for_a_slot_passes_the_slot_on() -> None:
+    async def run() -> None:
+        gate = WriteGate(slots=1, hold=10.0)
+        go = asyncio.Event()
+        done: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            await go.wait()
+            done.append(data)
+
+        first = asyncio.create_task(gate.write(write, b"1"))
+        second = asyncio.create_task(gate.write(write, b"2"))
+        third = asyncio.create_task(gate.write(write, b"3"))
+        await asyncio.sleep(0)
+        second.cancel()  # waiting for the slot when its watcher ends
+        go.set()
+        await first
+        await third
+        assert done == [b"1", b"3"] and second.cancelled() and gate.free == 1
+
+    asyncio.run(run())
+
+
+def test_batch_responses_frame_each_assignment_as_field_1() -> None:
+    items = [
+        dispatch_pb2.Assignment(shop_id="s" * n, conversation_id=f"c{n}") for n in (0, 1, 125, 127, 128, 1000, 20000)
+    ]
+    wire = batch_response([a.SerializeToString() for a in items])
+    assert list(dispatch_pb2.WatchAssignmentBatchesResponse.FromString(wire).assignments) == items
+    assert batch_response([]) == b""
+
+
+@pytest.mark.parametrize("method", WATCH_METHODS)
+def test_watchers_of_both_methods_get_the_same_hand_outs_in_order(method: str) -> None:
+    running = ThreadedServer().start()
+    try:
+        with grpc.insecure_channel(running.target) as ch:
+            a, d = admin_pb2_grpc.AdminStub(ch), dispatch_pb2_grpc.DispatchStub(ch)
+            _setup_shop(a, d, "s", 3000)
+            watch = _Watch(ch, method, ["s"], 60)
+            assert ("dispatch-watch", "subscribed") in tuple(watch.call.initial_metadata() or ())
+            messages = iter(watch.call)
+            _drain(a, "s", 1)  # one hand-out alone: a batch of one, at once
+            first = next(messages)
+            assert (list(first.assignments) if watch.batched else [first])[0].conversation_id == "c000000"
+            _drain(a, "s", 3000)  # 2,999 at once: many per write for the batches
+            got, writes = [], 0
+            while len(got) < 2999:
+                message = next(messages)
+                writes += 1
+                got.extend(x.conversation_id for x in (message.assignments if watch.batched else [message]))
+            assert got == [f"c{i:06d}" for i in range(1, 3000)]
+            if watch.batched:
+                assert writes <= 2999 // WATCH_CHUNK + 2  # grouped: whole shared chunks per write
+            else:
+                assert writes == 2999
+            watch.call.cancel()
+    finally:
+        running.stop()
+
+
+class _Watch:
+    """A blocking watch stream of either method; iterating gives single assignments."""
+
+    def __init__(self, channel: grpc.Channel, method: str, shops: list[str], timeout: float) -> None:
+        stub = dispatch_pb2_grpc.DispatchStub(channel)
+        self.batched = method == "WatchAssignmentBatches"
+        if self.batched:
+            self.call = stub.WatchAssignmentBatches(
+                dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shops), timeout=timeout
+            )
+        else:
+            self.call = stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shops), timeout=timeout)
+
+    def __iter__(self) -> Iterator[dispatch_pb2.Assignment]:
+        for message in self.call:
+            if self.batched:
+                assert 1 <= len(message.assignments) <= 1024 + 255
+                yield from message.assignments
+            else:
+                yield message
+
+
+@pytest.mark.parametrize("method", WATCH_METHODS)
+def test_a_slow_watcher_is_ended_with_resource_exhausted_while_a_fast_one_gets_everything(method: str) -> None:
     running = ThreadedServer(watch_backlog=1000).start()
     try:
         # The slow watcher never reads: with BDP probing off its flow-control window stays small.
@@ -226,13 +367,10 @@ def test_a_slow_watcher_is_ended_with_resource_exhausted_while_a_fast_one_gets_e
         ):
             a, d = admin_pb2_grpc.AdminStub(ch), dispatch_pb2_grpc.DispatchStub(ch)
             _setup_shop(a, d, "s", 6000)
-            request = dispatch_pb2.WatchAssignmentsRequest(shop_ids=["s"])
-            fast = d.WatchAssignments(request, timeout=60)
-            slow = dispatch_pb2_grpc.DispatchStub(slow_ch).WatchAssignments(
-                request, timeout=60
-            )  # never read until the end
-            for call in (fast, slow):
-                assert ("dispatch-watch", "subscribed") in tuple(call.initial_metadata() or ())
+            fast = _Watch(ch, method, ["s"], 60)
+            slow = _Watch(slow_ch, method, ["s"], 60)  # never read until the end
+            for watch in (fast, slow):
+                assert ("dispatch-watch", "subscribed") in tuple(watch.call.initial_metadata() or ())
             got: list[str] = []
             reader = threading.Thread(
                 target=lambda: got.extend(x.conversation_id for _, x in zip(range(6000), fast, strict=False))
@@ -260,7 +398,7 @@ def test_a_slow_watcher_is_ended_with_resource_exhausted_while_a_fast_one_gets_e
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "fell more than 1000 assignments behind" in (info.value.details() or "")
             assert seen == [f"c{i:06d}" for i in range(len(seen))] and len(seen) < 6000
-            fast.cancel()
+            fast.call.cancel()
         assert running.server.counters.errors["RESOURCE_EXHAUSTED"] == 1
     finally:
         running.stop()
@@ -339,7 +477,8 @@ WATCHERS = 500
 
 # The watchers' process: ``python -c WATCHERS_SCRIPT TARGET``. PLAN is a list of
 # [shops, mode, expected] (on stdin): "fast" reads at once, "slow" sleeps 5 ms every 25
-# messages, "stall" never reads. It prints {"ready": n} once every stream is
+# hand-outs, "stall" never reads; a mode ending in "-batches" watches with
+# WatchAssignmentBatches, the others with WatchAssignments. It prints {"ready": n} once every stream is
 # subscribed, then {"counts": [...], "ordered": [...]} when every reader has
 # its expected count (or 120 s passed).
 WATCHERS_SCRIPT = r"""
@@ -354,28 +493,35 @@ async def main():
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(10)]
     calls, counts, ordered = [], [0] * len(plan), [True] * len(plan)
     for i, (shops, mode, expected) in enumerate(plan):
-        ch = channels[i % 8] if mode != "stall" else channels[8 + i % 2]
-        watch = ch.unary_stream("/dispatch.v1.Dispatch/WatchAssignments",
-                                request_serializer=dispatch_pb2.WatchAssignmentsRequest.SerializeToString,
-                                response_deserializer=dispatch_pb2.Assignment.FromString)
-        calls.append(watch(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shops), timeout=150))
+        ch = channels[i % 8] if not mode.startswith("stall") else channels[8 + i % 2]
+        if mode.endswith("-batches"):
+            watch = ch.unary_stream("/dispatch.v1.Dispatch/WatchAssignmentBatches",
+                                    request_serializer=dispatch_pb2.WatchAssignmentBatchesRequest.SerializeToString,
+                                    response_deserializer=dispatch_pb2.WatchAssignmentBatchesResponse.FromString)
+            calls.append(watch(dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shops), timeout=150))
+        else:
+            watch = ch.unary_stream("/dispatch.v1.Dispatch/WatchAssignments",
+                                    request_serializer=dispatch_pb2.WatchAssignmentsRequest.SerializeToString,
+                                    response_deserializer=dispatch_pb2.Assignment.FromString)
+            calls.append(watch(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shops), timeout=150))
     for call in calls:
         assert ("dispatch-watch", "subscribed") in tuple(await call.initial_metadata())
     print(json.dumps({"ready": len(calls)}), flush=True)
 
     async def read(i, call, mode, expected):
         last = {}
-        async for a in call:
-            counts[i] += 1
-            if a.conversation_id <= last.get(a.shop_id, ""):
-                ordered[i] = False
-            last[a.shop_id] = a.conversation_id
-            if mode == "slow" and counts[i] % 25 == 0:
-                await asyncio.sleep(0.005)
+        async for message in call:
+            for a in (message.assignments if mode.endswith("-batches") else (message,)):
+                counts[i] += 1
+                if a.conversation_id <= last.get(a.shop_id, ""):
+                    ordered[i] = False
+                last[a.shop_id] = a.conversation_id
+                if mode.startswith("slow") and counts[i] % 25 == 0:
+                    await asyncio.sleep(0.005)
             if counts[i] >= expected:
                 return
 
-    readers = [read(i, c, p[1], p[2]) for i, (c, p) in enumerate(zip(calls, plan)) if p[1] != "stall"]
+    readers = [read(i, c, p[1], p[2]) for i, (c, p) in enumerate(zip(calls, plan)) if not p[1].startswith("stall")]
     try:
         await asyncio.wait_for(asyncio.gather(*readers), 120)
     except asyncio.TimeoutError:
@@ -388,20 +534,20 @@ uvloop.run(main())
 
 
 def _plan() -> list[tuple[list[str], str, int]]:
-    """500 watchers: readers, slow readers and stalled ones of every kind of subscription.
+    """500 watchers: readers, slow readers and stalled ones of every kind of subscription, of both methods.
 
     Every hand-out reaches a reader at least once (each busy shop has one,
     fast or slow); the stalled watcher of every shop takes whatever its
     flow-control window holds and then blocks."""
     plan: list[tuple[list[str], str, int]] = []
     for i, shop in enumerate(BUSY):  # one reader per busy shop: 20 x 2500
-        plan.append(([shop], ("fast", "slow")[i % 2], PER_BUSY))
+        plan.append(([shop], ("fast", "slow-batches", "slow", "fast-batches")[i % 4], PER_BUSY))
     plan.append(([], "stall", 0))  # every shop, never reads
     plan.append(([BUSY[0], QUIET[0]], "fast", PER_BUSY + PER_QUIET))  # two shops, in publish order
     i = 0
     while len(plan) < WATCHERS:  # the rest on the quiet shops: fast, slow and stalled
-        mode = ("fast", "slow", "stall")[i % 3]
-        plan.append(([QUIET[i % len(QUIET)]], mode, PER_QUIET if mode != "stall" else 0))
+        mode = ("fast", "slow-batches", "stall", "fast-batches", "slow", "stall-batches")[i % 6]
+        plan.append(([QUIET[i % len(QUIET)]], mode, 0 if mode.startswith("stall") else PER_QUIET))
         i += 1
     return plan
 
@@ -548,7 +694,7 @@ def test_health_stays_fast_while_500_watchers_get_50k_hand_outs() -> None:
     run = runs[-1]
     plan, received = run["plan"], run["received"]
     # Every reader got every hand-out of its shops, each shop's in order.
-    readers = [i for i, p in enumerate(plan) if p[1] != "stall"]
+    readers = [i for i, p in enumerate(plan) if not p[1].startswith("stall")]
     assert [received["counts"][i] for i in readers] == [plan[i][2] for i in readers]
     assert all(received["ordered"][i] for i in readers)
     assert not run["failures"], run["failures"]

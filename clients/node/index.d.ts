@@ -2,6 +2,7 @@
 // objects as @grpc/proto-loader gives them: camelCase fields, enum names as
 // strings, 64-bit integers as strings, Timestamps as {seconds, nanos}.
 import * as grpc from '@grpc/grpc-js';
+import { Readable } from 'node:stream';
 
 export { grpc };
 export const status: typeof grpc.status;
@@ -160,7 +161,15 @@ export interface DispatchStreamHandle {
   send(requests: DispatchRequest[]): Promise<DispatchResponse[]>;
   end(): void;
 }
-export interface WatchStream extends grpc.ClientReadableStream<Assignment> { ready: Promise<grpc.Metadata> }
+/** Assignments one at a time, read from WatchAssignmentBatches; emits 'data', 'metadata', 'status', 'error', 'end'. */
+export interface WatchStream extends Readable {
+  /** Resolves once the subscription is registered: every hand-out after it is delivered. */
+  ready: Promise<grpc.Metadata>;
+  /** Ends the watch; the stream then emits 'error' with code CANCELLED. */
+  cancel(): void;
+  /** The underlying WatchAssignmentBatches call. */
+  call: grpc.ClientReadableStream<{ assignments: Assignment[] }>;
+}
 
 export interface ClientOptions {
   credentials?: grpc.ChannelCredentials;

@@ -22,6 +22,7 @@
  * or rejects with its own grpc-js-like error. `{ autoBatch: false }`: unary RPCs.
  */
 const path = require('node:path');
+const { Readable } = require('node:stream');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
@@ -563,18 +564,38 @@ class DispatchClient {
   }
 
   /**
-   * WatchAssignments for some shops (none: every shop). The returned stream
-   * emits 'data' Assignments; `ready` resolves once the subscription is
-   * registered (every hand-out after it is delivered).
+   * Watches the hand-outs of some shops (none: every shop). The returned
+   * object-mode Readable emits 'data' Assignments, one at a time and in order,
+   * read from WatchAssignmentBatches (the server puts the hand-outs that are
+   * ready into one message). `ready` resolves once the subscription is
+   * registered (every hand-out after it is delivered); `cancel()` ends it, and
+   * the stream then emits 'error' with code CANCELLED, like a gRPC call.
+   * 'metadata' and 'status' are passed on from the call (`watch.call`).
    */
   watchAssignments(shopIds = []) {
-    const call = this.dispatchStub.watchAssignments({ shopIds });
-    call.ready = new Promise((resolve, reject) => {
+    const call = this.dispatchStub.watchAssignmentBatches({ shopIds });
+    const watch = new Readable({
+      objectMode: true,
+      read() { call.resume(); },
+      destroy(err, callback) { call.cancel(); callback(err); },
+    });
+    call.on('data', (batch) => {
+      let more = true;
+      for (const assignment of batch.assignments) more = watch.push(assignment);
+      if (!more) call.pause(); // the reader is behind: let gRPC flow control hold the server
+    });
+    call.on('end', () => watch.push(null));
+    call.on('error', (err) => watch.destroy(err));
+    call.on('metadata', (metadata) => watch.emit('metadata', metadata));
+    call.on('status', (status) => watch.emit('status', status));
+    watch.call = call;
+    watch.cancel = () => call.cancel();
+    watch.ready = new Promise((resolve, reject) => {
       call.once('metadata', resolve);
       call.once('error', reject);
     });
-    call.ready.catch(() => {}); // an error is also reported on the stream
-    return call;
+    watch.ready.catch(() => {}); // an error is also reported on the stream
+    return watch;
   }
 
   // ---- dispatch.v1.Admin

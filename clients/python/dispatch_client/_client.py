@@ -8,6 +8,7 @@ the blocking client has explicit batches (``pipeline()``). See clients/python/RE
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as _dt
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -155,8 +156,10 @@ def _report(
 
 
 class AsyncWatch:
-    """An open WatchAssignments stream: ``async for assignment in watch``.
+    """An open watch stream: ``async for assignment in watch``.
 
+    It reads ``WatchAssignmentBatches`` (the server groups the hand-outs that
+    are ready into one message) and gives them one at a time, in order.
     ``await watch.ready()`` returns once the server has registered the
     subscription (its response headers arrived): every hand-out after that is
     delivered. ``async with`` does that on entry and cancels on exit.
@@ -164,6 +167,7 @@ class AsyncWatch:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._ready: collections.deque[dispatch_pb2.Assignment] = collections.deque()
 
     async def ready(self) -> AsyncWatch:
         await self._call.initial_metadata()
@@ -171,10 +175,12 @@ class AsyncWatch:
 
     async def next(self) -> dispatch_pb2.Assignment:
         """The next assignment; StopAsyncIteration when the server ends the stream."""
-        item = await self._call.read()
-        if item is cast(Any, grpc.aio).EOF:  # the stubs lack grpc.aio.EOF
-            raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        while not self._ready:
+            batch = await self._call.read()
+            if batch is cast(Any, grpc.aio).EOF:  # the stubs lack grpc.aio.EOF
+                raise StopAsyncIteration
+            self._ready.extend(batch.assignments)
+        return self._ready.popleft()
 
     def __aiter__(self) -> AsyncIterator[dispatch_pb2.Assignment]:
         return self
@@ -197,6 +203,7 @@ class Watch:
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._ready: collections.deque[dispatch_pb2.Assignment] = collections.deque()
 
     def ready(self) -> Watch:
         self._call.initial_metadata()
@@ -206,7 +213,9 @@ class Watch:
         return self
 
     def __next__(self) -> dispatch_pb2.Assignment:
-        return next(self._call)  # type: ignore[no-any-return]
+        while not self._ready:
+            self._ready.extend(next(self._call).assignments)
+        return self._ready.popleft()
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -420,8 +429,8 @@ class AsyncDispatchClient:
             yield reply
 
     async def watch_assignments(self, *shop_ids: str) -> AsyncWatch:
-        """Open a WatchAssignments stream (every shop when none is named) and wait until it is registered."""
-        call = self.dispatch_stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shop_ids))
+        """Open a watch stream (every shop when none is named) and wait until it is registered."""
+        call = self.dispatch_stub.WatchAssignmentBatches(dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shop_ids))
         return await AsyncWatch(call).ready()
 
     # -------------------------------------------------------------- Admin
@@ -582,7 +591,7 @@ class DispatchClient:
         return Pipeline(lambda request: self.dispatch_stub.Operate(request, timeout=self.timeout))
 
     def watch_assignments(self, *shop_ids: str) -> Watch:
-        call = self.dispatch_stub.WatchAssignments(dispatch_pb2.WatchAssignmentsRequest(shop_ids=shop_ids))
+        call = self.dispatch_stub.WatchAssignmentBatches(dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shop_ids))
         return Watch(call).ready()
 
     # -------------------------------------------------------------- Admin

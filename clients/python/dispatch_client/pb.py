@@ -54,6 +54,8 @@ from dispatcher._gen.dispatch.v1.dispatch_pb2 import (
     ReportConversationResponse,
     SetPresenceRequest,
     SetPresenceResponse,
+    WatchAssignmentBatchesRequest,
+    WatchAssignmentBatchesResponse,
     WatchAssignmentsRequest,
 )
 
@@ -68,5 +70,7 @@ __all__ = [
     "PutGroupRequest", "PutShopRequest", "PutShopResponse", "Reason", "ReportConversationRequest",
     "ReportConversationResponse", "Role", "SetExclusiveAgentRequest", "SetPresenceRequest",
     "SetPresenceResponse", "ShopConfig", "ShopState", "Strategy", "WaitKind", "WaitingConversation",
+    "WatchAssignmentBatchesRequest",
+    "WatchAssignmentBatchesResponse",
     "WatchAssignmentsRequest",
 ]  # fmt: skip

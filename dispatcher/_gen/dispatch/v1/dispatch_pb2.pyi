@@ -530,6 +530,57 @@ class WatchAssignmentsRequest(_message.Message):
 Global___WatchAssignmentsRequest: _TypeAlias = WatchAssignmentsRequest  # noqa: Y015
 
 @_typing.final
+class WatchAssignmentBatchesRequest(_message.Message):
+    """Which hand-outs a WatchAssignmentBatches stream carries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shop_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The shops whose hand-outs to stream; empty means every shop (including
+        shops created later). Unknown shop ids are accepted: a shop may be
+        created after the watch starts.
+        """
+
+    def __init__(
+        self,
+        *,
+        shop_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_ids", b"shop_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAssignmentBatchesRequest: _TypeAlias = WatchAssignmentBatchesRequest  # noqa: Y015
+
+@_typing.final
+class WatchAssignmentBatchesResponse(_message.Message):
+    """Hand-outs of a WatchAssignmentBatches stream, in the order they happened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]:
+        """One or more hand-outs (at most 1024)."""
+
+    def __init__(
+        self,
+        *,
+        assignments: _abc.Iterable[Global___Assignment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAssignmentBatchesResponse: _TypeAlias = WatchAssignmentBatchesResponse  # noqa: Y015
+
+@_typing.final
 class Operation(_message.Message):
     """One operation of an OperateRequest: exactly one kind is set. The messages
     are those of the unary calls, with the same meaning and defaults.

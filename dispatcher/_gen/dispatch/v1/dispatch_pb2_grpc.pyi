@@ -106,6 +106,16 @@ class DispatchStub:
     assignments behind is ended with RESOURCE_EXHAUSTED; the server ends
     every watch stream with OK when it shuts down.
     """
+    WatchAssignmentBatches: _grpc.UnaryStreamMultiCallable[_dispatch_pb2.WatchAssignmentBatchesRequest, _dispatch_pb2.WatchAssignmentBatchesResponse]
+    """WatchAssignments with the hand-outs grouped: each response carries the
+    hand-outs queued for the subscriber when the server writes (one or more,
+    at most 1024), in the same order and with the same guarantees (from the
+    moment the stream is open; RESOURCE_EXHAUSTED more than 65536 hand-outs
+    behind; OK at shutdown). A quiet stream gets each hand-out as soon as it
+    happens, in a batch of one; a busy one gets many per write, which costs
+    the server one stream write per batch instead of one per hand-out. The
+    clients of this project watch with it.
+    """
 
 @_typing.type_check_only
 class DispatchAsyncStub(DispatchStub):
@@ -170,6 +180,16 @@ class DispatchAsyncStub(DispatchStub):
     moment the stream is open. A subscriber that falls more than 65536
     assignments behind is ended with RESOURCE_EXHAUSTED; the server ends
     every watch stream with OK when it shuts down.
+    """
+    WatchAssignmentBatches: _aio.UnaryStreamMultiCallable[_dispatch_pb2.WatchAssignmentBatchesRequest, _dispatch_pb2.WatchAssignmentBatchesResponse]  # type: ignore[assignment]
+    """WatchAssignments with the hand-outs grouped: each response carries the
+    hand-outs queued for the subscriber when the server writes (one or more,
+    at most 1024), in the same order and with the same guarantees (from the
+    moment the stream is open; RESOURCE_EXHAUSTED more than 65536 hand-outs
+    behind; OK at shutdown). A quiet stream gets each hand-out as soon as it
+    happens, in a batch of one; a busy one gets many per write, which costs
+    the server one stream write per batch instead of one per hand-out. The
+    clients of this project watch with it.
     """
 
 class DispatchServicer(metaclass=_abc_1.ABCMeta):
@@ -286,6 +306,22 @@ class DispatchServicer(metaclass=_abc_1.ABCMeta):
         moment the stream is open. A subscriber that falls more than 65536
         assignments behind is ended with RESOURCE_EXHAUSTED; the server ends
         every watch stream with OK when it shuts down.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchAssignmentBatches(
+        self,
+        request: _dispatch_pb2.WatchAssignmentBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dispatch_pb2.WatchAssignmentBatchesResponse], _abc.AsyncIterator[_dispatch_pb2.WatchAssignmentBatchesResponse]]:
+        """WatchAssignments with the hand-outs grouped: each response carries the
+        hand-outs queued for the subscriber when the server writes (one or more,
+        at most 1024), in the same order and with the same guarantees (from the
+        moment the stream is open; RESOURCE_EXHAUSTED more than 65536 hand-outs
+        behind; OK at shutdown). A quiet stream gets each hand-out as soon as it
+        happens, in a batch of one; a busy one gets many per write, which costs
+        the server one stream write per batch instead of one per hand-out. The
+        clients of this project watch with it.
         """
 
 def add_DispatchServicer_to_server(servicer: DispatchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
