@@ -30,7 +30,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PACKAGE = "dispatcher._gen"
 TARGET = ROOT / "dispatcher" / "_gen"
-SOURCES = ["dispatch/v1/common.proto", "dispatch/v1/dispatch.proto", "dispatch/v1/admin.proto"]
+SOURCES = [
+    "dispatch/v1/common.proto",
+    "dispatch/v1/dispatch.proto",
+    "dispatch/v1/admin.proto",
+    "dispatch/v1/cluster.proto",
+]
 PINS = {"grpcio-tools": "1.76.", "mypy-protobuf": "5.1.0"}
 INIT = '"""Generated code of the dispatch.v1 protobuf package; regenerate with protos/generate.py."""\n'
 _IMPORT = re.compile(r"(?<![\w.])dispatch\.v1(?=[\s.])")
