@@ -1,8 +1,9 @@
 # Hand-written stub of the compiled engine (_core.pyx and its includes).
 # The API is the same as _fastpath.reference.ReferenceEngine.
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .model import AgentConfig, GroupConfig, ShopConfig
+from .model import AgentConfig, DispatchError, GroupConfig, ShopConfig
 
 __all__ = ["CompiledEngine", "c_constants"]
 
@@ -12,6 +13,7 @@ Assignment = tuple[str, str, str, str, int, int] | tuple[str, str, str, str, int
 class CompiledEngine:
     kind: ClassVar[str]
     seed: int
+    foreign_shop: Callable[[str], DispatchError | None] | None
     def __init__(self, seed: int = 0) -> None: ...
     # configuration
     def put_shop(self, config: ShopConfig) -> None: ...

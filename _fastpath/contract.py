@@ -9,9 +9,10 @@ the servicers, the journal records and the wire codec build one and call
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from .model import AgentConfig, GroupConfig, ShopConfig
+from .model import AgentConfig, DispatchError, GroupConfig, ShopConfig
 
 __all__ = ["Assignment", "Decision", "DispatchCall", "EngineProtocol"]
 
@@ -47,6 +48,10 @@ class EngineProtocol(Protocol):
     def kind(self) -> str: ...
     @property
     def seed(self) -> int: ...
+
+    foreign_shop: Callable[[str], DispatchError | None] | None
+    """None, or shop_id -> the error for an unknown shop that another cluster node
+    owns (dispatcher/cluster.py); NOT_FOUND otherwise. Not state."""
 
     # configuration (spec §8)
     def put_shop(self, config: ShopConfig) -> None: ...

@@ -444,7 +444,7 @@ cdef class CompiledEngine(Router):
         rq.py_source = <PyObject*>source
         idx = self.shop_map.find(0, sp, sn, hash_key(0, sp, sn))
         if idx < 0:
-            raise NotFoundError(f"shop {shop_id!r} not found")
+            raise self.missing_shop(shop_id)
         shop = core.shop_at(self.shop_map.entries[idx].handle)
         rq.conversation_hash = hash_key(shop.handle, rq.conversation, rq.conversation_len)
         core.prefetch_decision(shop, &rq)

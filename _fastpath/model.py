@@ -224,6 +224,8 @@ class DispatchError(Exception):
     """Base of the engine's typed errors; ``grpc_status`` names the gRPC code."""
 
     grpc_status: str = "UNKNOWN"
+    details: tuple[bytes, ...] = ()
+    """Serialized ``google.protobuf.Any`` messages for ``google.rpc.Status.details`` (e.g. a cluster's WRONG_NODE)."""
 
 
 class InvalidArgumentError(DispatchError):

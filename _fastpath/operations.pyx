@@ -353,7 +353,7 @@ cdef int operation_slow(CompiledEngine engine, const char* data, WireOperation* 
                 raw = encode_result(OP_CLAIM_FROM_POOL, encode_claim_response(conversation_id, buyer_id, agent_id))
         failed = 0
     except DispatchError as exc:
-        raw = encode_result_error(error_code(exc), str(exc))
+        raw = encode_result_error(error_code(exc), str(exc), exc.details)
         failed = 1
     size = PyBytes_GET_SIZE(raw)
     wb_reserve(&engine.out, 1 + varint_size(<uint64_t>size) + size)

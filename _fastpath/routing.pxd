@@ -71,11 +71,16 @@ cdef class Router:
     cdef list outbox                # hand-outs after their Dispatch: (shop, conversation, buyer, agent, reason, at)
     cdef int64_t decisions[N_REASONS][N_STRATEGIES]  # counters: decisions made by this object
     cdef int64_t retries            # counter: dispatches answered as retries (§12), not decisions
+    # None, or shop_id -> DispatchError | None: the error for an unknown shop
+    # that another cluster node owns (dispatcher/cluster.py); not state.
+    cdef public object foreign_shop
 
     @cython.final
     cdef Shop shop_at(self, int32_t handle)
     @cython.final
     cdef Shop shop_for(self, object shop_id)
+    @cython.final
+    cdef object missing_shop(self, object shop_id)
     @cython.final
     cdef int32_t agent_for(self, Shop shop, object agent_id) except -1
     @cython.final

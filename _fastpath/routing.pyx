@@ -53,8 +53,18 @@ cdef class Router:
         cdef const char* p = utf8_id(shop_id, &n, "shop_id", False)
         cdef Py_ssize_t idx = self.shop_map.find(0, p, n, hash_key(0, p, n))
         if idx < 0:
-            raise NotFoundError(f"shop {shop_id!r} not found")
+            raise self.missing_shop(shop_id)
         return self.shop_at(self.shop_map.entries[idx].handle)
+
+    @cython.final
+    cdef object missing_shop(self, object shop_id):
+        """The error for an unknown shop: the cluster's (``foreign_shop``) if another node owns it, else NOT_FOUND."""
+        cdef object error
+        if self.foreign_shop is not None:
+            error = self.foreign_shop(shop_id)
+            if error is not None:
+                return error
+        return NotFoundError(f"shop {shop_id!r} not found")
 
     @cython.final
     cdef int32_t agent_for(self, Shop shop, object agent_id) except -1:

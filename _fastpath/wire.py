@@ -271,13 +271,15 @@ def _put_bytes(out: bytearray, number: int, raw: bytes) -> None:
         out += raw
 
 
-def encode_status(code: int, message: str) -> bytes:
-    """A ``google.rpc.Status`` with ``code`` (1) and ``message`` (2)."""
+def encode_status(code: int, message: str, details: tuple[bytes, ...] = ()) -> bytes:
+    """A ``google.rpc.Status`` with ``code`` (1), ``message`` (2) and ``details`` (3: serialized Any messages)."""
     out = bytearray()
     if code:
         _put_varint(out, (1 << 3) | _VARINT)
         _put_varint(out, code)
     _put_bytes(out, 2, message.encode("utf-8"))
+    for detail in details:
+        _put_message(out, 3, detail)
     return bytes(out)
 
 
@@ -287,7 +289,7 @@ def encode_response(
     agent_id: str | None = None,
     group_id: str | None = None,
     trace: list[str] | None = None,
-    error: tuple[int, str] | None = None,
+    error: tuple[int, str] | tuple[int, str, tuple[bytes, ...]] | None = None,
     position: int = 0,
     estimated_wait_ms: int | None = None,
 ) -> bytes:
@@ -376,7 +378,7 @@ def dispatch_item(engine: _Dispatcher, item: WireItem, now_ms: int) -> tuple[byt
         decision = engine.dispatch(*item.call(now_ms))
     except DispatchError as exc:
         code = GRPC_CODE_NUMBERS.get(exc.grpc_status, GRPC_CODE_NUMBERS["INTERNAL"])
-        return encode_response(item.conversation_id, error=(code, str(exc))), True
+        return encode_response(item.conversation_id, error=(code, str(exc), exc.details)), True
     return encode_decision(engine, item.shop_id, item.conversation_id, decision), False
 
 
@@ -617,10 +619,10 @@ def encode_result(kind: int, body: bytes) -> bytes:
     return bytes(out)
 
 
-def encode_result_error(code: int, message: str) -> bytes:
+def encode_result_error(code: int, message: str, details: tuple[bytes, ...] = ()) -> bytes:
     """An ``OperationResult`` holding only its ``error`` (5)."""
     out = bytearray()
-    _put_message(out, 5, encode_status(code, message))
+    _put_message(out, 5, encode_status(code, message, details))
     return bytes(out)
 
 

@@ -64,6 +64,9 @@ ENV_VARS: Final = {
     "fsync_interval_ms": "DISPATCH_FSYNC_INTERVAL_MS",
     "snapshot_every": "DISPATCH_SNAPSHOT_EVERY",
     "snapshot_interval": "DISPATCH_SNAPSHOT_INTERVAL",
+    # Cluster (dispatcher/cluster.py).
+    "cluster_map": "DISPATCH_CLUSTER_MAP",
+    "node": "DISPATCH_NODE",
 }
 
 
@@ -97,6 +100,8 @@ class ServeSettings:
     fsync_interval_ms: int = 100
     snapshot_every: int = 100_000
     snapshot_interval: float = 300.0
+    cluster_map: Path | None = None
+    node: str = ""
 
 
 def _port(text: str) -> int:
@@ -425,6 +430,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] 
     _add_security_arguments(parser, env)
     _add_ecosystem_arguments(parser, env)
     _add_durability_arguments(parser, env)
+    _add_cluster_arguments(parser, env)
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("cluster (dispatcher/cluster.py)")
+    group.add_argument(
+        "--cluster-map",
+        default=env.get(ENV_VARS["cluster_map"]),
+        help="the cluster map (TOML: partitions, epoch, nodes with name, address, partitions); with --node, "
+        "this server serves only its partitions' shops and refuses others with WRONG_NODE [$DISPATCH_CLUSTER_MAP]",
+    )
+    group.add_argument(
+        "--node",
+        default=env.get(ENV_VARS["node"], ""),
+        help="this server's node name in the cluster map [$DISPATCH_NODE]",
+    )
 
 
 def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
@@ -457,4 +478,6 @@ def settings_from_args(ns: argparse.Namespace) -> ServeSettings:
         fsync_interval_ms=int(ns.fsync_interval_ms),
         snapshot_every=int(ns.snapshot_every),
         snapshot_interval=float(ns.snapshot_interval),
+        cluster_map=Path(ns.cluster_map) if ns.cluster_map else None,
+        node=ns.node or "",
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from _fastpath import DispatchError
@@ -40,7 +41,11 @@ _CODE_NAMES: Final = {code.value[0]: code.name for code in grpc.StatusCode}
 
 def status_of(exc: DispatchError) -> status_pb2.Status:
     """The google.rpc.Status of an engine error: the code and message its unary form would give."""
-    return status_pb2.Status(code=_CODES.get(exc.grpc_status, _CODES["INTERNAL"]), message=str(exc))
+    return status_pb2.Status(
+        code=_CODES.get(exc.grpc_status, _CODES["INTERNAL"]),
+        message=str(exc),
+        details=[any_pb2.Any.FromString(d) for d in exc.details],
+    )
 
 
 class OperationContext:

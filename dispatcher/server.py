@@ -26,6 +26,7 @@ from typing import Any, Final, TypeVar, cast
 
 import grpc
 import structlog
+from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
@@ -35,8 +36,9 @@ from _fastpath.contract import EngineProtocol
 from _fastpath.model import MAX_TIME_MS
 from _fastpath.wire import check_batch_size, check_operations_size
 
-from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, cluster_pb2, cluster_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 from .auth import AuthPolicy
+from .cluster import Membership
 from .convert import (
     agent_from_pb,
     assignment_to_pb,
@@ -122,6 +124,17 @@ def _status_code(exc: DispatchError) -> grpc.StatusCode:
     return _CODES.get(exc.grpc_status, grpc.StatusCode.INTERNAL)
 
 
+def status_details(code: grpc.StatusCode, message: str, details: tuple[bytes, ...]) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a ``google.rpc.Status`` with ``details`` (the gRPC
+    richer error model: ``grpc-status-details-bin``); none when there are no details."""
+    if not details:
+        return ()
+    status = status_pb2.Status(
+        code=code.value[0], message=message, details=[any_pb2.Any.FromString(d) for d in details]
+    )
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
 @dataclasses.dataclass(slots=True)
 class Counters:
     """What the server did, counted instead of logged."""
@@ -156,9 +169,16 @@ class CallCore:
     statuses, the journal's group commit), the outbox (``flush``), flow control, draining."""
 
     def __init__(
-        self, engine: EngineProtocol, hub: AssignmentHub, counters: Counters, journal: Journal | None = None
+        self,
+        engine: EngineProtocol,
+        hub: AssignmentHub,
+        counters: Counters,
+        journal: Journal | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.engine = engine
+        self.membership = membership
+        """This node's partitions (a cluster) or None (every shop)."""
         self.hub = hub
         self.counters = counters
         self.journal = journal
@@ -230,12 +250,14 @@ class CallCore:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline expired before the call was run")
         journal = self.journal
         before = journal.seq if journal is not None else 0
+        details: tuple[bytes, ...] = ()
         try:
             result = fn()
         except DispatchError as exc:
             code = _status_code(exc)
             self.counters.errors[code.name] += 1
             message = str(exc)
+            details = exc.details
         except JournalError as exc:
             # The journal cannot write (disk full, data dir gone): the call was refused before the
             # engine ran it, so nothing changed and nothing is acknowledged.
@@ -259,7 +281,7 @@ class CallCore:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             return result
         self.flush()
-        await context.abort(code, message)
+        await context.abort(code, message, status_details(code, message, details))
         raise AssertionError("unreachable")  # abort raises
 
 
@@ -385,7 +407,14 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             except DispatchError as exc:
                 code = _status_code(exc)
                 counters.errors[code.name] += 1
-                add(conversation_id=conversation_id, error=status_pb2.Status(code=code.value[0], message=str(exc)))
+                add(
+                    conversation_id=conversation_id,
+                    error=status_pb2.Status(
+                        code=code.value[0],
+                        message=str(exc),
+                        details=[any_pb2.Any.FromString(d) for d in exc.details],
+                    ),
+                )
                 continue
             response = add(
                 agent_id=agent_id or "", reason=reason, group_id=group_id or "", conversation_id=conversation_id
@@ -597,11 +626,15 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
 
     async def _watch(self, shop_ids: Iterable[str], context: Context, *, batched: bool) -> None:
         shops = list(shop_ids)
+        membership = self._core.membership
         for i, shop_id in enumerate(shops):
             try:
                 _fastpath.model.check_id(shop_id, f"shop_ids[{i}]")
+                if membership is not None:
+                    membership.check(shop_id)  # each node streams its own shops' hand-outs
             except DispatchError as exc:
-                await context.abort(_status_code(exc), str(exc))
+                code = _status_code(exc)
+                await context.abort(code, str(exc), status_details(code, str(exc), exc.details))
         hub = self._core.hub
         sub = hub.subscribe(shops)
         try:
@@ -613,6 +646,22 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             if sub.overflowed:
                 self._core.counters.errors["RESOURCE_EXHAUSTED"] += 1
             hub.unsubscribe(sub)
+
+
+class ClusterServicer(cluster_pb2_grpc.ClusterServicer):
+    """``dispatch.v1.Cluster``: the map this node serves by (empty when it is not in a cluster)."""
+
+    def __init__(self, membership: Membership | None) -> None:
+        self._answer = (
+            membership.map.to_pb(membership.node.name)
+            if membership is not None
+            else cluster_pb2.GetClusterMapResponse()
+        )
+
+    async def GetClusterMap(
+        self, request: cluster_pb2.GetClusterMapRequest, context: Context
+    ) -> cluster_pb2.GetClusterMapResponse:
+        return self._answer
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
@@ -632,6 +681,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         def run() -> admin_pb2.PutShopResponse:
             if not request.HasField("shop"):
                 raise _fastpath.InvalidArgumentError("shop is required")
+            if self._core.membership is not None:
+                self._core.membership.check(request.shop.shop_id)  # a new shop too: WRONG_NODE
             self._engine.put_shop(shop_from_pb(request.shop))
             return admin_pb2.PutShopResponse(shop=shop_config_to_pb(self._engine.shop_config(request.shop.shop_id)))
 
@@ -830,6 +881,7 @@ class DispatchServer:
         journal: Any | None = None,
         max_clock_skew: float | None = MAX_CLOCK_SKEW,
         tick_interval_ms: int | None = TICK_INTERVAL_MS,
+        membership: Membership | None = None,
     ) -> None:
         # Security options (see dispatcher/security.py): callers are
         # authenticated by ``auth`` unless ``no_auth`` is asked for explicitly;
@@ -841,12 +893,18 @@ class DispatchServer:
         self._max_concurrent_rpcs = max_concurrent_rpcs
         self._max_concurrent_streams = max_concurrent_streams  # a limit of their own (security.py)
         self.engine = engine if engine is not None else _fastpath.Engine(seed)
+        # A cluster node (dispatcher/cluster.py) serves only its partitions' shops: an unknown
+        # shop that another node owns is WRONG_NODE (the engine asks on its NOT_FOUND path,
+        # so the shops it serves pay nothing), and PutShop and watches check explicitly.
+        self.membership = membership
+        if membership is not None:
+            self.engine.foreign_shop = membership.error
         self.counters = Counters()
         # The engine counts decisions; those it made before this server (journal replay) are not ours.
         self._decisions_base = self.engine.decision_counts()
         self._retries_base: int = int(self.engine.retry_count())
         self.hub = AssignmentHub(watch_backlog)
-        self._core = CallCore(self.engine, self.hub, self.counters, journal)
+        self._core = CallCore(self.engine, self.hub, self.counters, journal, membership)
         self._max_batch = max_batch
         # A caller's ``at`` may be this far ahead of the server clock; None or 0: no bound.
         if max_clock_skew is not None and max_clock_skew < 0:
@@ -885,6 +943,7 @@ class DispatchServer:
         registering = GuardedServer(server, lambda method, handler: guard.wrap(method, timing(method, handler)))
         add_dispatch_servicer(DispatchServicer(self._core, self._max_batch, self.max_clock_skew_ms), registering)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self._core), cast(Any, registering))
+        cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.membership), cast(Any, registering))
         await self.ecosystem.attach(registering)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if self.credentials is not None:

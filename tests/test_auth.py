@@ -21,7 +21,14 @@ import pytest
 from server_fixtures import ThreadedServer
 
 from dispatcher import auth as auth_mod
-from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
+from dispatcher._gen.dispatch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    cluster_pb2,
+    cluster_pb2_grpc,
+    dispatch_pb2,
+    dispatch_pb2_grpc,
+)
 from dispatcher.auth import AuthPolicy, PolicyError, hash_token
 from dispatcher.cli import main as cli_main
 from dispatcher.security import RULES
@@ -249,7 +256,9 @@ def test_the_table_covers_every_rpc_of_the_contract() -> None:
         )
         for m in svc.methods
     }
-    assert methods == set(RULES)
+    cluster = {f"/dispatch.v1.Cluster/{m.name}" for m in cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].methods}
+    assert methods | cluster == set(RULES)
+    assert all(RULES[m].role == "" for m in cluster)  # any authenticated caller (below)
     assert {name.rsplit("/", 1)[1] for name in methods} == set(CALLS) == set(ROLE_OF)
     assert {RULES[m].role for m in methods if m.endswith("/" + "ListShops")} == {"read"}
     assert all(RULES[m].role == ROLE_OF[m.rsplit("/", 1)[1]] for m in methods)
@@ -426,3 +435,15 @@ def test_server_needs_an_explicit_auth_choice() -> None:
         DispatchServer()
     with pytest.raises(ValueError):
         DispatchServer(auth=AuthPolicy.from_mapping(POLICY), no_auth=True)
+
+
+@pytest.mark.parametrize("caller", ["dispatch", "admin", "read", "all"])
+def test_any_authenticated_caller_may_read_the_cluster_map(srv: tuple[ThreadedServer, Stubs], caller: str) -> None:
+    server, _ = srv
+    with grpc.insecure_channel(server.target) as channel:
+        stub = cluster_pb2_grpc.ClusterStub(channel)
+        answer = stub.GetClusterMap(cluster_pb2.GetClusterMapRequest(), metadata=md(TOKENS[caller]), timeout=10)
+        assert answer.partition_count == 0  # a server alone serves every shop
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetClusterMap(cluster_pb2.GetClusterMapRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]

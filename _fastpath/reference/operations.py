@@ -81,7 +81,7 @@ def operate_wire(
                 conversation_id, buyer_id = self.claim_from_pool(item.shop_id, item.agent_id, at, item.conversation_id)
                 body = encode_claim_response(conversation_id, buyer_id, item.agent_id)
         except DispatchError as exc:
-            results.append(encode_result_error(error_code(exc), str(exc)))
+            results.append(encode_result_error(error_code(exc), str(exc), exc.details))
             failed += 1
             continue
         results.append(encode_result(kind, body))

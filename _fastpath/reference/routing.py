@@ -36,12 +36,14 @@ them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, TypeAlias
 
 from ..model import (
     MASK64,
     N_REASONS,
     N_STRATEGIES,
+    DispatchError,
     MainAccountMode,
     NotFoundError,
     OfflineRule,
@@ -110,6 +112,8 @@ class Router:
         self._operations = [0] * 5  # operate_wire operations by kind (wire.OP_*): counters, not state
         self._retries = 0  # dispatches answered as retries (§12): a counter, not state
         self._timer_seq = 0  # the order deadlines were set in (timers.py): state, exported
+        self.foreign_shop: Callable[[str], DispatchError | None] | None = None
+        """None, or shop_id -> the error for an unknown shop that another cluster node owns (not state)."""
 
     # ------------------------------------------------------------ lookups (spec §9: NOT_FOUND)
 
@@ -117,8 +121,16 @@ class Router:
         check_id(shop_id, "shop_id")
         shop = self._shops.get(shop_id)
         if shop is None:
-            raise NotFoundError(f"shop {shop_id!r} not found")
+            raise self.missing_shop(shop_id)
         return shop
+
+    def missing_shop(self, shop_id: str) -> DispatchError:
+        """The error for an unknown shop: the cluster's (``foreign_shop``) if another node owns it, else NOT_FOUND."""
+        if self.foreign_shop is not None:
+            error = self.foreign_shop(shop_id)
+            if error is not None:
+                return error
+        return NotFoundError(f"shop {shop_id!r} not found")
 
     def agent_for(self, shop: Shop, agent_id: str) -> Agent:
         """A live (not deleted) agent of ``shop``."""

@@ -86,6 +86,15 @@ class JournaledEngine:
             "(add it to dispatcher/durability/records.py)"
         )
 
+    @property
+    def foreign_shop(self) -> Any:
+        """The engine's cluster hook (not state, so not journaled)."""
+        return self.engine.foreign_shop
+
+    @foreign_shop.setter
+    def foreign_shop(self, hook: Any) -> None:
+        self.engine.foreign_shop = hook
+
     # ---------------------------------------------------------------- configuration
 
     def put_shop(self, config: ShopConfig) -> None:
