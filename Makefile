@@ -10,7 +10,7 @@ PORT   ?= 50051
 
 FASTPATH_SRC := $(wildcard _fastpath/*.pyx _fastpath/*.pxd)
 
-.PHONY: all install serve lint test test-fast bench bench-quick bench-tools protos clean fuzz
+.PHONY: all install serve cluster lint test test-tools test-fast bench bench-quick bench-tools protos clean fuzz
 
 all: install
 
@@ -31,6 +31,13 @@ serve: $(STAMP)
 	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth \
 	    --data-dir var/dispatch --create-data-dir
 
+# A cluster of 3 nodes on this machine (127.0.0.1:50061-50063, data under var/cluster) behind
+# HAProxy on $(PORT), which routes calls by their x-dispatch-shop metadata (deploy/README.md).
+cluster: $(STAMP) test-tools
+	$(VENV)/bin/dispatcher cluster up --nodes 3 --port $(PORT) \
+	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth \
+	    --data-root var/cluster
+
 # Lint and types, pinned in pyproject.toml: ruff (format + lint), mypy --strict
 # (dispatcher/, clients/python/, the engine's Python side), cython-lint (_fastpath).
 # cython-lint runs pycodestyle from PATH, hence the venv first on it.
@@ -42,8 +49,12 @@ lint: $(STAMP)
 
 # The whole suite, lint first; DISPATCH_EXPECT_COMPILED makes a silent fallback
 # to the pure-Python engine a test failure.
-test: $(STAMP) lint
+test: $(STAMP) test-tools lint
 	DISPATCH_EXPECT_COMPILED=1 $(PY) -m pytest -q
+
+# What the suite runs besides Python: HAProxy, the cluster's gRPC front (tests/test_cluster_tools.py).
+test-tools:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || (apt-get update && apt-get install -y haproxy)
 
 # A long fuzz run (>= 1,000,000 inputs against a live server; about half an
 # hour): see dispatcher/docs/SECURITY.md. FUZZ_INPUTS=... to change the budget.

@@ -47,6 +47,7 @@ from _fastpath.model import (
     Client,
     ConversationEvent,
     ConversationType,
+    ESTIMATE_BUCKETS_MS,
     DispatchError,
     FailedPreconditionError,
     InvalidArgumentError,

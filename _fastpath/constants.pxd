@@ -112,6 +112,10 @@ cdef enum:
     N_REASONS = 16
     N_STRATEGIES = 6
 
+# Buckets of the estimated-wait counts (model.ESTIMATE_BUCKETS_MS; one more for +Inf).
+cdef enum:
+    N_ESTIMATE_BUCKETS = 12
+
 # 64-bit limits: C macros (an enum is an int), compile-time constants.
 cdef extern from *:
     """

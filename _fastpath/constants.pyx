@@ -72,6 +72,7 @@ def c_constants():
         "N_PRIORITIES": N_PRIORITIES,
         "N_REASONS": N_REASONS,
         "N_STRATEGIES": N_STRATEGIES,
+        "N_ESTIMATE_BUCKETS": N_ESTIMATE_BUCKETS,
         "MAX_TIME": MAX_TIME,
         "LATEST_SECONDS": LATEST_SECONDS,
     }

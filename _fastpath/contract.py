@@ -50,6 +50,10 @@ class EngineProtocol(Protocol):
     def seed(self) -> int: ...
 
     foreign_shop: Callable[[str], DispatchError | None] | None
+
+    def note_estimate(self, eta_ms: int) -> None: ...
+    def estimate_counts(self) -> tuple[list[int], int]: ...
+
     """None, or shop_id -> the error for an unknown shop that another cluster node
     owns (dispatcher/cluster.py); NOT_FOUND otherwise. Not state."""
 

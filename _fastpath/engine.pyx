@@ -482,6 +482,15 @@ cdef class CompiledEngine(Router):
         check_id(conversation_id, "conversation_id")
         return self.waiting_place(shop, self.conversation_index(shop, conversation_id), conversation_id)
 
+    def estimate_counts(self):
+        """Estimated waits (§11) written into answers so far: (counts by bucket of
+        ``model.ESTIMATE_BUCKETS_MS``, the last one +Inf; their sum in ms). Counters, not state."""
+        return [self.estimates[i] for i in range(N_ESTIMATE_BUCKETS + 1)], self.estimates_ms
+
+    def note_estimate(self, eta_ms):
+        """Count an estimated wait (ms) that a caller outside the engine wrote into an answer."""
+        self.count_estimate(<int64_t>eta_ms)
+
     def retry_count(self):
         """Dispatches this object answered as retries (§12; not decisions). A counter, not state."""
         return self.retries

@@ -29,6 +29,8 @@ __all__ = [
     "MAX_TIME_MS",
     "MAX_WEIGHT",
     "N_PRIORITIES",
+    "ESTIMATE_BUCKETS_MS",
+    "N_ESTIMATE_BUCKETS",
     "N_REASONS",
     "N_STRATEGIES",
     "SNAPSHOT_FORMAT",
@@ -212,6 +214,12 @@ class WaitKind(enum.IntEnum):
 N_REASONS: Final = max(Reason) + 1
 N_STRATEGIES: Final = max(Strategy) + 1
 """Shape of ``decision_counts()``: [reason][strategy], strategy 0 = none picked."""
+ESTIMATE_BUCKETS_MS: Final = (
+    5_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000, 86_400_000,
+)  # fmt: skip
+"""Upper bounds (inclusive, ms) of the engines' counts of the estimated waits they answered
+(§11; ``estimate_counts``; the ``dispatch_estimated_wait_seconds`` buckets); one more: +Inf."""
+N_ESTIMATE_BUCKETS: Final = len(ESTIMATE_BUCKETS_MS)
 
 DEFAULT_MAIN_CAPACITY: Final = 100
 """Capacity of a main account that was never configured with put_agent."""

@@ -45,7 +45,14 @@ cdef object read_shop_state(CompiledEngine self, shop_id):
         "shop_id": shop_id,
         "clock_ms": now,
         "agents": agents,
-        "groups": [{"group_id": g.group_id, "members": list(g.members)} for g in shop.group_configs],
+        # §10: each group's own schedule (its normalized GroupConfig.business_hours; empty: none,
+        # it follows the shop's). Open or closed is the caller's to judge at its own instant
+        # (model.hours_state), as for the shop's schedule: the C cache (Group.hours_open) holds
+        # the answer at the shop's clock only, and reading it must not move it.
+        "groups": [
+            {"group_id": g.group_id, "members": list(g.members), "business_hours": g.business_hours}
+            for g in shop.group_configs
+        ],
         "queue": waiting_rows(shop.waiting_queue),
         "staging": waiting_rows(shop.waiting_staging),
         "pool": waiting_rows(shop.waiting_message_pool),

@@ -71,6 +71,10 @@ cdef class Router:
     cdef list outbox                # hand-outs after their Dispatch: (shop, conversation, buyer, agent, reason, at)
     cdef int64_t decisions[N_REASONS][N_STRATEGIES]  # counters: decisions made by this object
     cdef int64_t retries            # counter: dispatches answered as retries (§12), not decisions
+    # Counters, not state: estimated waits (§11) written into answers, by bucket
+    # (model.ESTIMATE_BUCKETS_MS, the last one +Inf), and their sum in ms.
+    cdef int64_t estimates[N_ESTIMATE_BUCKETS + 1]
+    cdef int64_t estimates_ms
     # None, or shop_id -> DispatchError | None: the error for an unknown shop
     # that another cluster node owns (dispatcher/cluster.py); not state.
     cdef public object foreign_shop
@@ -81,6 +85,8 @@ cdef class Router:
     cdef Shop shop_for(self, object shop_id)
     @cython.final
     cdef object missing_shop(self, object shop_id)
+    @cython.final
+    cdef void count_estimate(self, int64_t eta) noexcept
     @cython.final
     cdef int32_t agent_for(self, Shop shop, object agent_id) except -1
     @cython.final

@@ -15,6 +15,12 @@ cdef inline void set_reason(Entry* e, int32_t reason) noexcept:
     e.flags = (e.flags & ~CONV_REASON_MASK) | ((reason << CONV_REASON_SHIFT) & CONV_REASON_MASK)
 
 
+# The upper bounds of the estimated-wait buckets (model.ESTIMATE_BUCKETS_MS), set at import.
+cdef int64_t ESTIMATE_BOUNDS_MS[N_ESTIMATE_BUCKETS]
+for _bucket in range(N_ESTIMATE_BUCKETS):
+    ESTIMATE_BOUNDS_MS[_bucket] = ESTIMATE_BUCKETS_MS[_bucket]
+
+
 cdef class Router:
 
     def __cinit__(self, seed=0):
@@ -55,6 +61,15 @@ cdef class Router:
         if idx < 0:
             raise self.missing_shop(shop_id)
         return self.shop_at(self.shop_map.entries[idx].handle)
+
+    @cython.final
+    cdef void count_estimate(self, int64_t eta) noexcept:
+        """Count an estimated wait (ms) written into an answer (§11; a counter, not state)."""
+        cdef int i = 0
+        while i < N_ESTIMATE_BUCKETS and eta > ESTIMATE_BOUNDS_MS[i]:
+            i += 1
+        self.estimates[i] += 1
+        self.estimates_ms += eta
 
     @cython.final
     cdef object missing_shop(self, object shop_id):

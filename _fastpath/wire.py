@@ -347,6 +347,8 @@ def encode_decision(
     with the position and estimated wait the engine reports (``waiting_position``)."""
     reason, agent_id, group_id, trace = decision
     place = engine.waiting_position(shop_id, conversation_id) if reason in WAITING_REASONS else None
+    if place is not None and place[1] is not None:
+        engine.note_estimate(place[1])
     if place is None:
         return encode_response(conversation_id, reason, agent_id, group_id, trace)
     return encode_response(

@@ -424,6 +424,8 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
                                               WAIT_STAGING if reason == REASON_OFFLINE_STAGING else WAIT_POOL)
         position = waiting.position_of_last(rq.priority)
         eta = waiting.estimate(position)
+        if eta >= 0:
+            router.count_estimate(eta)
     if d.group >= 0:
         gp = PyUnicode_AsUTF8AndSize(<object>shop.groups[d.group].id, &gn)
     write_response(out, ap, an, reason, gp, gn, rq.conversation, rq.conversation_len, element, position, eta)

@@ -4,6 +4,7 @@
 .venv/bin/python -m bench.run --lifecycle-only [--quick]   # only the lifecycle section (issue 13),
                                                             # merged into the existing RESULTS(.json)
 .venv/bin/python -m bench.run --ticks-only [--quick]       # only the ticks section (issue 14), merged the same way
+.venv/bin/python -m bench.run --cluster-only [--quick]     # only the cluster section (issue 15), merged the same way
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import cluster_bench as cb
 from bench import engine_bench as eb
 from bench import grpc_bench as gb
 from bench import lifecycle_bench as lcb
@@ -258,6 +260,12 @@ def main() -> None:
         default=None,
         help="open conversations with a pending deadline in the ticks section (1 M; --quick: 100,000)",
     )
+    p.add_argument("--skip-cluster", action="store_true")
+    p.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="run only the cluster section (issue 15); the other sections are kept from the existing .json",
+    )
     p.add_argument("--out", default=None)
     a = p.parse_args()
     quick = a.quick
@@ -304,6 +312,21 @@ def main() -> None:
     out_path = Path(a.out) if a.out else ROOT / "bench" / ("RESULTS-quick.md" if quick else "RESULTS.md")
 
     workdir = Path(os.environ.get("BENCH_WORKDIR", "/tmp/dispatch-bench"))
+    if a.cluster_only:
+        raw_path = out_path.with_suffix(".json")
+        raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+        info = machine()
+        log("cluster only")
+        raw["cluster"] = cb.run_cluster(workdir / "cluster", quick=quick)
+        info["loadavg_end"] = loadavg()
+        raw["cluster_run"] = {"machine": info, "argv": sys.argv, "elapsed_s": time.time() - t_start}
+        raw_path.write_text(json.dumps(raw, indent=1, default=str))
+        if out_path.exists() and "machine" in raw:
+            out_path.write_text(splice_cluster(out_path.read_text(), raw))  # keeps hand-written sections
+        else:
+            out_path.write_text(render_cluster_only(raw))
+        log(f"wrote {out_path} in {time.time() - t_start:.0f}s")
+        return
     if a.ticks_only:
         raw_path = out_path.with_suffix(".json")
         raw = json.loads(raw_path.read_text()) if raw_path.exists() else {}
@@ -376,6 +399,10 @@ def main() -> None:
     if not a.skip_lifecycle:
         log("lifecycle")
         lifecycle = lcb.run_lifecycle(workdir / "lifecycle", quick=quick, contacts=a.lifecycle_contacts)
+    cluster = None
+    if not a.skip_cluster:
+        log("cluster")
+        cluster = cb.run_cluster(workdir / "cluster", quick=quick)
     elapsed = time.time() - t_start
     info["loadavg_end"] = loadavg()
     raw = {
@@ -389,6 +416,7 @@ def main() -> None:
         "grpc": grpc_res,
         "durability_md": durability,
         "lifecycle": lifecycle,
+        "cluster": cluster,
         "elapsed_s": elapsed,
         "timer_overhead_ns": overhead,
         "argv": sys.argv,
@@ -526,6 +554,8 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
     w("| target | goal | measured | |\n|---|---|---|---|")
     for name, goal, got, ok in targets:
         w(f"| {name} | {goal} | {got} | {pf(ok)} |")
+    if raw.get("cluster"):
+        L.extend(cluster_target_rows(raw["cluster"]))
     w("")
 
     # ------------------------------------------------------------- engine
@@ -717,6 +747,8 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
         w("```\n")
     if raw.get("lifecycle"):
         L.extend(lifecycle_section(raw))
+    if raw.get("cluster"):
+        L.extend(cluster_section(raw))
     if raw.get("durability_md"):
         # bench_durability's own report, one heading level down.
         w("## Durability (`bench/bench_durability.py`)\n")
@@ -799,6 +831,63 @@ def splice_ticks(old: str, raw: dict[str, Any]) -> str:
         at = next((i for i in heads if lines[i].startswith(before)), len(lines))
         lines[at:at] = section
     return "\n".join(lines) + "\n"
+
+
+def cluster_target_rows(res: dict[str, Any]) -> list[str]:
+    """The cluster section's rows of the Targets table (a figure the issue sets no number for: "reported")."""
+    return [f"| {n} | {g} | {v} | {'reported' if ok is None else pf(ok)} |" for n, g, v, ok in cb.targets(res)]
+
+
+def cluster_section(raw: dict[str, Any]) -> list[str]:
+    L = cb.render(raw["cluster"])
+    crun = raw.get("cluster_run")
+    if crun:
+        cm = crun["machine"]
+        L.append(
+            f"This section was measured on its own (`{shlex.join(['python'] + crun['argv'][1:])}` via "
+            f"`-m bench.run`) on {cm['date']} in {crun['elapsed_s']:.0f} s on {cm['nproc']} × {cm['cpu']} "
+            f"(kernel {cm['kernel']}, Python {cm['python']}, grpcio {cm['grpcio']}, engine {cm['engine']}), "
+            f"load average {cm['loadavg_start']} at start and {cm['loadavg_end']} at end; the other sections "
+            "are from the run named at the top.\n"
+        )
+    return L
+
+
+CLUSTER_HEADING = "## Cluster"
+
+
+def splice_cluster(old: str, raw: dict[str, Any]) -> str:
+    """``old`` RESULTS.md with only its cluster target rows and section replaced or, when it has
+    none, added (the section before Durability); everything else stays as it is."""
+    lines = [x for x in old.splitlines() if not x.startswith("| cluster: ")]
+    start = lines.index("## Targets")
+    end = next(i for i in range(start + 3, len(lines)) if not lines[i].startswith("|"))
+    lines[end:end] = cluster_target_rows(raw["cluster"])
+    section = "\n".join(cluster_section(raw)).splitlines()
+    heads = [i for i, x in enumerate(lines) if x.startswith("## ")]
+    mine = [i for i in heads if lines[i].startswith(CLUSTER_HEADING)]
+    if mine:
+        nxt = next((i for i in heads if i > mine[0]), len(lines))
+        lines[mine[0] : nxt] = section
+    else:
+        at = next((i for i in heads if lines[i].startswith(("## Durability", ANALYSIS_MARKER.strip()))), len(lines))
+        lines[at:at] = section
+    return "\n".join(lines) + "\n"
+
+
+def render_cluster_only(raw: dict[str, Any]) -> str:
+    """RESULTS.md when no full run exists yet: the cluster section alone."""
+    m = raw["cluster_run"]["machine"]
+    L = ["# Dispatch benchmark results: cluster section only\n", "## Machine\n", "| | |\n|---|---|"]
+    L += [
+        f"| {k} | {m.get(k, '?')} |"
+        for k in ("nproc", "cpu", "kernel", "python", "grpcio", "protobuf", "engine", "loadavg_start", "loadavg_end")
+    ]
+    L += ["", "## Targets\n", "| target | goal | measured | |\n|---|---|---|---|"]
+    L += cluster_target_rows(raw["cluster"])
+    L.append("")
+    L += cluster_section(raw)
+    return "\n".join(L) + "\n"
 
 
 def render_lifecycle_only(raw: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ import _fastpath
 from . import aio
 from .auth import AuthPolicy, PolicyError, hash_token, new_token
 from .bootstrap import BootstrapError, apply_bootstrap, load_bootstrap
+from .cluster import ClusterMapError, Membership, format_ranges, load_map
 from .config import ServeSettings, add_serve_arguments, apply_config_file, settings_from_args
 from .convert import now_ms
 from .durability import DurabilityOptions, DurableStore, RecoveryError
@@ -86,6 +87,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     journal_parser.add_argument("action", choices=("check", "repair"))
     journal_parser.add_argument("data_dir", help="the server's --data-dir")
     journal_parser.add_argument("--seed", type=int, default=0, help="engine seed for a dir without one (default 0)")
+    from .cluster_tools import add_cluster_arguments
+
+    add_cluster_arguments(
+        commands.add_parser(
+            "cluster",
+            help="cluster tools: a map, HAProxy's config, a local cluster (up), the k8s ConfigMaps (deploy/README.md)",
+            description="map: write an even cluster map. haproxy: HAProxy's config for a map. up: N nodes and "
+            "HAProxy on this machine. k8s: deploy/k8s's generated ConfigMaps.",
+        )
+    )
     return parser
 
 
@@ -188,6 +199,10 @@ async def serve(settings: ServeSettings) -> int:
         return 2
     security_options, security_warnings = security
     describe = security_options.pop("_describe")
+    membership = _membership(settings)
+    if isinstance(membership, str):
+        log.error("cluster.config_invalid", error=membership)
+        return 2
     engine = _fastpath.Engine(settings.seed)
     store: DurableStore | None = None
     if settings.data_dir is not None:  # recover before serving; the bootstrap only seeds an empty data dir
@@ -199,7 +214,10 @@ async def serve(settings: ServeSettings) -> int:
         engine = store.raw_engine
     if settings.bootstrap is not None and (store is None or store.fresh):
         try:
-            counts = apply_bootstrap(engine, load_bootstrap(settings.bootstrap), now_ms(), str(settings.bootstrap))
+            shops = load_bootstrap(settings.bootstrap)
+            if membership is not None:  # one bootstrap file for the cluster: each node takes its own shops
+                shops = [s for s in shops if not isinstance(s, dict) or membership.owns(str(s.get("shop_id", "")))]
+            counts = apply_bootstrap(engine, shops, now_ms(), str(settings.bootstrap))
         except BootstrapError as exc:
             log.error("bootstrap.failed", error=str(exc))
             if store is not None:
@@ -217,6 +235,21 @@ async def serve(settings: ServeSettings) -> int:
             return EXIT_REFUSED
         store.start()
         log.info("durability.recovered", **store.describe(), shop_ids=engine.shop_ids())
+    if membership is not None:
+        foreign = [shop_id for shop_id in engine.shop_ids() if not membership.owns(shop_id)]
+        if foreign:
+            log.error(
+                "cluster.foreign_shops",
+                node=membership.node.name,
+                epoch=membership.map.epoch,
+                shop_ids=foreign[:20],
+                count=len(foreign),
+                error="the data dir holds shops of partitions this node does not own in the cluster map; "
+                "moving partitions between nodes is not implemented yet (see dispatcher/docs/CLUSTER.md)",
+            )
+            if store is not None:
+                await store.close(snapshot=False)
+            return EXIT_REFUSED
     if _fastpath.ENGINE_KIND != "compiled" and os.environ.get("DISPATCH_ENGINE", "").lower() != "reference":
         log.warning(
             "engine.fallback",
@@ -236,6 +269,7 @@ async def serve(settings: ServeSettings) -> int:
         max_concurrent_streams=settings.max_concurrent_streams,
         max_clock_skew=settings.max_clock_skew,
         tick_interval_ms=settings.tick_interval_ms,
+        membership=membership,
     )
     try:
         port = await server.start(settings.host, settings.port)
@@ -277,6 +311,15 @@ async def serve(settings: ServeSettings) -> int:
         seed=settings.seed,
         max_batch=MAX_BATCH,
         max_message_bytes=MAX_MESSAGE_BYTES,
+        **(
+            {
+                "node": membership.node.name,
+                "epoch": membership.map.epoch,
+                "partitions": f"{format_ranges(membership.node.ranges)} of {membership.map.partition_count}",
+            }
+            if membership is not None
+            else {}
+        ),
     )
     await stop.wait()
     log.info("server.stopping", signal=received[0], grace_s=settings.grace)
@@ -305,6 +348,18 @@ async def serve(settings: ServeSettings) -> int:
     return code
 
 
+def _membership(settings: ServeSettings) -> Membership | None | str:
+    """This node's place in the cluster (``--cluster-map`` and ``--node``), None alone, or an error."""
+    if settings.cluster_map is None and not settings.node:
+        return None
+    if settings.cluster_map is None or not settings.node:
+        return "--cluster-map and --node go together (a node needs the map and its name in it)"
+    try:
+        return Membership(load_map(settings.cluster_map), settings.node)
+    except ClusterMapError as exc:
+        return str(exc)
+
+
 def _durability_options(settings: ServeSettings) -> DurabilityOptions:
     assert settings.data_dir is not None
     return DurabilityOptions(
@@ -326,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "journal":
         configure_logging("json", "warning")
         return journal_command(ns.action, ns.data_dir, ns.seed)
+    if ns.command == "cluster":
+        from .cluster_tools import cluster_command
+
+        return cluster_command(ns)
     settings = settings_from_args(ns)
     try:
         configure_logging(settings.log_format, settings.log_level)

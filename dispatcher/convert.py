@@ -292,7 +292,8 @@ def _waiting(items: list[dict[str, Any]]) -> list[admin_pb2.WaitingConversation]
 def set_waiting_place(response: dispatch_pb2.DispatchResponse, engine: Any, shop_id: str) -> None:
     """Spec §11: a waiting answer (``wire.WAITING_REASONS``) carries the conversation's position
     and, once the shop's hand-out rate is known, its estimated wait (``engine.waiting_position``);
-    the same fields the engine's wire codec writes (``wire.encode_decision``)."""
+    the same fields the engine's wire codec writes (``wire.encode_decision``), counted the same
+    way (``engine.note_estimate``: the ``dispatch_estimated_wait_seconds`` metric)."""
     if response.reason not in WAITING_REASONS:
         return
     place = engine.waiting_position(shop_id, response.conversation_id)
@@ -303,6 +304,7 @@ def set_waiting_place(response: dispatch_pb2.DispatchResponse, engine: Any, shop
     if eta_ms is not None:
         response.estimated_wait.SetInParent()
         response.estimated_wait.FromMilliseconds(eta_ms)
+        engine.note_estimate(eta_ms)
 
 
 def _agent_state(a: dict[str, Any]) -> admin_pb2.AgentState:
@@ -325,15 +327,31 @@ def _agent_state(a: dict[str, Any]) -> admin_pb2.AgentState:
     return agent
 
 
+def _group_state(g: dict[str, Any], config: ShopConfig, shop_open: bool, now: int) -> admin_pb2.GroupState:
+    """A group with its own schedule (§10; unset without one) and whether it is open at ``now``:
+    the shop is open and so are the group's own hours (without them: the shop's answer)."""
+    hours: BusinessHours = g["business_hours"]
+    group = admin_pb2.GroupState(
+        group_id=g["group_id"],
+        members=g["members"],
+        open_now=shop_open and hours_state(hours, config.timezone, now)[0],  # empty hours: open
+    )
+    if hours:
+        group.business_hours.CopyFrom(hours_to_pb(hours))
+    return group
+
+
 def shop_state_to_pb(state: dict[str, Any], config: ShopConfig, now: int | None = None) -> admin_pb2.ShopState:
-    """The whole state (every agent, in the engine's creation order); ``open_now`` at ``now``
-    (default: the server's clock)."""
-    is_open, until = hours_state(config.business_hours, config.timezone, now_ms() if now is None else now)
+    """The whole state (every agent, in the engine's creation order); ``open_now`` of the shop
+    and of each group at ``now`` (default: the server's clock, read once)."""
+    if now is None:
+        now = now_ms()
+    is_open, until = hours_state(config.business_hours, config.timezone, now)
     page = admin_pb2.ShopState(
         shop_id=state["shop_id"],
         clock=timestamp(state["clock_ms"]),
         agents=[_agent_state(a) for a in state["agents"]],
-        groups=[admin_pb2.GroupState(group_id=g["group_id"], members=g["members"]) for g in state["groups"]],
+        groups=[_group_state(g, config, is_open, now) for g in state["groups"]],
         queue=_waiting(state["queue"]),
         staging=_waiting(state["staging"]),
         pool=_waiting(state["pool"]),
@@ -343,7 +361,7 @@ def shop_state_to_pb(state: dict[str, Any], config: ShopConfig, now: int | None 
         next_deadlines=_deadlines(state),
         open_now=is_open,
     )
-    if until < min(NEVER_MS, (now_ms() if now is None else now) + _YEAR_MS):
+    if until < min(NEVER_MS, now + _YEAR_MS):
         page.open_now_until.CopyFrom(timestamp(until))
     return page
 

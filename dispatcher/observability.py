@@ -26,9 +26,8 @@ Spec §10-§12 (issue 14): re-routes, reclaims and queue timeouts are decisions 
 (``dispatch_decisions_total{reason="rerouted"|"reclaimed"|"queue_timeout"}``, counted by the
 engine). §12 retries (``engine.retry_count()``), pending deadlines (``engine.pending_deadlines()``)
 and deadlines fired by the server's ticks are read at scrape time. The estimated wait of §11 is
-a histogram with fixed buckets (no shop label), observed by the servicers' object paths when an
-answer makes a conversation wait and carries an estimate (``observe_estimated_wait``); the
-engine's wire paths answer with bytes and are not observed (see dispatcher/docs/OPERATING.md).
+a histogram with fixed buckets (no shop label): the engine counts every estimate it or the
+servicers write into an answer, on every path (``engine.estimate_counts()``, read at scrape time).
 
 The journal's fsync latency has its histogram already (``dispatch_journal_fsync_seconds``):
 durability code calls ``Ecosystem.metrics.observe_journal_fsync(seconds)``.
@@ -53,6 +52,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from _fastpath import Reason, Strategy
+from _fastpath.model import ESTIMATE_BUCKETS_MS
 
 from ._gen.dispatch.v1 import admin_pb2, dispatch_pb2
 from .handlers import Handler, replace_handler
@@ -65,7 +65,7 @@ __all__ = [
     "Ecosystem",
     "LatencyHistogram",
     "Metrics",
-    "observe_estimated_wait",
+    "estimated_wait_histogram",
 ]
 
 WRITE_SERVICES: Final = ("", "dispatch.v1.Dispatch")
@@ -82,7 +82,7 @@ LATENCY_BUCKETS: Final = (
 )  # fmt: skip
 """Upper bounds (seconds) of the RPC latency buckets: 50 µs .. 10 s."""
 
-WAIT_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0)
+WAIT_BUCKETS: Final = tuple(ms / 1000 for ms in ESTIMATE_BUCKETS_MS)
 """Upper bounds (seconds) of the estimated-wait buckets (spec §11): 5 s .. 1 day, the same for every shop."""
 
 FSYNC_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -125,11 +125,14 @@ class LatencyHistogram:
         return out
 
 
-def observe_estimated_wait(histogram: LatencyHistogram, response: dispatch_pb2.DispatchResponse) -> None:
-    """The answer's estimated wait (§11) into ``histogram``, when it carries one (only waiting
-    answers do: QUEUED, OFFLINE_STAGING, OFFLINE_MESSAGE_POOL, once the shop's hand-out rate is known)."""
-    if response.HasField("estimated_wait"):
-        histogram.observe(response.estimated_wait.ToMilliseconds() / 1000)
+def estimated_wait_histogram(counts: Sequence[int], total_ms: int) -> tuple[list[tuple[str, int]], float]:
+    """The engine's estimate counts (``estimate_counts``: by bucket of ``ESTIMATE_BUCKETS_MS``,
+    +Inf last; their sum in ms) as cumulative ``(le seconds, count)`` pairs and a sum in seconds."""
+    out, running = [], 0
+    for bound, n in zip([*(str(b / 1000) for b in ESTIMATE_BUCKETS_MS), "+Inf"], counts, strict=True):
+        running += n
+        out.append((bound, running))
+    return out, total_ms / 1000
 
 
 class Metrics:
@@ -362,8 +365,8 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
 
     wait = HistogramMetricFamily(
         "dispatch_estimated_wait_seconds",
-        "Estimated wait (spec §11) of answers that made a conversation wait and carried an estimate, "
-        "on the servicers' object paths (the engine's wire paths are not observed; retries are not)",
+        "Estimated wait (spec §11) written into answers that make (or, for a §12 retry, keep) a "
+        "conversation waiting, once the shop's hand-out rate is known; counted by the engine on every path",
     )
     wait.add_metric([], *snap["estimated_wait"])
     yield wait
@@ -544,7 +547,7 @@ class Ecosystem:
             "internal_errors": counters.internal_errors,
             "rpc_latency": {m: (h.buckets(), h.total) for m, h in metrics.rpc_latency.items()},
             "journal_fsync": (metrics.journal_fsync.buckets(), metrics.journal_fsync.total),
-            "estimated_wait": (counters.estimated_wait.buckets(), counters.estimated_wait.total),
+            "estimated_wait": estimated_wait_histogram(*engine.estimate_counts()),
             "retries": server.retries(),
             "deadlines_fired": counters.deadlines_fired,
             "pending_deadlines": int(engine.pending_deadlines()),

@@ -28,7 +28,6 @@ from _fastpath.model import InvalidArgumentError, timestamp_to_ms
 
 from ._gen.dispatch.v1 import dispatch_pb2
 from .convert import check_clock_skew, set_waiting_place
-from .observability import LatencyHistogram, observe_estimated_wait
 
 __all__ = ["KINDS", "OperationContext", "apply_operations", "check_kinds", "status_of"]
 
@@ -51,7 +50,7 @@ def status_of(exc: DispatchError) -> status_pb2.Status:
 class OperationContext:
     """What applying operations needs from the server around the engine."""
 
-    __slots__ = ("engine", "flush", "max_skew_ms", "check_shop", "counts", "errors", "waits")
+    __slots__ = ("engine", "flush", "max_skew_ms", "check_shop", "counts", "errors")
 
     def __init__(
         self,
@@ -61,7 +60,6 @@ class OperationContext:
         check_shop: Callable[[str], None] | None = None,
         counts: dict[str, int] | None = None,
         errors: Any = None,
-        waits: LatencyHistogram | None = None,
     ) -> None:
         self.engine = engine
         self.flush = flush
@@ -73,8 +71,6 @@ class OperationContext:
         """Operations applied, by kind (successful or not)."""
         self.errors = errors
         """A Counter of error codes by name, or None."""
-        self.waits = waits
-        """§11: the histogram of estimated waits (seconds) of dispatches that made a conversation wait, or None."""
 
 
 def _at(request: Any, now: int, max_skew_ms: int | None) -> int:
@@ -88,7 +84,6 @@ def _dispatch(ctx: OperationContext, op: dispatch_pb2.DispatchRequest, now: int)
         op.shop_id, op.buyer_id, op.conversation_id, _at(op, now, ctx.max_skew_ms), op.type, op.source,
         op.order_state, op.to_account, op.trace, op.priority,
     )  # fmt: skip
-    retries = ctx.engine.retry_count() if ctx.waits is not None else 0
     reason, agent_id, group_id, trace = ctx.engine.dispatch(*call)
     ctx.flush()  # a dispatch hands out nothing but itself; keep the outbox empty between operations
     response = dispatch_pb2.DispatchResponse(
@@ -99,9 +94,7 @@ def _dispatch(ctx: OperationContext, op: dispatch_pb2.DispatchRequest, now: int)
     )
     if trace:
         response.trace.extend(trace)
-    set_waiting_place(response, ctx.engine, op.shop_id)
-    if ctx.waits is not None and ctx.engine.retry_count() == retries:  # a §12 retry made nothing wait
-        observe_estimated_wait(ctx.waits, response)
+    set_waiting_place(response, ctx.engine, op.shop_id)  # counts its estimated wait in the engine
     return dispatch_pb2.OperationResult(dispatch=response)
 
 

@@ -53,7 +53,7 @@ from .convert import (
 )
 from .durability.journal import Journal, JournalError
 from .handlers import Context, Handler
-from .observability import WAIT_BUCKETS, Ecosystem, LatencyHistogram, observe_estimated_wait
+from .observability import Ecosystem
 from .operations import KINDS as OPERATION_KINDS
 from .operations import OperationContext, apply_operations
 from .security import GuardedServer, SecurityGuard, item_scope, malformed_message
@@ -147,7 +147,6 @@ class Counters:
     internal_errors: int = 0
     operations: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(OPERATION_KINDS, 0))
     """Operations of Operate/OperateStream batches, by kind."""
-    estimated_wait: LatencyHistogram = dataclasses.field(default_factory=lambda: LatencyHistogram(WAIT_BUCKETS))
     """§11: estimated waits (seconds) of the object paths' answers that made a conversation wait."""
 
     def snapshot(self, decisions: list[list[int]]) -> dict[str, Any]:
@@ -321,7 +320,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         """The engine's operation counts already added to the counters (replayed ones are not ours)."""
 
     def _dispatch(self, request: dispatch_pb2.DispatchRequest, now: int | None = None) -> dispatch_pb2.DispatchResponse:
-        retries = self._engine.retry_count()
         reason, agent_id, group_id, trace = self._engine.dispatch(
             request.shop_id,
             request.buyer_id,
@@ -342,8 +340,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             conversation_id=request.conversation_id,
         )
         set_waiting_place(response, self._engine, request.shop_id)
-        if self._engine.retry_count() == retries:  # a §12 retry made nothing wait
-            observe_estimated_wait(self._core.counters.estimated_wait, response)
         return response
 
     def _batch(self, raw: bytes) -> bytes:
@@ -383,7 +379,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
         out = dispatch_pb2.DispatchBatchResponse()
         add = out.responses.add
         dispatch = self._engine.dispatch
-        retry_count = self._engine.retry_count
         counters = self._core.counters
         max_skew_ms = self._max_skew_ms
         for request in requests:
@@ -391,7 +386,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             try:
                 if scope is not None and request.shop_id not in scope.shops:
                     scope.check_shop(request.shop_id)
-                retries = retry_count()
                 reason, agent_id, group_id, trace = dispatch(
                     request.shop_id,
                     request.buyer_id,
@@ -422,8 +416,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             if trace:
                 response.trace.extend(trace)
             set_waiting_place(response, self._engine, request.shop_id)
-            if retry_count() == retries:  # a §12 retry made nothing wait
-                observe_estimated_wait(counters.estimated_wait, response)
         return out
 
     async def Dispatch(self, request: bytes, context: Context) -> bytes:  # type: ignore[override]
@@ -511,7 +503,6 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServicer):
             check_shop,
             counts,
             core.counters.errors,
-            core.counters.estimated_wait,
         )
         response = apply_operations(ctx, operations, now, limit=room)
         events = sum(counts.values()) - total - (counts["dispatch"] - before)

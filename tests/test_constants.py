@@ -40,6 +40,7 @@ LIMITS: dict[str, int] = {
     "DEFAULT_MAIN_CAPACITY": model.DEFAULT_MAIN_CAPACITY,
     "N_REASONS": model.N_REASONS,
     "N_STRATEGIES": model.N_STRATEGIES,
+    "N_ESTIMATE_BUCKETS": model.N_ESTIMATE_BUCKETS,
     # Operation.kind numbers (issue 13): their twins are in the wire codec.
     "OP_DISPATCH": wire.OP_DISPATCH,
     "OP_SET_PRESENCE": wire.OP_SET_PRESENCE,

@@ -374,6 +374,7 @@ def test_long_streams_reach_deep_states() -> None:
     retries = 0
     closed = 0
     positions: set[int] = set()
+    group_schedules: set[bool] = set()  # §10: groups read back with and without their own schedule
     for seed in range(12):
         r = random.Random(seed)
         ops = setup_ops(r) + [gen_op(r) for _ in range(1500)]
@@ -391,6 +392,9 @@ def test_long_streams_reach_deep_states() -> None:
                 positions.add(place[0] if place is not None else 0)
             elif op[0] == "direct":
                 reasons.add(result[1][0])
+        for shop in SHOPS:
+            if runner.engine.has_shop(shop):
+                group_schedules.update(bool(g["business_hours"]) for g in runner.engine.shop_state(shop)["groups"])
     # (AFFINITY_HELD, 7, may come only as a queue hand-out in these streams.)
     assert set(range(1, 13)) <= reasons | (handout_reasons & {7}), sorted(reasons)
     # Later hand-outs: staging pushes, pool claims, queue drains; §10 re-routes and reclaims,
@@ -400,3 +404,4 @@ def test_long_streams_reach_deep_states() -> None:
     assert errors == {"InvalidArgumentError", "NotFoundError", "FailedPreconditionError", "AlreadyExistsError"}
     assert retries > 50 and {1, 2, 3} <= positions, (retries, sorted(positions))  # §12 retries, §11 positions
     assert closed > 20, closed
+    assert group_schedules == {True, False}, group_schedules

@@ -374,8 +374,11 @@ def test_timed_rules_retries_and_estimated_waits_are_counted() -> None:
             # Two hand-outs 5 s apart: the next one to wait is told 5 s.
             waiting = c.dispatch("s", "b3", "q3", at=T0 + 15 * sec, priority=9, trace=True)
             assert (waiting.position, waiting.estimated_wait.ToMilliseconds()) == (1, 5 * sec)
-            retry = c.dispatch("s", "b3", "q3", at=T0 + 16 * sec, priority=9, trace=True)  # §12: not observed again
+            retry = c.dispatch("s", "b3", "q3", at=T0 + 16 * sec, priority=9, trace=True)  # §12: counted too
             assert (retry.position, retry.estimated_wait.ToMilliseconds()) == (1, 5 * sec)
+            # No trace: the engine's wire path answers, and counts it in C.
+            wired = c.dispatch("s", "b4", "q4", at=T0 + 16 * sec)
+            assert (wired.position, wired.estimated_wait.ToMilliseconds()) == (2, 10 * sec)
             # "r": two agents, a conversation re-routed after 60 s without a reply.
             c.put_shop(shop_id="r", main_account="r:main", reroute_unanswered_after=datetime.timedelta(seconds=60))
             for agent in ("r:a", "r:b"):
@@ -383,16 +386,18 @@ def test_timed_rules_retries_and_estimated_waits_are_counted() -> None:
                 c.set_presence("r", agent, pb.Presence.PRESENCE_ONLINE, at=T0)
             first = c.dispatch("r", "rb", "r1", at=T0).agent_id
         text = scrape(running)
-        assert sample(text, "dispatch_pending_deadlines") == 2  # q3's queue wait, r1's re-route
+        assert sample(text, "dispatch_pending_deadlines") == 3  # q3's and q4's queue waits, r1's re-route
         assert sample(text, "dispatch_retries_total") == 1
-        assert sample(text, "dispatch_estimated_wait_seconds_count") == 1
-        assert sample(text, "dispatch_estimated_wait_seconds_bucket", le="5.0") == 1
-        assert sample(text, "dispatch_estimated_wait_seconds_sum") == 5.0
+        assert sample(text, "dispatch_estimated_wait_seconds_count") == 3
+        assert sample(text, "dispatch_estimated_wait_seconds_bucket", le="5.0") == 2
+        assert sample(text, "dispatch_estimated_wait_seconds_bucket", le="15.0") == 3
+        assert sample(text, "dispatch_estimated_wait_seconds_sum") == 20.0
 
-        fired = running.run(_tick(running, T0 + 61 * sec))  # q3 times out (T0 + 46 s), r1 re-routes (T0 + 60 s)
+        # q3 and q4 time out (T0 + 46 s), r1 re-routes (T0 + 60 s)
+        fired = running.run(_tick(running, T0 + 61 * sec))
         text = scrape(running)
-        assert fired == sample(text, "dispatch_deadlines_fired_total") == 2
-        assert sample(text, "dispatch_decisions_total", reason="queue_timeout", strategy="none") == 1
+        assert fired == sample(text, "dispatch_deadlines_fired_total") == 3
+        assert sample(text, "dispatch_decisions_total", reason="queue_timeout", strategy="none") == 2
         assert (
             sum(
                 sample(text, "dispatch_decisions_total", reason="rerouted", strategy=s)
@@ -407,7 +412,7 @@ def test_timed_rules_retries_and_estimated_waits_are_counted() -> None:
             == 1
         )  # r1, to the other agent
         assert sample(text, "dispatch_pending_deadlines") == 0
-        assert sample(text, "dispatch_waiting_conversations", wait="pool") == 1
+        assert sample(text, "dispatch_waiting_conversations", wait="pool") == 2
         assert running.engine.conversation("r", "r1")["agent_id"] != first
         assert '"s"' not in text and '"r"' not in text  # no shop ids in labels
     finally:
@@ -418,15 +423,15 @@ async def _tick(running: ThreadedServer, now: int) -> int:
     return running.server.tick(now)
 
 
-def test_operate_object_path_observes_estimated_waits() -> None:
-    """The object path of Operate feeds the estimated-wait histogram it is given (once per waiting
-    answer with an estimate; a §12 retry of it is not observed again)."""
+def test_operate_object_path_counts_estimated_waits_in_the_engine(engine_cls: type) -> None:
+    """The object path of Operate counts each estimate it answers with in the engine's counters
+    (``note_estimate``), the same counters as the wire paths; a §12 retry answers it again."""
     import _fastpath
     from dispatcher._gen.dispatch.v1 import dispatch_pb2
-    from dispatcher.observability import WAIT_BUCKETS
+    from dispatcher.observability import estimated_wait_histogram
     from dispatcher.operations import OperationContext, apply_operations
 
-    engine = _fastpath.Engine(0)
+    engine = engine_cls(0)
     engine.put_shop(_fastpath.ShopConfig(shop_id="s", main_account="s:main"))
     engine.put_agent(_fastpath.AgentConfig(shop_id="s", agent_id="s:a", max_capacity=1))
     engine.set_presence("s", "s:a", int(_fastpath.Presence.ONLINE), 1, T0)
@@ -436,10 +441,15 @@ def test_operate_object_path_observes_estimated_waits() -> None:
     engine.conversation_event("s", "busy", closed, T0 + 10_000)  # q1 goes out
     engine.conversation_event("s", "q1", closed, T0 + 15_000)  # q2 goes out: 5 s apart
     engine.drain_outbox()
-    waits = LatencyHistogram(WAIT_BUCKETS)
-    ctx = OperationContext(engine, lambda: [], None, waits=waits)
+    assert engine.estimate_counts() == ([0] * 13, 0)
+    ctx = OperationContext(engine, lambda: [], None)
     op = dispatch_pb2.Operation(dispatch=dispatch_pb2.DispatchRequest(shop_id="s", buyer_id="b3", conversation_id="q3"))
     for _ in range(2):  # the second is a retry
         (result,) = apply_operations(ctx, [op], T0 + 15_000).results
         assert (result.dispatch.position, result.dispatch.estimated_wait.ToMilliseconds()) == (1, 5000)
-    assert sum(waits.counts) == 1 and waits.total == 5.0 and waits.buckets()[0] == ("5.0", 1)
+    counts, total_ms = engine.estimate_counts()
+    assert counts == [2] + [0] * 12 and total_ms == 10_000
+    buckets, total = estimated_wait_histogram(counts, total_ms)
+    assert buckets[0] == ("5.0", 2) and buckets[-1] == ("+Inf", 2) and total == 10.0
+    engine.note_estimate(90_000_000)  # beyond a day: +Inf
+    assert engine.estimate_counts()[0][-1] == 1

@@ -15,6 +15,8 @@ import pytest
 from google.protobuf import duration_pb2
 from server_fixtures import T0, ThreadedServer
 
+import _fastpath
+import dispatcher.convert
 from dispatch_client import AsyncDispatchClient, AsyncWatch, dispatch_request, pb
 from dispatcher._gen.dispatch.v1 import admin_pb2, dispatch_pb2, dispatch_pb2_grpc
 
@@ -752,3 +754,81 @@ async def test_a_shop_without_business_hours_is_open(client: AsyncDispatchClient
     state = await client.get_shop_state("nh")
     assert state.open_now and not state.HasField("open_now_until")
     assert not state.config.HasField("business_hours") or not state.config.business_hours.weekly
+
+
+def _weekly(days: range, open_minute: int, close_minute: int) -> list[admin_pb2.WeeklyInterval]:
+    return [admin_pb2.WeeklyInterval(day_of_week=d, open_minute=open_minute, close_minute=close_minute) for d in days]
+
+
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+async def test_get_shop_state_shows_each_groups_schedule_and_open_state(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§10 over gRPC: each GroupState carries the group's own schedule (unset without one) and
+    open_now at the instant of the shop's open_now (the server's clock, set here to the callers'
+    `at`): the shop open and the group's own hours open; without its own, the shop's."""
+    if engine == "compiled" and _fastpath.CompiledEngine is None:
+        pytest.skip(f"the compiled engine is not built: {_fastpath.COMPILED_IMPORT_ERROR}")
+    kind = _fastpath.CompiledEngine if engine == "compiled" else _fastpath.ReferenceEngine
+    clock = [T0]
+    monkeypatch.setattr(dispatcher.convert, "now_ms", lambda: clock[0])
+    # Asia/Shanghai (UTC+8): T0 is Wednesday 2023-11-15 06:13:20 local.
+    every_day = range(7)
+    shop_hours = admin_pb2.BusinessHours(weekly=_weekly(every_day, 6 * 60, 22 * 60))
+    own = {
+        "early": admin_pb2.BusinessHours(weekly=_weekly(every_day, 6 * 60, 7 * 60)),
+        "day": admin_pb2.BusinessHours(  # Monday to Friday, Thursday 2023-11-16 a holiday
+            weekly=_weekly(range(5), 9 * 60, 18 * 60),
+            exceptions=[admin_pb2.DateException(date="2023-11-16", closed=True)],
+        ),
+        "late": admin_pb2.BusinessHours(weekly=_weekly(every_day, 21 * 60, 2 * 60)),  # across midnight
+    }
+    running = ThreadedServer(kind(0), tick_interval_ms=0).start()  # time moves by the callers' `at` only
+    try:
+        async with AsyncDispatchClient(running.target, timeout=30) as c:
+            await make_shop(c, "gh", agents=(("gh:a", 5),), timezone="Asia/Shanghai", business_hours=shop_hours)
+            for group_id, hours in own.items():
+                await c.put_group(shop_id="gh", group_id=group_id, members=["gh:a"], business_hours=hours)
+            await c.put_group(shop_id="gh", group_id="plain", members=["gh:a"])  # no schedule of its own
+
+            async def state_at(at: int) -> tuple[bool, dict[str, bool]]:
+                await c.set_presence("gh", "gh:a", ONLINE, at=at)  # the callers' time, and the shop's clock
+                clock[0] = at
+                state = await c.get_shop_state("gh")
+                assert state.clock.ToMilliseconds() == at
+                assert [g.group_id for g in state.groups] == ["early", "day", "late", "plain"]
+                for g in state.groups:
+                    assert list(g.members) == ["gh:a"]
+                    if g.group_id in own:
+                        assert g.HasField("business_hours") and g.business_hours == own[g.group_id]
+                    else:  # none of its own: unset, and open exactly when the shop is
+                        assert not g.HasField("business_hours") and g.open_now == state.open_now
+                return state.open_now, {g.group_id: g.open_now for g in state.groups}
+
+            hour = 3_600_000
+            # Wednesday 06:13: the shop and "early" are open, "day" is not (closed now while the shop is open).
+            assert await state_at(T0) == (True, {"early": True, "day": False, "late": False, "plain": True})
+            # 09:13: "day" opens, "early" has closed.
+            assert await state_at(T0 + 3 * hour) == (True, {"early": False, "day": True, "late": False, "plain": True})
+            # 21:13: only "late" (and the group without a schedule).
+            assert await state_at(T0 + 15 * hour) == (
+                True,
+                {"early": False, "day": False, "late": True, "plain": True},
+            )
+            # 22:13: the shop has closed; "late"'s own hours are open, but no group is.
+            assert await state_at(T0 + 16 * hour) == (
+                False,
+                {"early": False, "day": False, "late": False, "plain": False},
+            )
+            # Thursday 01:13: still "late"'s hours (from Wednesday 21:00), the shop still closed.
+            assert await state_at(T0 + 19 * hour) == (
+                False,
+                {"early": False, "day": False, "late": False, "plain": False},
+            )
+            # Thursday 09:13, a holiday of "day": the shop is open, "day" stays closed.
+            assert await state_at(T0 + 27 * hour) == (
+                True,
+                {"early": False, "day": False, "late": False, "plain": True},
+            )
+    finally:
+        running.stop()

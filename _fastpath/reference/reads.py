@@ -1,9 +1,9 @@
 """Reads (spec §9): what an operator or a caller may look at, never changing state.
 
-The twin of the compiled ``reads.pyx``: a shop's whole state (agents, groups,
-waiting lists with positions, pending deadlines), engine-wide totals for the
-gauges, one conversation, a buyer's recent contact and exclusive agent, and
-the strategy in effect. ``ReferenceEngine``'s read methods call these.
+The twin of the compiled ``reads.pyx``: a shop's whole state (agents, groups
+with their own schedules, waiting lists with positions, pending deadlines),
+engine-wide totals for the gauges, one conversation, a buyer's recent contact
+and exclusive agent, and the strategy in effect. ``ReferenceEngine``'s read methods call these.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ def read_shop_state(self: ReferenceEngine, shop_id: str) -> dict[str, Any]:
         for a in shop.agents.values()
         if not a.deleted
     ]
-    groups = [{"group_id": g.config.group_id, "members": list(g.config.members)} for g in shop.groups.values()]
+    # §10: each group's own schedule (empty: none, it follows the shop's); open or closed is
+    # judged by the caller at its own instant (model.hours_state), as for the shop's.
+    groups = [
+        {"group_id": g.config.group_id, "members": list(g.config.members), "business_hours": g.config.business_hours}
+        for g in shop.groups.values()
+    ]
 
     def waiting(kind: int) -> list[dict[str, Any]]:
         return [

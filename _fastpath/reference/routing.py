@@ -36,11 +36,14 @@ them.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from typing import NamedTuple, TypeAlias
 
 from ..model import (
+    ESTIMATE_BUCKETS_MS,
     MASK64,
+    N_ESTIMATE_BUCKETS,
     N_REASONS,
     N_STRATEGIES,
     DispatchError,
@@ -112,6 +115,8 @@ class Router:
         self._operations = [0] * 5  # operate_wire operations by kind (wire.OP_*): counters, not state
         self._retries = 0  # dispatches answered as retries (§12): a counter, not state
         self._timer_seq = 0  # the order deadlines were set in (timers.py): state, exported
+        self._estimates = [0] * (N_ESTIMATE_BUCKETS + 1)  # estimated waits answered, by bucket: counters
+        self._estimates_ms = 0  # and their sum: a counter, not state
         self.foreign_shop: Callable[[str], DispatchError | None] | None = None
         """None, or shop_id -> the error for an unknown shop that another cluster node owns (not state)."""
 
@@ -123,6 +128,16 @@ class Router:
         if shop is None:
             raise self.missing_shop(shop_id)
         return shop
+
+    def note_estimate(self, eta_ms: int) -> None:
+        """Count an estimated wait (ms) written into an answer (§11; a counter, not state)."""
+        self._estimates[bisect.bisect_left(ESTIMATE_BUCKETS_MS, eta_ms)] += 1
+        self._estimates_ms += eta_ms
+
+    def estimate_counts(self) -> tuple[list[int], int]:
+        """Estimated waits written into answers so far: (counts by bucket of
+        ``model.ESTIMATE_BUCKETS_MS``, the last one +Inf; their sum in ms)."""
+        return list(self._estimates), self._estimates_ms
 
     def missing_shop(self, shop_id: str) -> DispatchError:
         """The error for an unknown shop: the cluster's (``foreign_shop``) if another node owns it, else NOT_FOUND."""

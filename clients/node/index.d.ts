@@ -220,3 +220,113 @@ export class DispatchClient {
   getConversation(shopId: string, conversationId: string): Promise<any>;
   getBuyer(shopId: string, buyerId: string): Promise<any>;
 }
+
+// ---- The cluster client (cluster.js, issue 15)
+
+/** CRC-32/IEEE (zlib's) of a string's UTF-8 bytes or of a Buffer. */
+export function crc32(data: string | Uint8Array): number;
+/** The same CRC-32 by table (used when the runtime lacks zlib.crc32). */
+export function crc32Table(bytes: Uint8Array): number;
+/** A shop's partition: crc32(shopId) mod partitionCount. */
+export function partitionOf(shopId: string, partitionCount: number): number;
+export const WRONG_NODE: 'WRONG_NODE';
+export const ERROR_DOMAIN: 'dispatch.v1';
+
+/** One node of a cluster map, as GetClusterMap answers it; partitions are half-open ranges [start, end). */
+export interface ClusterNode { name: string; address: string; partitions: { start: number; end: number }[] }
+/** GetClusterMap's answer: partitionCount 0 (and no nodes) when the server is not in a cluster. */
+export interface ClusterMap { partitionCount: number; epoch: string; nodes: ClusterNode[]; node?: string }
+
+/** What a WRONG_NODE refusal says (google.rpc.ErrorInfo metadata). */
+export interface WrongNode { shopId: string; partition: number; owner: string; ownerAddress: string; epoch: string }
+/** The WRONG_NODE refusal in a rejected call's error or in a batch item's `error` (a google.rpc.Status), or null. */
+export function wrongNodeOf(error: unknown): WrongNode | null;
+/** A google.rpc.Status from its bytes (e.g. the `grpc-status-details-bin` trailer). */
+export function decodeStatus(bytes: Uint8Array): { code: number; message: string; details: { typeUrl: string; value: Buffer }[] };
+
+/** A cluster map as the client routes by it. */
+export class Routes {
+  constructor(map: ClusterMap, fallback: string);
+  readonly map: ClusterMap;
+  readonly partitionCount: number;
+  readonly epoch: string;
+  /** The node that answered ('' outside a cluster). */
+  readonly node: string;
+  /** Where every shop goes when partitionCount is 0: the address that answered. */
+  readonly fallback: string;
+  /** Node name -> address. */
+  readonly nodes: Map<string, string>;
+  /** Every node's address, in map order (the fallback alone outside a cluster). */
+  readonly addresses: string[];
+  addressOf(shopId: string): string;
+  group(shopIds: Iterable<string>): Map<string, string[]>;
+}
+
+export interface ClusterClientOptions extends ClientOptions {
+  /** A map to start from instead of asking a seed (GetClusterMapResponse-shaped). */
+  clusterMap?: ClusterMap | null;
+  /** Deadline of each GetClusterMap call (default 5000). */
+  mapTimeoutMs?: number;
+}
+
+/** A rejected call whose retry on the owner was refused as WRONG_NODE again. */
+export interface WrongNodeServiceError extends ServiceError { wrongNode: WrongNode }
+
+/** Assignments of every node's WatchAssignmentBatches, merged. */
+export interface ClusterWatchStream extends Readable {
+  /** Resolves once every node's watch is registered. */
+  ready: Promise<ClusterWatchStream>;
+  /** Ends every node's watch; the stream then emits 'error' with code CANCELLED. */
+  cancel(): void;
+  /** The per-node watches open now (each with its `address`). */
+  readonly sources: (WatchStream & { address: string })[];
+}
+
+/**
+ * The DispatchClient methods over a cluster: each call goes to the node that owns its
+ * shop (one DispatchClient per node, opened on first use); batches are split by node and
+ * answered in order; a WRONG_NODE refusal refreshes the map and is retried once.
+ */
+export class ClusterClient {
+  constructor(seeds: string | string[], options?: ClusterClientOptions);
+  readonly seeds: string[];
+  /** The current map (null until fetched). */
+  readonly routes: Routes | null;
+  /** GetClusterMap calls answered. */
+  readonly mapFetches: number;
+  /** Calls and batch items retried on another node after a WRONG_NODE refusal. */
+  readonly wrongNodeRetries: number;
+  /** The client of one node (opened on first use). */
+  client(address: string): DispatchClient;
+  /** The per-node clients opened so far, by address. */
+  clients(): Map<string, DispatchClient>;
+  clientFor(shopId: string): Promise<DispatchClient>;
+  /** Fetch the map again (from `prefer` first, then the known nodes, then the seeds). */
+  refresh(prefer?: string[], minEpoch?: string | bigint): Promise<Routes>;
+  /** Resolves once the map is fetched and every node's channel is connected. */
+  waitForReady(timeoutMs?: number): Promise<void>;
+  /** Closes every node's client. */
+  close(): void;
+  dispatch(request: DispatchRequest): Promise<DispatchResponse>;
+  /** Split by node, concurrently; in request order. A node's whole-call failure becomes its items' `error` (unless every node failed). */
+  dispatchBatch(requests: DispatchRequest[]): Promise<DispatchResponse[]>;
+  setPresence(request: SetPresenceRequest): Promise<SetPresenceResponse>;
+  reportConversation(request: ReportConversationRequest): Promise<ReportConversationResponse>;
+  claimFromPool(request: ClaimFromPoolRequest): Promise<ClaimFromPoolResponse>;
+  /** Operate split by node, concurrently; one result per operation, in order. */
+  operate(operations: Operation[]): Promise<OperateResponse>;
+  watchAssignments(shopIds?: string[]): ClusterWatchStream;
+  putShop(shop: ShopConfig): Promise<ShopConfig>;
+  deleteShop(shopId: string): Promise<{}>;
+  putAgent(agent: Agent): Promise<{}>;
+  deleteAgent(shopId: string, agentId: string): Promise<{}>;
+  putGroup(group: Group): Promise<{}>;
+  deleteGroup(shopId: string, groupId: string): Promise<{}>;
+  setExclusiveAgent(shopId: string, buyerId: string, agentId: string): Promise<{}>;
+  deleteExclusiveAgent(shopId: string, buyerId: string): Promise<{}>;
+  getShopState(shopId: string): Promise<any>;
+  /** Every shop of every node, sorted. */
+  listShops(): Promise<string[]>;
+  getConversation(shopId: string, conversationId: string): Promise<any>;
+  getBuyer(shopId: string, buyerId: string): Promise<any>;
+}

@@ -38,10 +38,10 @@ const LOADER_OPTIONS = Object.freeze({
   includeDirs: [PROTOS_DIR],
 });
 
-/** Load the dispatch.v1 package: { Dispatch, Admin, ...message types }. */
+/** Load the dispatch.v1 package: { Dispatch, Admin, Cluster, ...message types }. */
 function loadPackage(protosDir = PROTOS_DIR) {
   const definition = protoLoader.loadSync(
-    ['dispatch/v1/dispatch.proto', 'dispatch/v1/admin.proto'],
+    ['dispatch/v1/dispatch.proto', 'dispatch/v1/admin.proto', 'dispatch/v1/cluster.proto'],
     { ...LOADER_OPTIONS, includeDirs: [protosDir] },
   );
   return grpc.loadPackageDefinition(definition).dispatch.v1;
@@ -326,7 +326,8 @@ class AutoBatcher {
       if (result === undefined) {
         op.reject(statusError(grpc.status.INTERNAL, `OperateStream: ${results.length} results for ${ops.length} operations`));
       } else if (result.error && result.error.code) {
-        op.reject(statusError(result.error.code, result.error.message));
+        // `status`: the operation's google.rpc.Status, details included (e.g. a cluster's WRONG_NODE).
+        op.reject(Object.assign(statusError(result.error.code, result.error.message), { status: result.error }));
       } else if (result.kind !== op.kind) {
         op.reject(statusError(grpc.status.INTERNAL, `OperateStream: a ${result.kind} result for a ${op.kind} operation`));
       } else {
@@ -616,3 +617,6 @@ class DispatchClient {
 module.exports = {
   DispatchClient, loadPackage, pb, grpc, status: grpc.status, timestamp, timestampMs, statusError, PROTOS_DIR, MAX_BATCH,
 };
+
+// The cluster client (issue 15: ClusterClient, partitionOf, wrongNodeOf...): cluster.js requires this module.
+Object.assign(module.exports, require('./cluster'));

@@ -53,7 +53,7 @@ READ_ONLY: Final = frozenset(
         "kind", "seed", "has_shop", "shop_ids", "shop_config", "shop_state", "conversation",
         "recent_contact", "exclusive_agent", "table_sizes", "export_state", "drain_outbox",
         "totals", "effective_strategy", "decision_counts", "operation_counts", "pending_deadlines",
-        "waiting_position", "retry_count",
+        "waiting_position", "retry_count", "estimate_counts", "note_estimate",
     }
 )  # fmt: skip
 """Engine attributes the wrapper passes through. Anything else fails loudly, so a

@@ -43,7 +43,7 @@ test('Admin answers what was configured', async () => {
     ['n:a', 'PRESENCE_ONLINE'],
     ['n:b', 'PRESENCE_ONLINE'],
   ]);
-  assert.deepEqual(state.groups, [{ groupId: 'pre', members: ['n:a', 'n:b'] }]);
+  assert.deepEqual(state.groups, [{ groupId: 'pre', members: ['n:a', 'n:b'], businessHours: null, openNow: true }]);
 });
 
 test('Dispatch, DispatchStream and WatchAssignments', async () => {

@@ -15,6 +15,10 @@ for unary calls). ``DispatchClient.pipeline()`` batches explicitly; both clients
 ``OperationError`` with the code and details its unary form would have had. ``pb`` gathers the
 generated messages and enums of ``dispatch.v1``; ``dispatch_request`` builds a
 DispatchRequest for batches and streams.
+
+``AsyncClusterClient`` / ``ClusterClient`` (issue 15) have the same methods over a cluster
+of nodes: they fetch the cluster map from a seed and send each call to the node that owns
+its shop (batches split by node; a WRONG_NODE refusal refreshes the map and is retried once).
 """
 
 from ._batching import MAX_BATCH, AutoBatcher, BatchStats, OperationError, OperationFuture
@@ -28,19 +32,39 @@ from ._client import (
     pb,
     to_timestamp,
 )
+from ._cluster import (
+    AsyncClusterClient,
+    AsyncClusterWatch,
+    ClusterClient,
+    ClusterWatch,
+    Routes,
+    WrongNode,
+    WrongNodeError,
+    partition_of,
+    wrong_node_of,
+)
 
 __all__ = [
     "MAX_BATCH",
+    "AsyncClusterClient",
+    "AsyncClusterWatch",
     "AsyncDispatchClient",
     "AsyncWatch",
     "AutoBatcher",
     "BatchStats",
+    "ClusterClient",
+    "ClusterWatch",
     "DispatchClient",
     "OperationError",
     "OperationFuture",
     "Pipeline",
+    "Routes",
     "Watch",
+    "WrongNode",
+    "WrongNodeError",
     "dispatch_request",
+    "partition_of",
     "pb",
     "to_timestamp",
+    "wrong_node_of",
 ]

@@ -1094,21 +1094,38 @@ class GroupState(_message.Message):
 
     GROUP_ID_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    BUSINESS_HOURS_FIELD_NUMBER: _builtins.int
+    OPEN_NOW_FIELD_NUMBER: _builtins.int
     group_id: _builtins.str
     """The group."""
+    open_now: _builtins.bool
+    """Spec §10: whether the group is open now, judged at the same instant as
+    ShopState.open_now (the server's clock): the shop is open and so are the
+    group's own hours. Without its own schedule it is the shop's open_now. A
+    closed group is not a candidate in step 5.
+    """
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Its members."""
+
+    @_builtins.property
+    def business_hours(self) -> Global___BusinessHours:
+        """Spec §10: the group's own opening hours (the shop's time zone), normalized
+        as in ShopConfig.business_hours. Unset: the group has no schedule of its
+        own and follows the shop's (config.business_hours).
+        """
 
     def __init__(
         self,
         *,
         group_id: _builtins.str = ...,
         members: _abc.Iterable[_builtins.str] | None = ...,
+        business_hours: Global___BusinessHours | None = ...,
+        open_now: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_hours", b"business_hours"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_id", b"group_id", "members", b"members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_hours", b"business_hours", "group_id", b"group_id", "members", b"members", "open_now", b"open_now"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
