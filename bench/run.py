@@ -863,7 +863,7 @@ def splice_cluster(old: str, raw: dict[str, Any]) -> str:
     start = lines.index("## Targets")
     end = next(i for i in range(start + 3, len(lines)) if not lines[i].startswith("|"))
     lines[end:end] = cluster_target_rows(raw["cluster"])
-    section = "\n".join(cluster_section(raw)).splitlines()
+    section = "\n".join(cluster_section(raw)).splitlines() + [""]
     heads = [i for i, x in enumerate(lines) if x.startswith("## ")]
     mine = [i for i in heads if lines[i].startswith(CLUSTER_HEADING)]
     if mine:
@@ -871,7 +871,7 @@ def splice_cluster(old: str, raw: dict[str, Any]) -> str:
         lines[mine[0] : nxt] = section
     else:
         at = next((i for i in heads if lines[i].startswith(("## Durability", ANALYSIS_MARKER.strip()))), len(lines))
-        lines[at:at] = section
+        lines[at:at] = ([""] if at and lines[at - 1].strip() else []) + section
     return "\n".join(lines) + "\n"
 
 

@@ -708,11 +708,18 @@ async def test_waiting_answers_carry_position_and_estimated_wait_and_retries_are
 
 
 async def test_business_hours_over_grpc_and_get_shop_state(client: AsyncDispatchClient) -> None:
-    # Open only on 2023-11-14 (T0's date) from 00:00 to 23:59 UTC: T0 is open, the server's now is not.
+    # Open on T0's weekday (2023-11-14, a Tuesday) from 00:00 to 22:30 UTC: T0 is open. The
+    # server's now is closed whatever day the suite runs: today and tomorrow (UTC) are closed
+    # by dated exceptions (GetShopState judges open_now by the server's clock).
     day = dt.datetime.fromtimestamp(T0 / 1000, dt.UTC).date()
+    today = dt.datetime.now(dt.UTC).date()
     hours = admin_pb2.BusinessHours(
         weekly=[admin_pb2.WeeklyInterval(day_of_week=day.weekday(), open_minute=0, close_minute=22 * 60 + 30)],
-        exceptions=[admin_pb2.DateException(date="2099-12-25", closed=True)],
+        exceptions=[
+            admin_pb2.DateException(date=str(today), closed=True),
+            admin_pb2.DateException(date=str(today + dt.timedelta(days=1)), closed=True),
+            admin_pb2.DateException(date="2099-12-25", closed=True),
+        ],
     )
     stored = await client.put_shop(shop_id="bh", main_account="bh", business_hours=hours)
     assert stored.business_hours == hours and not stored.recent_contacts_after_hours
