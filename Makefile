@@ -107,3 +107,19 @@ buf-breaking: $(BUF)
 # The Node.js client's tests against a real server (needs .venv for the server).
 node-client: $(STAMP)
 	cd clients/node && npm ci --no-audit --no-fund && DISPATCH_PYTHON=$(CURDIR)/$(PY) node --test test/
+
+# The Go client (clients/go/README.md): protoc + protoc-gen-go + protoc-gen-go-grpc and the
+# Go sources of grpc/protobuf from Debian's packages, installed here on first use; it builds
+# offline in GOPATH mode (clients/go/go.sh). `make test` runs tests/test_go_client.py too.
+.PHONY: go-tools go-client
+GO_PACKAGES := golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-protobuf-dev \
+    golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev
+
+go-tools:
+	@dpkg -s $(GO_PACKAGES) >/dev/null 2>&1 || (apt-get update && apt-get install -y $(GO_PACKAGES))
+
+test: go-tools
+
+go-client: $(STAMP) go-tools
+	clients/go/generate.sh --check
+	$(PY) -m pytest -q tests/test_go_client.py

@@ -78,15 +78,22 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     hash_parser.add_argument("--generate", action="store_true", help="make a new random token")
     journal_parser = commands.add_parser(
         "journal",
-        help="check or repair a data dir (dispatcher/docs/DURABILITY.md)",
+        help="check, verify, dump or repair a data dir (dispatcher/docs/DURABILITY.md)",
         description="check: what a start would recover, changing nothing (exit 3 if it would refuse). "
+        "verify: check, plus the CRC of every snapshot and every record of every segment and the seqs' "
+        "continuity (tables, or --json; exit 3 on damage). dump: every record in readable form, one line "
+        "each: seq, time, operation, fields (--json: one object per line). "
         "repair: the deliberate repair of a data dir the server refused: damaged parts and unreachable "
         "segments are moved aside (never deleted), MANIFEST is rebuilt, and the dropped seqs are printed. "
-        "Refuses to run while a server holds the data dir.",
+        "Refuses to run while a server holds the data dir. check, verify and dump only read.",
     )
-    journal_parser.add_argument("action", choices=("check", "repair"))
+    journal_parser.add_argument("action", choices=("check", "verify", "dump", "repair"))
     journal_parser.add_argument("data_dir", help="the server's --data-dir")
     journal_parser.add_argument("--seed", type=int, default=0, help="engine seed for a dir without one (default 0)")
+    journal_parser.add_argument("--json", action="store_true", help="verify, dump: JSON (check, repair: always)")
+    from .ops import add_ops_commands
+
+    add_ops_commands(commands)  # call, shops, shop show, health, check-bootstrap, replay (dispatcher/ops)
     from .cluster_tools import add_cluster_arguments
 
     add_cluster_arguments(
@@ -380,7 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_token_command(ns.generate)
     if ns.command == "journal":
         configure_logging("json", "warning")
+        if ns.action in ("verify", "dump"):
+            from .ops import journal_ops_command
+
+            return journal_ops_command(ns)
         return journal_command(ns.action, ns.data_dir, ns.seed)
+    if getattr(ns, "ops_handler", None) is not None:  # the operator CLI (dispatcher/ops)
+        from .ops import run
+
+        return run(ns)
     if ns.command == "cluster":
         from .cluster_tools import cluster_command
 
