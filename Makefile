@@ -80,10 +80,12 @@ bench: $(STAMP) bench-tools
 bench-quick: $(STAMP) bench-tools
 	$(PY) -m bench.run --quick $(BENCH_QUICK_ARGS)
 
-# Removes the build stamp too, so the next make rebuilds the extension (without it a
-# server would fall back to the pure-Python engine; it logs engine.fallback if it does).
+# Forces a rebuild: removes the built extension (and Cython's C) together with the build
+# stamp, so the next `make serve` / `make test` reinstalls and compiles the engine instead of
+# serving with the slow pure-Python one (a server on that fallback logs engine.fallback).
 clean:
-	rm -rf build *.egg-info _fastpath/*.c _fastpath/*.so _fastpath/*.html $(STAMP)
+	rm -rf build *.egg-info clients/python/build clients/python/*.egg-info
+	rm -f _fastpath/*.c _fastpath/*.so _fastpath/*.html $(STAMP)
 
 # The gRPC ecosystem (dispatcher/docs/OPERATING.md). The buf CLI is pinned in clients/buf
 # and comes from the npm registry (@bufbuild/buf), installed here on first use.

@@ -37,7 +37,9 @@ Unset or empty: always open.
 Order of application: every shop without its robot/proxy references, then
 its agents, then the full shop settings, then groups, exclusive pairs and
 presence (timed at load). Any error names the file location
-(``shops[0].agents[1]: max_capacity=0 is outside 1..1000000``).
+(``shops[0].agents[1]: max_capacity=0 is outside 1..1000000``). A shop id may appear
+once: a second entry is refused before anything is applied
+(``shops[3]: shop 'x' is also shops[0]``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ from _fastpath import (
 )
 from _fastpath.model import AFFINITY_WINDOW_MS_DEFAULT
 
-__all__ = ["BootstrapError", "apply_bootstrap", "load_bootstrap", "parse_duration_ms"]
+__all__ = ["BootstrapError", "apply_bootstrap", "check_duplicate_shops", "load_bootstrap", "parse_duration_ms"]
 
 
 class BootstrapError(ValueError):
@@ -290,6 +292,21 @@ def _shop(obj: Mapping[str, Any], where: str) -> ShopConfig:
     )
 
 
+def check_duplicate_shops(shops: list[Any], source: str = "bootstrap") -> None:
+    """Refuse a list of shops that names a shop id twice (``shops[3]: shop 'x' is also shops[0]``);
+    entries that are not tables, or without a string shop_id, are left to the full check."""
+    first: dict[str, int] = {}
+    for i, raw in enumerate(shops):
+        if not isinstance(raw, Mapping):
+            continue
+        shop_id = raw.get("shop_id")
+        if not isinstance(shop_id, str):
+            continue
+        if shop_id in first:
+            raise BootstrapError(f"{source}: shops[{i}]: shop {shop_id!r} is also shops[{first[shop_id]}]")
+        first[shop_id] = i
+
+
 def load_bootstrap(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``.json`` or ``.toml`` bootstrap file; return its list of shops."""
     path = Path(path)
@@ -308,7 +325,9 @@ def load_bootstrap(path: str | Path) -> list[dict[str, Any]]:
         raise BootstrapError(f"{path}: {exc}") from None
     where = str(path)
     _check_keys(data, {"shops"}, where)
-    return _list(data, "shops", where)
+    shops = _list(data, "shops", where)
+    check_duplicate_shops(shops, where)  # here too: serve may keep only some shops (a cluster node's)
+    return shops
 
 
 def apply_bootstrap(engine: Any, shops: list[Any], at_ms: int, source: str = "bootstrap") -> dict[str, int]:
@@ -317,6 +336,7 @@ def apply_bootstrap(engine: Any, shops: list[Any], at_ms: int, source: str = "bo
     Returns how many shops, agents, groups, exclusive pairs and presences were set.
     """
     counts = {"shops": 0, "agents": 0, "groups": 0, "exclusive_agents": 0, "presence": 0}
+    check_duplicate_shops(shops, source)  # before anything is applied
     for i, raw in enumerate(shops):
         where = f"{source}: shops[{i}]"
         obj = _check_keys(raw, _SHOP_KEYS, where)

@@ -8,7 +8,10 @@ points and nothing else of it is on the servicers' code path:
   latency histograms). Decisions by reason and strategy are counted by the
   engine itself (``decision_counts``) and read at scrape time.
 - ``await attach(server)`` (before ``server.start()``) adds ``grpc.health.v1.Health``
-  (every service NOT_SERVING) and, unless disabled, server reflection.
+  (every service NOT_SERVING) and, unless disabled, server reflection: both
+  ``grpc.reflection.v1.ServerReflection`` and the older ``v1alpha`` (grpcio-reflection
+  ships only v1alpha; the v1 protocol is the same messages under another package, so
+  the same servicer answers both, see ``add_reflection_v1``).
 - ``await started()`` marks ``""``, ``dispatch.v1.Dispatch`` and ``dispatch.v1.Admin``
   SERVING (unless the server holds it back until its state is recovered: then
   ``await set_serving()`` does it later). The metrics HTTP server is opened by ``attach``.
@@ -43,10 +46,12 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Final
 
+import grpc
 import structlog
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -61,8 +66,10 @@ __all__ = [
     "DISPATCH_SERVICES",
     "WRITE_SERVICES",
     "LATENCY_BUCKETS",
+    "REFLECTION_V1",
     "WAIT_BUCKETS",
     "Ecosystem",
+    "add_reflection_v1",
     "LatencyHistogram",
     "Metrics",
     "estimated_wait_histogram",
@@ -426,6 +433,57 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
     yield waiting
 
 
+REFLECTION_V1: Final = "grpc.reflection.v1.ServerReflection"
+"""The stable reflection service (grpcurl, grpc_cli, Postman and buf curl try it first)."""
+_REFLECTION_V1_FILE: Final = "grpc/reflection/v1/reflection.proto"
+
+
+def _reflection_v1_descriptor() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in the default descriptor pool (once), so
+    reflection can describe its own v1 service: v1alpha's file under the v1 package."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(_REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    alpha = "." + reflection_pb2.DESCRIPTOR.package + "."
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name = _REFLECTION_V1_FILE
+    file.package = "grpc.reflection.v1"
+    file.ClearField("options")
+    for message in file.message_type:
+        for field in message.field:
+            if field.HasField("type_name"):  # a message field (setting it on a scalar makes it invalid)
+                field.type_name = field.type_name.replace(alpha, ".grpc.reflection.v1.")
+    for service in file.service:
+        service.ClearField("options")
+        for method in service.method:
+            method.input_type = method.input_type.replace(alpha, ".grpc.reflection.v1.")
+            method.output_type = method.output_type.replace(alpha, ".grpc.reflection.v1.")
+    pool.AddSerializedFile(file.SerializeToString())
+
+
+def add_reflection_v1(servicer: Any, server: Any) -> None:
+    """Serve ``grpc.reflection.v1.ServerReflection`` with a v1alpha ``ReflectionServicer``.
+
+    grpcio-reflection (1.76) implements only v1alpha. v1 has the same messages, fields and
+    numbers in another package, so the bytes on the wire are the same: the v1 method is
+    the v1alpha handler registered under the v1 name (as the generated ``add_*_to_server``
+    registers: generic and registered handlers)."""
+    _reflection_v1_descriptor()
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, handlers),))
+    server.add_registered_method_handlers(REFLECTION_V1, handlers)
+
+
 class Ecosystem:
     """Health, reflection and metrics of one ``DispatchServer`` (see the module doc)."""
 
@@ -479,11 +537,14 @@ class Ecosystem:
                 *DISPATCH_SERVICES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
+                REFLECTION_V1,
             )
             # What reflection.enable_server_reflection does for a grpc.aio server
             # (it checks isinstance(server, grpc.aio.Server); ``server`` may be the
             # registration proxy, security.GuardedServer).
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+            servicer = reflection.aio.ReflectionServicer(names)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+            add_reflection_v1(servicer, server)
 
     async def started(self) -> None:
         """After ``server.start()``: SERVING, unless held back until the state is ready."""

@@ -197,3 +197,27 @@ def test_demo_shop_shows_business_hours_and_a_reroute() -> None:
     config = engine.shop_config("demo")
     assert config.business_hours.exceptions == (("2099-12-25", ()),)
     assert config.reroute_unanswered_after_ms == 3 * 60_000
+
+
+# ------------------------------------------------------------------ duplicate shops (issue 16)
+
+
+def test_a_shop_named_twice_is_refused_naming_both_places(tmp_path: Path) -> None:
+    shops = [{"shop_id": f"s{i}", "main_account": f"s{i}"} for i in range(3)] + [{"shop_id": "s0", "main_account": "z"}]
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps({"shops": shops}))
+    with pytest.raises(BootstrapError) as info:
+        load_bootstrap(path)
+    assert str(info.value) == f"{path}: shops[3]: shop 's0' is also shops[0]"
+    toml = tmp_path / "twice.toml"
+    toml.write_text('[[shops]]\nshop_id = "x"\nmain_account = "x"\n\n[[shops]]\nshop_id = "x"\nmain_account = "x"\n')
+    with pytest.raises(BootstrapError, match=r"shops\[1\]: shop 'x' is also shops\[0\]"):
+        load_bootstrap(toml)
+    # apply_bootstrap refuses too (a list from elsewhere), before applying anything.
+    engine = _fastpath.ReferenceEngine(0)
+    with pytest.raises(BootstrapError) as applied:
+        apply_bootstrap(engine, shops, T0, "inline")
+    assert str(applied.value) == "inline: shops[3]: shop 's0' is also shops[0]"
+    assert engine.shop_ids() == []
+    # Distinct ids (and entries the full check refuses for other reasons) are not duplicates.
+    assert apply_bootstrap(_fastpath.ReferenceEngine(0), shops[:3], T0)["shops"] == 3

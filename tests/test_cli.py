@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import grpc
 import pytest
-from server_fixtures import DEMO, Proc
+from server_fixtures import DEMO, ROOT, Proc
 
 from dispatch_client import DispatchClient, pb
-from dispatcher.cli import build_parser
+from dispatcher.cli import build_parser, port_in_use, ready_line
 from dispatcher.config import settings_from_args
 
 
@@ -100,3 +103,94 @@ def test_console_log_format() -> None:
     finally:
         if proc.popen.poll() is None:
             proc.popen.kill()
+
+
+# ------------------------------------------------------------------ a first hour without stumbles (issue 16)
+
+
+def test_a_busy_port_gives_one_line_without_grpc_noise(demo_server: Proc, tmp_path: Path) -> None:
+    port = demo_server.port()
+    assert port_in_use("127.0.0.1", port) and not port_in_use("127.0.0.1", 0)
+    data_dir = tmp_path / "state"
+    proc = Proc(
+        "serve", "--port", str(port), "--log-format", "console", "--data-dir", str(data_dir), "--create-data-dir"
+    )
+    assert proc.finish() == 1
+    lines = [line for line in proc.lines if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"port {port} is in use; pass --port" in lines[0] and "server.bind_failed" in lines[0]
+    assert "absl" not in lines[0] and "Failed to bind" not in lines[0]
+    assert not data_dir.exists()  # refused before the data dir was opened
+    as_json = Proc("serve", "--port", str(port))
+    assert as_json.finish() == 1
+    assert [e["error"] for e in as_json.events("server.bind_failed")] == [f"port {port} is in use; pass --port"]
+    assert len(as_json.lines) == 1
+
+
+def test_console_format_prints_one_ready_line(tmp_path: Path) -> None:
+    assert ready_line("127.0.0.1", 50051, Path("var/dispatch")) == (
+        "ready on 127.0.0.1:50051, state in var/dispatch, Ctrl-C to stop"
+    )
+    assert ready_line("::1", 7, None) == "ready on [::1]:7, state in memory only (no --data-dir), Ctrl-C to stop"
+    data_dir = tmp_path / "dispatch"
+    proc = Proc("serve", "--port", "0", "--log-format", "console", "--data-dir", str(data_dir), "--create-data-dir")
+    try:
+        assert proc._started.wait(30)
+        deadline = time.monotonic() + 10
+        while not any(line.startswith("ready on ") for line in proc.lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = [line.rstrip("\n") for line in proc.lines if line.startswith("ready on ")]
+        assert len(ready) == 1 and ready[0].endswith(f", state in {data_dir}, Ctrl-C to stop"), proc.lines
+        address = ready[0].removeprefix("ready on ").split(",")[0]
+        with DispatchClient(address) as client:
+            assert client.list_shops() == []
+        assert proc.finish(signal.SIGTERM) == 0
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+    as_json = Proc("serve", "--port", "0")  # JSON logs stay JSON lines only
+    try:
+        as_json.port()
+        assert as_json.finish(signal.SIGTERM) == 0
+        assert all(line.startswith("{") for line in as_json.lines)
+    finally:
+        as_json.ensure_dead()
+
+
+def test_serve_refuses_a_bootstrap_with_a_shop_twice(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.json"
+    shops = [{"shop_id": "x", "main_account": "x"}, {"shop_id": "y", "main_account": "y"}, {"shop_id": "x"}]
+    twice.write_text(json.dumps({"shops": shops}))
+    proc = Proc("serve", "--port", "0", "--bootstrap", str(twice))
+    assert proc.finish() == 2
+    (failed,) = proc.events("bootstrap.failed")
+    assert failed["error"] == f"{twice}: shops[2]: shop 'x' is also shops[0]"
+
+
+def test_make_clean_forces_a_rebuild(tmp_path: Path) -> None:
+    """After `make clean`, `make serve` reinstalls (compiling the engine) before it serves: the
+    extension and the stamp go together. A stand-in tree, so nothing is built here."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    for name in ("pyproject.toml", "clients/python/pyproject.toml", "_fastpath/_core.pyx", ".venv/bin/python"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    built = tmp_path / "_fastpath" / "_core.cpython-311-x86_64-linux-gnu.so"
+    built.write_text("")
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.write_text("")
+    later = time.time() + 60
+    os.utime(stamp, (later, later))  # the stamp is newer than what it depends on: up to date
+
+    def dry_run() -> str:
+        return subprocess.run(
+            [make, "-n", "serve"], cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+
+    assert "pip install" not in dry_run()
+    subprocess.run([make, "clean"], cwd=tmp_path, capture_output=True, check=True, timeout=60)
+    assert not built.exists() and not stamp.exists()
+    plan = dry_run()
+    assert "pip install -q -e '.[dev]'" in plan and plan.index("pip install") < plan.index("dispatcher serve")

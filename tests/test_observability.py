@@ -8,14 +8,17 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_fixtures import T0, ThreadedServer
 
 from dispatch_client import DispatchClient, dispatch_request, pb
+from dispatcher.auth import AuthPolicy, hash_token
 from dispatcher.observability import LatencyHistogram
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -168,6 +171,7 @@ def test_reflection_lists_the_services_and_serves_their_descriptors(observed: Th
         "dispatch.v1.Admin",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
     }
     # What grpcurl asks next: the file that defines a service, with its dependencies.
     answer = reflect(
@@ -186,6 +190,97 @@ def test_reflection_can_be_switched_off() -> None:
         assert health_check(running.target, "dispatch.v1.Dispatch") == SERVING  # health stays
     finally:
         running.stop()
+
+
+# ------------------------------------------------------------------ reflection v1 (issue 16)
+
+V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+def reflect_v1(target: str, request: Any, response_class: Any, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+    """One request on the v1 method, with v1 message classes (grpcurl and grpc_cli try v1 first)."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_stream(
+            V1_METHOD,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_class.FromString,
+        )
+        return next(iter(call(iter([request]), timeout=10, metadata=metadata)))
+
+
+def _v1_classes(file: descriptor_pb2.FileDescriptorProto) -> tuple[Any, Any]:
+    """The v1 request/response classes from the v1 file the server itself describes, in a pool of
+    their own (as a reflection client builds them)."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")),
+    )
+
+
+def test_reflection_v1_lists_the_services_and_describes_itself(observed: ThreadedServer) -> None:
+    # What a v1 client asks first: the file of the v1 service itself (over v1alpha here, to get
+    # classes that owe nothing to the server's process), then everything over v1.
+    answer = reflect(
+        observed.target,
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+    )
+    (raw,) = answer.file_descriptor_response.file_descriptor_proto
+    file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+    assert (file.name, file.package) == ("grpc/reflection/v1/reflection.proto", "grpc.reflection.v1")
+    method = file.service[0].method[0]
+    assert (method.input_type, method.output_type) == (
+        ".grpc.reflection.v1.ServerReflectionRequest",
+        ".grpc.reflection.v1.ServerReflectionResponse",
+    )
+    request_class, response_class = _v1_classes(file)
+    listed = reflect_v1(observed.target, request_class(list_services=""), response_class)
+    assert {s.name for s in listed.list_services_response.service} == {
+        "dispatch.v1.Dispatch",
+        "dispatch.v1.Admin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+    described = reflect_v1(
+        observed.target, request_class(file_containing_symbol="dispatch.v1.Dispatch"), response_class
+    )
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(f)
+        for f in described.file_descriptor_response.file_descriptor_proto
+    ]
+    assert "dispatch/v1/dispatch.proto" in {f.name for f in files}
+    assert not described.HasField("error_response")
+    missing = reflect_v1(observed.target, request_class(file_containing_symbol="no.such.Service"), response_class)
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_reflection_v1_is_off_with_reflection_and_an_admin_call_with_auth() -> None:
+    running = ThreadedServer(reflection=False).start()
+    try:
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as off:
+            reflect_v1(running.target, request, reflection_pb2.ServerReflectionResponse)
+        assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    finally:
+        running.stop()
+    token = "tok-reflect-Ab12"
+    policy = AuthPolicy.from_mapping(
+        {"callers": [{"name": "ops", "token_sha256": hash_token(token), "roles": ["admin"], "shops": "*"}]}
+    )
+    guarded = ThreadedServer(auth=policy).start()
+    try:
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as anonymous:
+            reflect_v1(guarded.target, request, reflection_pb2.ServerReflectionResponse)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        answer = reflect_v1(
+            guarded.target, request, reflection_pb2.ServerReflectionResponse, (("authorization", f"Bearer {token}"),)
+        )
+        assert "grpc.reflection.v1.ServerReflection" in {s.name for s in answer.list_services_response.service}
+    finally:
+        guarded.stop()
 
 
 # ------------------------------------------------------------------ metrics

@@ -30,9 +30,9 @@ from typing import Any, Final, Generic, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import status_pb2  # type: ignore[import-untyped,unused-ignore]
 
-from dispatcher._gen.dispatch.v1 import dispatch_pb2
+from ._errors import OperationError, error_for, error_of
+from ._gen.dispatch.v1 import dispatch_pb2
 
 __all__ = [
     "MAX_BATCH",
@@ -47,8 +47,6 @@ MAX_BATCH: Final = 4096
 """The server's limit of operations in one OperateRequest."""
 
 OPERATE_STREAM: Final = "/dispatch.v1.Dispatch/OperateStream"
-
-_CODE_BY_NUMBER: Final = {code.value[0]: code for code in grpc.StatusCode}
 
 # Stream endings that say nothing about the operations themselves (transport, restart,
 # cancellation): the calls in flight get UNAVAILABLE. Any other status of the stream (the
@@ -69,30 +67,9 @@ _BROKEN: Final = frozenset(
 _T = TypeVar("_T", bound=Message)
 
 
-class OperationError(grpc.aio.AioRpcError):
-    """The error of one call that went in a batch: ``code()`` and ``details()`` are those
-    its unary form would have raised.
-
-    It subclasses ``grpc.aio.AioRpcError`` (itself a ``grpc.RpcError``), so code written for
-    the unary calls (``except grpc.RpcError as e: e.code()``) keeps working. A rich
-    ``google.rpc.Status`` (with ``details``) is in ``trailing_metadata()`` under
-    ``grpc-status-details-bin``, as gRPC puts it for a unary call."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, status: status_pb2.Status | None = None) -> None:
-        trailing = grpc.aio.Metadata()
-        if status is not None and status.details:
-            trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
-        super().__init__(
-            code, grpc.aio.Metadata(), trailing, details, "an operation of a batch (Operate/OperateStream)"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (OperationError, (self.code(), self.details() or ""))
-
-
-def error_of(status: status_pb2.Status) -> OperationError:
-    """The exception for an ``OperationResult.error``."""
-    return OperationError(_CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN), status.message, status)
+def _error(code: grpc.StatusCode, details: str) -> OperationError:
+    """The ``OperationError`` (of ``code``'s class) for a call that went in a batch."""
+    return cast(OperationError, error_for(code, details, batched=True))
 
 
 # ---------------------------------------------------------------- the wire form of an Operation
@@ -300,7 +277,7 @@ class AutoBatcher:
             return self._unimplemented(kind, payload)
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
-            future.set_exception(OperationError(grpc.StatusCode.CANCELLED, "the client is closed"))
+            future.set_exception(_error(grpc.StatusCode.CANCELLED, "the client is closed"))
             return future
         open_ = self._open
         if open_ and len(open_[-1].futures) < self.max_batch_size:
@@ -355,13 +332,13 @@ class AutoBatcher:
         try:
             results = dispatch_pb2.OperateResponse.FromString(raw).results
         except Exception:
-            batch.fail(OperationError(grpc.StatusCode.INTERNAL, "the server's answer to a batch could not be parsed"))
+            batch.fail(_error(grpc.StatusCode.INTERNAL, "the server's answer to a batch could not be parsed"))
             self._break(stream, grpc.StatusCode.INTERNAL, "the server's answer to a batch could not be parsed")
             return
         futures = batch.futures
         if len(results) != len(futures):
             details = f"the server answered {len(results)} results for a batch of {len(futures)} operations"
-            batch.fail(OperationError(grpc.StatusCode.INTERNAL, details))
+            batch.fail(_error(grpc.StatusCode.INTERNAL, details))
             self._break(stream, grpc.StatusCode.INTERNAL, details)
             return
         for future, kind, result in zip(futures, batch.kinds, results, strict=False):
@@ -382,7 +359,7 @@ class AutoBatcher:
         batch.timer = None
         if stream.broken or batch not in stream.in_flight:
             return
-        batch.fail(OperationError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+        batch.fail(_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
         self._break(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "a batch before these was not answered in time")
 
     def _break(self, stream: _Stream, code: grpc.StatusCode, details: str) -> None:
@@ -394,7 +371,7 @@ class AutoBatcher:
         if self._stream is stream:
             self._stream = None
         if self._closed:
-            error = OperationError(grpc.StatusCode.CANCELLED, "the client was closed before the answer came")
+            error = _error(grpc.StatusCode.CANCELLED, "the client was closed before the answer came")
         elif code == grpc.StatusCode.UNIMPLEMENTED and self._unimplemented is not None:
             # A server without OperateStream: nothing was applied; send every call as its unary RPC.
             self._unary_only = True
@@ -410,12 +387,12 @@ class AutoBatcher:
                         _chain(self._unimplemented(kind, getattr(op, kind).SerializeToString()), future)
             return
         elif code in _BROKEN or code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            error = OperationError(
+            error = _error(
                 grpc.StatusCode.UNAVAILABLE,
                 f"the OperateStream broke ({code.name}: {details}); the operation may or may not have been applied",
             )
         else:
-            error = OperationError(code, details)
+            error = _error(code, details)
         for batch in stream.in_flight:
             batch.fail(error)
         stream.in_flight.clear()
@@ -434,7 +411,7 @@ class AutoBatcher:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        error = OperationError(grpc.StatusCode.CANCELLED, "the client was closed before the call was sent")
+        error = _error(grpc.StatusCode.CANCELLED, "the client was closed before the call was sent")
         for batch in self._open:
             batch.fail(error)
         self._open.clear()

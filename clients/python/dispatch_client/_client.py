@@ -3,6 +3,9 @@
 The async client sends ``dispatch``, ``set_presence``, ``report_conversation`` and
 ``claim_from_pool`` in automatic batches on one OperateStream (``_batching.AutoBatcher``);
 the blocking client has explicit batches (``pipeline()``). See clients/python/README.md.
+
+Every method raises a ``DispatchError`` (``_errors``) for a failed call, never grpc's raw
+error; enum arguments take numbers or names, full or short (``_enums``).
 """
 
 from __future__ import annotations
@@ -12,21 +15,24 @@ import collections
 import datetime as _dt
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
-from dispatcher._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
-
 from . import pb
-from ._batching import MAX_BATCH, AutoBatcher, BatchStats, OperationError, OperationFuture, error_of
+from ._batching import MAX_BATCH, AutoBatcher, BatchStats, OperationFuture
+from ._enums import EnumArg, coerce_fields, enum_number
+from ._errors import DispatchError, error_for, error_from_rpc, error_of, raises_dispatch_errors
+from ._gen.dispatch.v1 import admin_pb2, admin_pb2_grpc, dispatch_pb2, dispatch_pb2_grpc
 
 __all__ = [
     "AsyncDispatchClient",
     "AsyncWatch",
     "DispatchClient",
+    "EnumArg",
     "Pipeline",
     "Watch",
     "dispatch_request",
@@ -46,6 +52,13 @@ _CHANNEL_OPTIONS = [
 ]
 
 
+_CONVERSATION_TYPE: Final = pb.ConversationType.DESCRIPTOR
+_ORDER_STATE: Final = pb.OrderState.DESCRIPTOR
+_PRESENCE: Final = pb.Presence.DESCRIPTOR
+_CLIENT: Final = pb.Client.DESCRIPTOR
+_EVENT: Final = pb.ConversationEvent.DESCRIPTOR
+
+
 def to_timestamp(at: Time) -> timestamp_pb2.Timestamp | None:
     """Convert ``at`` for a request field; None stays None (the server uses its clock)."""
     if at is None or isinstance(at, timestamp_pb2.Timestamp):
@@ -62,10 +75,10 @@ def to_timestamp(at: Time) -> timestamp_pb2.Timestamp | None:
     raise TypeError(f"cannot use {at!r} as a time")
 
 
-def _fields(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Convert datetimes/timedeltas to protobuf types; drop None (unset)."""
+def _fields(cls: type[Message], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Convert datetimes/timedeltas to protobuf types and enum names to numbers; drop None (unset)."""
     out: dict[str, Any] = {}
-    for key, value in kwargs.items():
+    for key, value in coerce_fields(cast(Descriptor, cls.DESCRIPTOR), kwargs).items():
         if value is None:
             continue
         if isinstance(value, _dt.timedelta):
@@ -83,7 +96,7 @@ def _build(cls: type[_M], message: _M | None, kwargs: dict[str, Any]) -> _M:
         if kwargs:
             raise TypeError("pass either a message or keyword fields, not both")
         return message
-    return cls(**_fields(kwargs))
+    return cls(**_fields(cls, kwargs))
 
 
 def dispatch_request(
@@ -91,15 +104,16 @@ def dispatch_request(
     buyer_id: str = "",
     conversation_id: str = "",
     *,
-    type: int = 0,
+    type: EnumArg = 0,
     source: str = "",
-    order_state: int = 0,
+    order_state: EnumArg = 0,
     to_account: str = "",
     at: Time = None,
     trace: bool = False,
     priority: int = 0,
 ) -> dispatch_pb2.DispatchRequest:
-    """A DispatchRequest; enums take their numbers (``pb.OrderState.ORDER_STATE_UNPAID``) or names.
+    """A DispatchRequest; enums take their numbers (``pb.OrderState.ORDER_STATE_UNPAID``) or names,
+    full or short (``"ORDER_STATE_UNPAID"``, ``"UNPAID"``).
     ``priority`` is 0..9 (higher is handed out first if the conversation has to wait); a waiting
     answer carries ``position`` and, once known, ``estimated_wait``. Retrying a dispatch of an
     open conversation with the same buyer is safe: it answers what is current and changes nothing."""
@@ -107,9 +121,9 @@ def dispatch_request(
         shop_id=shop_id,
         buyer_id=buyer_id,
         conversation_id=conversation_id,
-        type=type,  # type: ignore[arg-type]
+        type=enum_number(_CONVERSATION_TYPE, type, "type"),  # type: ignore[arg-type]
         source=source,
-        order_state=order_state,  # type: ignore[arg-type]
+        order_state=enum_number(_ORDER_STATE, order_state, "order_state"),  # type: ignore[arg-type]
         to_account=to_account,
         at=to_timestamp(at),
         trace=trace,
@@ -123,12 +137,15 @@ def _claim(shop_id: str, agent_id: str, conversation_id: str, at: Time) -> dispa
     )
 
 
-def _presence(shop_id: str, agent_id: str, presence: int, client: int, at: Time) -> dispatch_pb2.SetPresenceRequest:
+def _presence(
+    shop_id: str, agent_id: str, presence: EnumArg, client: EnumArg, at: Time
+) -> dispatch_pb2.SetPresenceRequest:
     return dispatch_pb2.SetPresenceRequest(
         shop_id=shop_id,
         agent_id=agent_id,
-        presence=presence,  # type: ignore[arg-type]  # an int; mypy-protobuf wants the enum's NewType
-        client=client,  # type: ignore[arg-type]
+        # an int; mypy-protobuf wants the enum's NewType
+        presence=enum_number(_PRESENCE, presence, "presence"),  # type: ignore[arg-type]
+        client=enum_number(_CLIENT, client, "client"),  # type: ignore[arg-type]
         at=to_timestamp(at),
     )
 
@@ -136,7 +153,7 @@ def _presence(shop_id: str, agent_id: str, presence: int, client: int, at: Time)
 def _report(
     shop_id: str,
     conversation_id: str,
-    event: int,
+    event: EnumArg,
     buyer_id: str,
     agent_id: str,
     to_agent_id: str,
@@ -146,7 +163,7 @@ def _report(
     return dispatch_pb2.ReportConversationRequest(
         shop_id=shop_id,
         conversation_id=conversation_id,
-        event=event,  # type: ignore[arg-type]
+        event=enum_number(_EVENT, event, "event"),  # type: ignore[arg-type]
         buyer_id=buyer_id,
         agent_id=agent_id,
         to_agent_id=to_agent_id,
@@ -176,7 +193,10 @@ class AsyncWatch:
     async def next(self) -> dispatch_pb2.Assignment:
         """The next assignment; StopAsyncIteration when the server ends the stream."""
         while not self._ready:
-            batch = await self._call.read()
+            try:
+                batch = await self._call.read()
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc) from None
             if batch is cast(Any, grpc.aio).EOF:  # the stubs lack grpc.aio.EOF
                 raise StopAsyncIteration
             self._ready.extend(batch.assignments)
@@ -214,7 +234,11 @@ class Watch:
 
     def __next__(self) -> dispatch_pb2.Assignment:
         while not self._ready:
-            self._ready.extend(next(self._call).assignments)
+            try:
+                batch = next(self._call)
+            except grpc.RpcError as exc:
+                raise error_from_rpc(exc) from None
+            self._ready.extend(batch.assignments)
         return self._ready.popleft()
 
     def cancel(self) -> None:
@@ -327,6 +351,7 @@ class AsyncDispatchClient:
             await self._batcher.aclose()
         await self.channel.close()
 
+    @raises_dispatch_errors
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until the channel is connected."""
         import asyncio
@@ -340,10 +365,16 @@ class AsyncDispatchClient:
     ) -> dispatch_pb2.DispatchResponse:
         """Route one conversation; ``fields`` are dispatch_request's keywords."""
         request = dispatch_request(shop_id, buyer_id, conversation_id, **fields)
-        if self._batcher is not None:
-            return cast(dispatch_pb2.DispatchResponse, await self._batcher.submit("dispatch", request))
-        return await self.dispatch_stub.Dispatch(request, timeout=self.timeout)
+        try:
+            if self._batcher is not None:
+                return cast(dispatch_pb2.DispatchResponse, await self._batcher.submit("dispatch", request))
+            return await self.dispatch_stub.Dispatch(request, timeout=self.timeout)
+        except DispatchError:
+            raise
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
+    @raises_dispatch_errors
     async def dispatch_batch(
         self, requests: Iterable[dispatch_pb2.DispatchRequest]
     ) -> list[dispatch_pb2.DispatchResponse]:
@@ -352,6 +383,7 @@ class AsyncDispatchClient:
         )
         return list(reply.responses)
 
+    @raises_dispatch_errors
     async def dispatch_stream(
         self,
         batches: AsyncIterable[Sequence[dispatch_pb2.DispatchRequest]]
@@ -371,18 +403,23 @@ class AsyncDispatchClient:
             yield list(reply.responses)
 
     async def set_presence(
-        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+        self, shop_id: str, agent_id: str, presence: EnumArg, client: EnumArg = 0, *, at: Time = None
     ) -> dispatch_pb2.SetPresenceResponse:
         request = _presence(shop_id, agent_id, presence, client, at)
-        if self._batcher is not None:
-            return cast(dispatch_pb2.SetPresenceResponse, await self._batcher.submit("set_presence", request))
-        return await self.dispatch_stub.SetPresence(request, timeout=self.timeout)
+        try:
+            if self._batcher is not None:
+                return cast(dispatch_pb2.SetPresenceResponse, await self._batcher.submit("set_presence", request))
+            return await self.dispatch_stub.SetPresence(request, timeout=self.timeout)
+        except DispatchError:
+            raise
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
     async def report_conversation(
         self,
         shop_id: str,
         conversation_id: str,
-        event: int,
+        event: EnumArg,
         *,
         buyer_id: str = "",
         agent_id: str = "",
@@ -391,20 +428,31 @@ class AsyncDispatchClient:
         at: Time = None,
     ) -> dispatch_pb2.ReportConversationResponse:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
-        if self._batcher is not None:
-            return cast(
-                dispatch_pb2.ReportConversationResponse, await self._batcher.submit("report_conversation", request)
-            )
-        return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
+        try:
+            if self._batcher is not None:
+                return cast(
+                    dispatch_pb2.ReportConversationResponse, await self._batcher.submit("report_conversation", request)
+                )
+            return await self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
+        except DispatchError:
+            raise
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
     async def claim_from_pool(
         self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
     ) -> dispatch_pb2.ClaimFromPoolResponse:
         request = _claim(shop_id, agent_id, conversation_id, at)
-        if self._batcher is not None:
-            return cast(dispatch_pb2.ClaimFromPoolResponse, await self._batcher.submit("claim_from_pool", request))
-        return await self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)
+        try:
+            if self._batcher is not None:
+                return cast(dispatch_pb2.ClaimFromPoolResponse, await self._batcher.submit("claim_from_pool", request))
+            return await self.dispatch_stub.ClaimFromPool(request, timeout=self.timeout)
+        except DispatchError:
+            raise
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
 
+    @raises_dispatch_errors
     async def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
         """One unary ``Operate`` call: the operations (at most 4096) applied in order, one
         ``OperationResult`` each. Not ordered with automatic batches still in flight."""
@@ -412,6 +460,7 @@ class AsyncDispatchClient:
             dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     async def operate_stream(
         self, batches: AsyncIterable[Sequence[dispatch_pb2.Operation]] | Iterable[Sequence[dispatch_pb2.Operation]]
     ) -> AsyncIterator[dispatch_pb2.OperateResponse]:
@@ -428,6 +477,7 @@ class AsyncDispatchClient:
         async for reply in self.dispatch_stub.OperateStream(requests()):
             yield reply
 
+    @raises_dispatch_errors
     async def watch_assignments(self, *shop_ids: str) -> AsyncWatch:
         """Open a watch stream (every shop when none is named) and wait until it is registered."""
         call = self.dispatch_stub.WatchAssignmentBatches(dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shop_ids))
@@ -435,6 +485,7 @@ class AsyncDispatchClient:
 
     # -------------------------------------------------------------- Admin
 
+    @raises_dispatch_errors
     async def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         """Create or replace a shop (a ShopConfig or its fields; timedelta for durations). Returns the stored config."""
         reply = await self.admin_stub.PutShop(
@@ -442,43 +493,52 @@ class AsyncDispatchClient:
         )
         return reply.shop
 
+    @raises_dispatch_errors
     async def delete_shop(self, shop_id: str) -> None:
         await self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
 
+    @raises_dispatch_errors
     async def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
         await self.admin_stub.PutAgent(
             admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     async def delete_agent(self, shop_id: str, agent_id: str) -> None:
         await self.admin_stub.DeleteAgent(
             admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     async def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
         await self.admin_stub.PutGroup(
             admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     async def delete_group(self, shop_id: str, group_id: str) -> None:
         await self.admin_stub.DeleteGroup(
             admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     async def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
         request = admin_pb2.SetExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id, agent_id=agent_id)
         await self.admin_stub.SetExclusiveAgent(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     async def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
         request = admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id)
         await self.admin_stub.DeleteExclusiveAgent(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     async def get_shop_state(self, shop_id: str, page_size: int = 0, page_token: str = "") -> admin_pb2.ShopState:
         """One answer of GetShopState: the whole state of a shop that fits, else a page of
         its agents with ``next_page_token`` (see ``iter_shop_agents`` for all of them)."""
         request = admin_pb2.GetShopStateRequest(shop_id=shop_id, page_size=page_size, page_token=page_token)
         return await self.admin_stub.GetShopState(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     async def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> AsyncIterator[admin_pb2.AgentState]:
         """Every agent of the shop, page after page (each agent once)."""
         token = ""
@@ -490,14 +550,17 @@ class AsyncDispatchClient:
             if not token:
                 return
 
+    @raises_dispatch_errors
     async def list_shops(self) -> list[str]:
         reply = await self.admin_stub.ListShops(admin_pb2.ListShopsRequest(), timeout=self.timeout)
         return list(reply.shop_ids)
 
+    @raises_dispatch_errors
     async def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
         request = admin_pb2.GetConversationRequest(shop_id=shop_id, conversation_id=conversation_id)
         return await self.admin_stub.GetConversation(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     async def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
         return await self.admin_stub.GetBuyer(
             admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout
@@ -522,11 +585,13 @@ class DispatchClient:
     def close(self) -> None:
         self.channel.close()
 
+    @raises_dispatch_errors
     def wait_ready(self, timeout: float = 10.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     # -------------------------------------------------------------- Dispatch
 
+    @raises_dispatch_errors
     def dispatch(
         self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any
     ) -> dispatch_pb2.DispatchResponse:
@@ -534,12 +599,14 @@ class DispatchClient:
             dispatch_request(shop_id, buyer_id, conversation_id, **fields), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
         reply = self.dispatch_stub.DispatchBatch(
             dispatch_pb2.DispatchBatchRequest(requests=requests), timeout=self.timeout
         )
         return list(reply.responses)
 
+    @raises_dispatch_errors
     def dispatch_stream(
         self, batches: Iterable[Sequence[dispatch_pb2.DispatchRequest]]
     ) -> Iterator[list[dispatch_pb2.DispatchResponse]]:
@@ -547,16 +614,18 @@ class DispatchClient:
         for reply in self.dispatch_stub.DispatchStream(requests):
             yield list(reply.responses)
 
+    @raises_dispatch_errors
     def set_presence(
-        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+        self, shop_id: str, agent_id: str, presence: EnumArg, client: EnumArg = 0, *, at: Time = None
     ) -> dispatch_pb2.SetPresenceResponse:
         return self.dispatch_stub.SetPresence(_presence(shop_id, agent_id, presence, client, at), timeout=self.timeout)
 
+    @raises_dispatch_errors
     def report_conversation(
         self,
         shop_id: str,
         conversation_id: str,
-        event: int,
+        event: EnumArg,
         *,
         buyer_id: str = "",
         agent_id: str = "",
@@ -567,16 +636,19 @@ class DispatchClient:
         request = _report(shop_id, conversation_id, event, buyer_id, agent_id, to_agent_id, to_group_id, at)
         return self.dispatch_stub.ReportConversation(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     def claim_from_pool(
         self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
     ) -> dispatch_pb2.ClaimFromPoolResponse:
         return self.dispatch_stub.ClaimFromPool(_claim(shop_id, agent_id, conversation_id, at), timeout=self.timeout)
 
+    @raises_dispatch_errors
     def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
         """One ``Operate`` call: the operations (at most 4096) applied in order, one
         ``OperationResult`` each (its result, or its own ``error``)."""
         return self.dispatch_stub.Operate(dispatch_pb2.OperateRequest(operations=operations), timeout=self.timeout)
 
+    @raises_dispatch_errors
     def operate_stream(
         self, batches: Iterable[Sequence[dispatch_pb2.Operation]]
     ) -> Iterator[dispatch_pb2.OperateResponse]:
@@ -590,55 +662,66 @@ class DispatchClient:
         response or error in order."""
         return Pipeline(lambda request: self.dispatch_stub.Operate(request, timeout=self.timeout))
 
+    @raises_dispatch_errors
     def watch_assignments(self, *shop_ids: str) -> Watch:
         call = self.dispatch_stub.WatchAssignmentBatches(dispatch_pb2.WatchAssignmentBatchesRequest(shop_ids=shop_ids))
         return Watch(call).ready()
 
     # -------------------------------------------------------------- Admin
 
+    @raises_dispatch_errors
     def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         reply = self.admin_stub.PutShop(
             admin_pb2.PutShopRequest(shop=_build(admin_pb2.ShopConfig, shop, fields)), timeout=self.timeout
         )
         return reply.shop
 
+    @raises_dispatch_errors
     def delete_shop(self, shop_id: str) -> None:
         self.admin_stub.DeleteShop(admin_pb2.DeleteShopRequest(shop_id=shop_id), timeout=self.timeout)
 
+    @raises_dispatch_errors
     def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
         self.admin_stub.PutAgent(
             admin_pb2.PutAgentRequest(agent=_build(admin_pb2.Agent, agent, fields)), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     def delete_agent(self, shop_id: str, agent_id: str) -> None:
         self.admin_stub.DeleteAgent(
             admin_pb2.DeleteAgentRequest(shop_id=shop_id, agent_id=agent_id), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
         self.admin_stub.PutGroup(
             admin_pb2.PutGroupRequest(group=_build(admin_pb2.Group, group, fields)), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     def delete_group(self, shop_id: str, group_id: str) -> None:
         self.admin_stub.DeleteGroup(
             admin_pb2.DeleteGroupRequest(shop_id=shop_id, group_id=group_id), timeout=self.timeout
         )
 
+    @raises_dispatch_errors
     def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
         request = admin_pb2.SetExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id, agent_id=agent_id)
         self.admin_stub.SetExclusiveAgent(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
         request = admin_pb2.DeleteExclusiveAgentRequest(shop_id=shop_id, buyer_id=buyer_id)
         self.admin_stub.DeleteExclusiveAgent(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     def get_shop_state(self, shop_id: str, page_size: int = 0, page_token: str = "") -> admin_pb2.ShopState:
         """One answer of GetShopState: the whole state of a shop that fits, else a page of
         its agents with ``next_page_token`` (see ``iter_shop_agents`` for all of them)."""
         request = admin_pb2.GetShopStateRequest(shop_id=shop_id, page_size=page_size, page_token=page_token)
         return self.admin_stub.GetShopState(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> Iterator[admin_pb2.AgentState]:
         """Every agent of the shop, page after page (each agent once)."""
         token = ""
@@ -649,13 +732,16 @@ class DispatchClient:
             if not token:
                 return
 
+    @raises_dispatch_errors
     def list_shops(self) -> list[str]:
         return list(self.admin_stub.ListShops(admin_pb2.ListShopsRequest(), timeout=self.timeout).shop_ids)
 
+    @raises_dispatch_errors
     def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
         request = admin_pb2.GetConversationRequest(shop_id=shop_id, conversation_id=conversation_id)
         return self.admin_stub.GetConversation(request, timeout=self.timeout)
 
+    @raises_dispatch_errors
     def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
         return self.admin_stub.GetBuyer(
             admin_pb2.GetBuyerRequest(shop_id=shop_id, buyer_id=buyer_id), timeout=self.timeout
@@ -668,7 +754,7 @@ class Pipeline:
     are sent when it ends without an exception; nothing is sent when it raises) or call
     ``execute()``. Each method returns an ``OperationFuture`` whose ``result()`` is, once the
     pipeline has run, the same response the unary method returns, or raises its error (an
-    ``OperationError``: ``code()``/``details()`` as the unary call's)."""
+    ``OperationError`` of its code: ``code()``/``details()`` as the unary call's)."""
 
     def __init__(self, operate: Callable[[dispatch_pb2.OperateRequest], dispatch_pb2.OperateResponse]) -> None:
         self._operate = operate
@@ -700,7 +786,7 @@ class Pipeline:
         return future
 
     def set_presence(
-        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+        self, shop_id: str, agent_id: str, presence: EnumArg, client: EnumArg = 0, *, at: Time = None
     ) -> OperationFuture[dispatch_pb2.SetPresenceResponse]:
         future: OperationFuture[dispatch_pb2.SetPresenceResponse] = OperationFuture()
         self._operations.append(dispatch_pb2.Operation(set_presence=_presence(shop_id, agent_id, presence, client, at)))
@@ -711,7 +797,7 @@ class Pipeline:
         self,
         shop_id: str,
         conversation_id: str,
-        event: int,
+        event: EnumArg,
         *,
         buyer_id: str = "",
         agent_id: str = "",
@@ -733,13 +819,14 @@ class Pipeline:
         self._futures.append(future)
         return future
 
-    def execute(self) -> list[Message | grpc.RpcError]:
-        """Send the queued operations; return each one's response or error, in order (and
-        resolve their futures). The failure of a whole call (UNAVAILABLE, UNAUTHENTICATED...)
-        is raised, after being set on every future it left unanswered."""
+    def execute(self) -> list[Message | DispatchError]:
+        """Send the queued operations; return each one's response or error (an
+        ``OperationError``), in order (and resolve their futures). The failure of a whole call
+        (UNAVAILABLE, UNAUTHENTICATED...) is raised, a ``DispatchError`` set on every future
+        it left unanswered."""
         operations, futures = self._operations, self._futures
         self._operations, self._futures = [], []
-        out: list[Message | grpc.RpcError] = []
+        out: list[Message | DispatchError] = []
         for start in range(0, len(operations), MAX_BATCH):
             chunk = operations[start : start + MAX_BATCH]
             try:
@@ -747,11 +834,14 @@ class Pipeline:
                 response = self._operate(dispatch_pb2.OperateRequest(operations=chunk))
                 if len(response.results) != len(chunk):
                     details = f"the server answered {len(response.results)} results for {len(chunk)} operations"
-                    raise OperationError(grpc.StatusCode.INTERNAL, details)
+                    raise error_for(grpc.StatusCode.INTERNAL, details, batched=True)
             except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
                 for future in futures[start:]:
-                    future._set(None, exc)
-                raise
+                    future._set(None, error)
+                if error is exc:
+                    raise
+                raise error from None
             for future, operation, result in zip(futures[start:], chunk, response.results, strict=False):
                 if result.HasField("error"):
                     error = error_of(result.error)

@@ -23,7 +23,6 @@ send each call to its shop's owner: per-node automatic batching comes with it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import queue
 import threading
 import zlib
@@ -32,13 +31,22 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped,unused-ignore]
+from google.rpc import status_pb2  # type: ignore[import-untyped,unused-ignore]
 
-from dispatcher._gen.dispatch.v1 import admin_pb2, cluster_pb2, cluster_pb2_grpc, dispatch_pb2
-
-from ._batching import OperationError
 from ._client import AsyncDispatchClient, AsyncWatch, DispatchClient, Pipeline, Time, Watch, _build
+from ._enums import EnumArg
+from ._errors import (
+    ERROR_DOMAIN,
+    WRONG_NODE,
+    WrongNode,
+    WrongNodeError,
+    error_from_rpc,
+    raises_dispatch_errors,
+    status_of,
+    wrong_node_in,
+    wrong_node_of,
+)
+from ._gen.dispatch.v1 import admin_pb2, cluster_pb2, cluster_pb2_grpc, dispatch_pb2
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -54,11 +62,6 @@ __all__ = [
     "wrong_node_of",
 ]
 
-WRONG_NODE: Final = "WRONG_NODE"
-"""``google.rpc.ErrorInfo.reason`` of a call sent to a node that does not own its shop."""
-ERROR_DOMAIN: Final = "dispatch.v1"
-_DETAILS_KEY: Final = "grpc-status-details-bin"
-_FAILED_PRECONDITION: Final = 9
 _WATCH_QUEUE: Final = 1024
 """Assignments a fan-in watch holds for its reader before its node streams wait (flow control)."""
 
@@ -73,104 +76,13 @@ def partition_of(shop_id: str, partition_count: int) -> int:
 
 
 # ---------------------------------------------------------------- WRONG_NODE
+# (WrongNode, WrongNodeError and wrong_node_of live in _errors: every client raises them.)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class WrongNode:
-    """What a WRONG_NODE refusal says: the shop, its partition, the owner and its address,
-    and the epoch of the refusing node's map."""
-
-    shop_id: str
-    partition: int
-    owner: str
-    owner_address: str
-    epoch: int
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return 0
-
-
-def _wrong_node_in(status: status_pb2.Status) -> WrongNode | None:
-    if status.code != _FAILED_PRECONDITION:
-        return None
-    for packed in status.details:
-        if not packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            continue
-        info = error_details_pb2.ErrorInfo()
-        if not packed.Unpack(info) or info.reason != WRONG_NODE or info.domain != ERROR_DOMAIN:
-            continue
-        meta = info.metadata
-        return WrongNode(
-            shop_id=meta.get("shop_id", ""),
-            partition=_int(meta.get("partition", "")),
-            owner=meta.get("owner", ""),
-            owner_address=meta.get("owner_address", ""),
-            epoch=_int(meta.get("epoch", "")),
-        )
-    return None
-
-
-def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
-    """The rich ``google.rpc.Status`` of a call's error (its ``grpc-status-details-bin`` trailer)."""
-    trailing = getattr(error, "trailing_metadata", None)
-    metadata = trailing() if callable(trailing) else None
-    for key, value in metadata or ():
-        if key == _DETAILS_KEY and isinstance(value, bytes):
-            try:
-                return cast(status_pb2.Status, status_pb2.Status.FromString(value))
-            except DecodeError:
-                return None
-    return None
-
-
-def wrong_node_of(error: BaseException | status_pb2.Status | None) -> WrongNode | None:
-    """The WRONG_NODE refusal in a call's error (a ``grpc.RpcError``, an ``OperationError``)
-    or in a batch item's ``error`` (a ``google.rpc.Status``); None for anything else."""
-    if isinstance(error, WrongNodeError):
-        return error.wrong_node
-    if isinstance(error, status_pb2.Status):
-        return _wrong_node_in(error)
-    if isinstance(error, grpc.RpcError):
-        status = _status_of(error)
-        return _wrong_node_in(status) if status is not None else None
-    return None
-
-
-class WrongNodeError(OperationError):
-    """A call refused as WRONG_NODE again after the client refreshed its map and retried it on
-    the owner. A FAILED_PRECONDITION ``grpc.RpcError`` (``code()``, ``details()`` and the
-    status in ``trailing_metadata()`` as the node sent them) that names the owner."""
-
-    def __init__(self, details: str, wrong_node: WrongNode, status: status_pb2.Status | None = None) -> None:
-        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details, status)
-        self.wrong_node = wrong_node
-        self.shop_id = wrong_node.shop_id
-        self.partition = wrong_node.partition
-        self.owner = wrong_node.owner
-        """The node the refusing node says owns the shop."""
-        self.owner_address = wrong_node.owner_address
-        self.epoch = wrong_node.epoch
-
-    @classmethod
-    def of(cls, error: grpc.RpcError, wrong_node: WrongNode) -> WrongNodeError:
-        details = getattr(error, "details", None)
-        text = details() if callable(details) else None
-        return cls(text or str(error), wrong_node, _status_of(error))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (WrongNodeError, (self.details() or "", self.wrong_node))
-
-
-def _call_failed(error: grpc.RpcError) -> status_pb2.Status:
+def _call_failed(error: BaseException) -> status_pb2.Status:
     """A node's whole-call failure as the ``error`` of each of its operations."""
-    code = getattr(error, "code", None)
-    details = getattr(error, "details", None)
-    number = code().value[0] if callable(code) else 2
-    return status_pb2.Status(code=number, message=(details() if callable(details) else None) or str(error))
+    status = status_of(error)
+    return status if status.message else status_pb2.Status(code=status.code, details=status.details, message=str(error))
 
 
 # ---------------------------------------------------------------- the map
@@ -227,8 +139,7 @@ class Routes:
 
 
 def _unclustered(error: grpc.RpcError) -> bool:
-    code = getattr(error, "code", None)
-    return callable(code) and code() == grpc.StatusCode.UNIMPLEMENTED
+    return error_from_rpc(error).status_code == grpc.StatusCode.UNIMPLEMENTED
 
 
 def _candidates(*groups: Iterable[str]) -> list[str]:
@@ -290,13 +201,13 @@ class _Split:
             self.out[i] = item
             if not retrying:
                 status = _item_status(item)
-                wrong = _wrong_node_in(status) if status is not None else None
+                wrong = wrong_node_in(status) if status is not None else None
                 if wrong is not None:
                     self.refused.append((i, address, wrong))
 
     def result(self) -> list[Any]:
         if self.failures and len(self.failures) == self.sent_to:
-            raise self.failures[0]  # nothing was answered: the call fails as on one node
+            raise error_from_rpc(self.failures[0])  # nothing was answered: the call fails as on one node
         return self.out
 
 
@@ -397,10 +308,12 @@ class AsyncClusterClient:
         """The per-node clients opened so far, by address."""
         return dict(self._clients)
 
+    @raises_dispatch_errors
     async def client_for(self, shop_id: str) -> AsyncDispatchClient:
         """The client of the node that owns ``shop_id`` by the current map."""
         return self.client((self._routes or await self.refresh()).address_of(shop_id))
 
+    @raises_dispatch_errors
     async def refresh(self, prefer: Sequence[str] = (), *, min_epoch: int = 0) -> Routes:
         """Fetch the map again: from ``prefer`` first, then the known nodes, then the seeds; the
         first answer with an epoch of at least ``min_epoch`` (else the newest) replaces the
@@ -432,7 +345,7 @@ class AsyncClusterClient:
                 break
         if best is None:
             assert error is not None
-            raise error
+            raise error_from_rpc(error)
         current = self._routes
         if current is None or best.epoch >= current.epoch:
             self._routes = current = best
@@ -470,7 +383,7 @@ class AsyncClusterClient:
             again = wrong_node_of(exc)
             if again is None:
                 raise
-            raise WrongNodeError.of(exc, again) from exc
+            raise WrongNodeError.of(exc, again) from None
 
     async def _split(
         self,
@@ -533,6 +446,7 @@ class AsyncClusterClient:
         clients, self._clients = list(self._clients.values()), {}
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
+    @raises_dispatch_errors
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Fetch the map and wait until every node's channel is connected."""
         routes = await asyncio.wait_for(self.refresh(), timeout)
@@ -540,12 +454,14 @@ class AsyncClusterClient:
 
     # ------------------------------------------------------------ Dispatch
 
+    @raises_dispatch_errors
     async def dispatch(
         self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any
     ) -> dispatch_pb2.DispatchResponse:
         """Route one conversation on its shop's node; ``fields`` are dispatch_request's keywords."""
         return await self._on_shop(shop_id, lambda c: c.dispatch(shop_id, buyer_id, conversation_id, **fields))
 
+    @raises_dispatch_errors
     async def dispatch_batch(
         self, requests: Iterable[dispatch_pb2.DispatchRequest]
     ) -> list[dispatch_pb2.DispatchResponse]:
@@ -556,6 +472,7 @@ class AsyncClusterClient:
             list(requests), lambda r: r.shop_id, lambda c, part: c.dispatch_batch(part), _dispatch_error
         )
 
+    @raises_dispatch_errors
     async def dispatch_stream(
         self,
         batches: AsyncIterable[Sequence[dispatch_pb2.DispatchRequest]]
@@ -569,16 +486,18 @@ class AsyncClusterClient:
             for batch in batches:
                 yield await self.dispatch_batch(batch)
 
+    @raises_dispatch_errors
     async def set_presence(
-        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+        self, shop_id: str, agent_id: str, presence: EnumArg, client: EnumArg = 0, *, at: Time = None
     ) -> dispatch_pb2.SetPresenceResponse:
         return await self._on_shop(shop_id, lambda c: c.set_presence(shop_id, agent_id, presence, client, at=at))
 
+    @raises_dispatch_errors
     async def report_conversation(
         self,
         shop_id: str,
         conversation_id: str,
-        event: int,
+        event: EnumArg,
         *,
         buyer_id: str = "",
         agent_id: str = "",
@@ -600,11 +519,13 @@ class AsyncClusterClient:
             ),
         )
 
+    @raises_dispatch_errors
     async def claim_from_pool(
         self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
     ) -> dispatch_pb2.ClaimFromPoolResponse:
         return await self._on_shop(shop_id, lambda c: c.claim_from_pool(shop_id, agent_id, conversation_id, at=at))
 
+    @raises_dispatch_errors
     async def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
         """Operate split by node (concurrently); one ``OperationResult`` per operation, in order.
         The operations of one shop go to one node in their order. A node's whole-call failure
@@ -612,6 +533,7 @@ class AsyncClusterClient:
         results = await self._split(list(operations), _shop_of_operation, _operate_on_async, _operation_error)
         return dispatch_pb2.OperateResponse(results=results)
 
+    @raises_dispatch_errors
     async def operate_stream(
         self, batches: AsyncIterable[Sequence[dispatch_pb2.Operation]] | Iterable[Sequence[dispatch_pb2.Operation]]
     ) -> AsyncIterator[dispatch_pb2.OperateResponse]:
@@ -623,6 +545,7 @@ class AsyncClusterClient:
             for batch in batches:
                 yield await self.operate(batch)
 
+    @raises_dispatch_errors
     async def watch_assignments(self, *shop_ids: str) -> AsyncClusterWatch:
         """Watch the hand-outs of ``shop_ids`` (every shop when none is named) on every node that
         owns some, merged into one stream; returns once every node's watch is registered."""
@@ -632,37 +555,47 @@ class AsyncClusterClient:
 
     # ------------------------------------------------------------ Admin
 
+    @raises_dispatch_errors
     async def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         """Create or replace a shop on its node (a ShopConfig or its fields). Returns the stored config."""
         config = _build(admin_pb2.ShopConfig, shop, fields)
         return await self._on_shop(config.shop_id, lambda c: c.put_shop(config))
 
+    @raises_dispatch_errors
     async def delete_shop(self, shop_id: str) -> None:
         await self._on_shop(shop_id, lambda c: c.delete_shop(shop_id))
 
+    @raises_dispatch_errors
     async def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
         message = _build(admin_pb2.Agent, agent, fields)
         await self._on_shop(message.shop_id, lambda c: c.put_agent(message))
 
+    @raises_dispatch_errors
     async def delete_agent(self, shop_id: str, agent_id: str) -> None:
         await self._on_shop(shop_id, lambda c: c.delete_agent(shop_id, agent_id))
 
+    @raises_dispatch_errors
     async def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
         message = _build(admin_pb2.Group, group, fields)
         await self._on_shop(message.shop_id, lambda c: c.put_group(message))
 
+    @raises_dispatch_errors
     async def delete_group(self, shop_id: str, group_id: str) -> None:
         await self._on_shop(shop_id, lambda c: c.delete_group(shop_id, group_id))
 
+    @raises_dispatch_errors
     async def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
         await self._on_shop(shop_id, lambda c: c.set_exclusive_agent(shop_id, buyer_id, agent_id))
 
+    @raises_dispatch_errors
     async def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
         await self._on_shop(shop_id, lambda c: c.delete_exclusive_agent(shop_id, buyer_id))
 
+    @raises_dispatch_errors
     async def get_shop_state(self, shop_id: str, page_size: int = 0, page_token: str = "") -> admin_pb2.ShopState:
         return await self._on_shop(shop_id, lambda c: c.get_shop_state(shop_id, page_size, page_token))
 
+    @raises_dispatch_errors
     async def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> AsyncIterator[admin_pb2.AgentState]:
         """Every agent of the shop, page after page (each agent once)."""
         token = ""
@@ -674,15 +607,18 @@ class AsyncClusterClient:
             if not token:
                 return
 
+    @raises_dispatch_errors
     async def list_shops(self) -> list[str]:
         """Every shop of every node, sorted."""
         routes = await self._routes_now()
         answers = await asyncio.gather(*(self.client(a).list_shops() for a in routes.addresses))
         return sorted({shop for answer in answers for shop in answer})
 
+    @raises_dispatch_errors
     async def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
         return await self._on_shop(shop_id, lambda c: c.get_conversation(shop_id, conversation_id))
 
+    @raises_dispatch_errors
     async def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
         return await self._on_shop(shop_id, lambda c: c.get_buyer(shop_id, buyer_id))
 
@@ -761,7 +697,7 @@ class AsyncClusterWatch:
             elif failure is None:
                 failure = watch
         if failure is not None:
-            raise failure
+            raise error_from_rpc(failure)
         if refused:
             targets = await self._owner._after_refusal(refused)
             await self._open(_regroup([shop for shop, _, _ in refused], targets), retry=False)
@@ -808,7 +744,7 @@ class AsyncClusterWatch:
         if isinstance(item, BaseException):
             self.cancel()
             self._done = True
-            raise item
+            raise error_from_rpc(item) if isinstance(item, grpc.RpcError) else item
         return cast(dispatch_pb2.Assignment, item)
 
     def __aiter__(self) -> AsyncIterator[dispatch_pb2.Assignment]:
@@ -891,10 +827,12 @@ class ClusterClient:
         """The per-node clients opened so far, by address."""
         return dict(self._clients)
 
+    @raises_dispatch_errors
     def client_for(self, shop_id: str) -> DispatchClient:
         """The client of the node that owns ``shop_id`` by the current map."""
         return self.client(self._routes_now().address_of(shop_id))
 
+    @raises_dispatch_errors
     def refresh(self, prefer: Sequence[str] = (), *, min_epoch: int = 0, stale: Routes | None = None) -> Routes:
         """Fetch the map again (see ``AsyncClusterClient.refresh``). With ``stale``: only if the
         current map is still that one (another thread may have refreshed it meanwhile)."""
@@ -923,7 +861,7 @@ class ClusterClient:
                     break
             if best is None:
                 assert error is not None
-                raise error
+                raise error_from_rpc(error)
             if current is None or best.epoch >= current.epoch:
                 self._routes = current = best
             return current
@@ -962,7 +900,7 @@ class ClusterClient:
             again = wrong_node_of(exc)
             if again is None:
                 raise
-            raise WrongNodeError.of(exc, again) from exc
+            raise WrongNodeError.of(exc, again) from None
 
     def _split(
         self,
@@ -1027,6 +965,7 @@ class ClusterClient:
         for client in clients:
             client.close()
 
+    @raises_dispatch_errors
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Fetch the map and wait until every node's channel is connected."""
         for address in self.refresh().addresses:
@@ -1034,16 +973,19 @@ class ClusterClient:
 
     # ------------------------------------------------------------ Dispatch
 
+    @raises_dispatch_errors
     def dispatch(
         self, shop_id: str, buyer_id: str = "", conversation_id: str = "", **fields: Any
     ) -> dispatch_pb2.DispatchResponse:
         return self._on_shop(shop_id, lambda c: c.dispatch(shop_id, buyer_id, conversation_id, **fields))
 
+    @raises_dispatch_errors
     def dispatch_batch(self, requests: Iterable[dispatch_pb2.DispatchRequest]) -> list[dispatch_pb2.DispatchResponse]:
         """DispatchBatch split by node (concurrently); the responses in request order (see
         ``AsyncClusterClient.dispatch_batch``)."""
         return self._split(list(requests), lambda r: r.shop_id, _dispatch_batch_on, _dispatch_error)
 
+    @raises_dispatch_errors
     def dispatch_stream(
         self, batches: Iterable[Sequence[dispatch_pb2.DispatchRequest]]
     ) -> Iterator[list[dispatch_pb2.DispatchResponse]]:
@@ -1051,16 +993,18 @@ class ClusterClient:
         for batch in batches:
             yield self.dispatch_batch(batch)
 
+    @raises_dispatch_errors
     def set_presence(
-        self, shop_id: str, agent_id: str, presence: int, client: int = 0, *, at: Time = None
+        self, shop_id: str, agent_id: str, presence: EnumArg, client: EnumArg = 0, *, at: Time = None
     ) -> dispatch_pb2.SetPresenceResponse:
         return self._on_shop(shop_id, lambda c: c.set_presence(shop_id, agent_id, presence, client, at=at))
 
+    @raises_dispatch_errors
     def report_conversation(
         self,
         shop_id: str,
         conversation_id: str,
-        event: int,
+        event: EnumArg,
         *,
         buyer_id: str = "",
         agent_id: str = "",
@@ -1082,17 +1026,20 @@ class ClusterClient:
             ),
         )
 
+    @raises_dispatch_errors
     def claim_from_pool(
         self, shop_id: str, agent_id: str, conversation_id: str = "", *, at: Time = None
     ) -> dispatch_pb2.ClaimFromPoolResponse:
         return self._on_shop(shop_id, lambda c: c.claim_from_pool(shop_id, agent_id, conversation_id, at=at))
 
+    @raises_dispatch_errors
     def operate(self, operations: Iterable[dispatch_pb2.Operation]) -> dispatch_pb2.OperateResponse:
         """Operate split by node (concurrently); one ``OperationResult`` per operation, in order
         (see ``AsyncClusterClient.operate``)."""
         results = self._split(list(operations), _shop_of_operation, _operate_on, _operation_error)
         return dispatch_pb2.OperateResponse(results=results)
 
+    @raises_dispatch_errors
     def operate_stream(
         self, batches: Iterable[Sequence[dispatch_pb2.Operation]]
     ) -> Iterator[dispatch_pb2.OperateResponse]:
@@ -1105,6 +1052,7 @@ class ClusterClient:
         by node when it ends (one ``operate``), each future gets its own answer."""
         return Pipeline(lambda request: self.operate(request.operations))
 
+    @raises_dispatch_errors
     def watch_assignments(self, *shop_ids: str) -> ClusterWatch:
         """Watch the hand-outs of ``shop_ids`` (every shop when none is named) on every node that
         owns some, merged into one iterator; returns once every node's watch is registered."""
@@ -1114,36 +1062,46 @@ class ClusterClient:
 
     # ------------------------------------------------------------ Admin
 
+    @raises_dispatch_errors
     def put_shop(self, shop: admin_pb2.ShopConfig | None = None, **fields: Any) -> admin_pb2.ShopConfig:
         config = _build(admin_pb2.ShopConfig, shop, fields)
         return self._on_shop(config.shop_id, lambda c: c.put_shop(config))
 
+    @raises_dispatch_errors
     def delete_shop(self, shop_id: str) -> None:
         self._on_shop(shop_id, lambda c: c.delete_shop(shop_id))
 
+    @raises_dispatch_errors
     def put_agent(self, agent: admin_pb2.Agent | None = None, **fields: Any) -> None:
         message = _build(admin_pb2.Agent, agent, fields)
         self._on_shop(message.shop_id, lambda c: c.put_agent(message))
 
+    @raises_dispatch_errors
     def delete_agent(self, shop_id: str, agent_id: str) -> None:
         self._on_shop(shop_id, lambda c: c.delete_agent(shop_id, agent_id))
 
+    @raises_dispatch_errors
     def put_group(self, group: admin_pb2.Group | None = None, **fields: Any) -> None:
         message = _build(admin_pb2.Group, group, fields)
         self._on_shop(message.shop_id, lambda c: c.put_group(message))
 
+    @raises_dispatch_errors
     def delete_group(self, shop_id: str, group_id: str) -> None:
         self._on_shop(shop_id, lambda c: c.delete_group(shop_id, group_id))
 
+    @raises_dispatch_errors
     def set_exclusive_agent(self, shop_id: str, buyer_id: str, agent_id: str) -> None:
         self._on_shop(shop_id, lambda c: c.set_exclusive_agent(shop_id, buyer_id, agent_id))
 
+    @raises_dispatch_errors
     def delete_exclusive_agent(self, shop_id: str, buyer_id: str) -> None:
         self._on_shop(shop_id, lambda c: c.delete_exclusive_agent(shop_id, buyer_id))
 
+    @raises_dispatch_errors
     def get_shop_state(self, shop_id: str, page_size: int = 0, page_token: str = "") -> admin_pb2.ShopState:
         return self._on_shop(shop_id, lambda c: c.get_shop_state(shop_id, page_size, page_token))
 
+    @raises_dispatch_errors
     def iter_shop_agents(self, shop_id: str, page_size: int = 0) -> Iterator[admin_pb2.AgentState]:
         """Every agent of the shop, page after page (each agent once)."""
         token = ""
@@ -1154,6 +1112,7 @@ class ClusterClient:
             if not token:
                 return
 
+    @raises_dispatch_errors
     def list_shops(self) -> list[str]:
         """Every shop of every node, sorted (the nodes are asked concurrently)."""
         routes = self._routes_now()
@@ -1161,9 +1120,11 @@ class ClusterClient:
         futures = [self.client(a).admin_stub.ListShops.future(request, timeout=self.timeout) for a in routes.addresses]
         return sorted({shop for future in futures for shop in future.result().shop_ids})
 
+    @raises_dispatch_errors
     def get_conversation(self, shop_id: str, conversation_id: str) -> admin_pb2.GetConversationResponse:
         return self._on_shop(shop_id, lambda c: c.get_conversation(shop_id, conversation_id))
 
+    @raises_dispatch_errors
     def get_buyer(self, shop_id: str, buyer_id: str) -> admin_pb2.GetBuyerResponse:
         return self._on_shop(shop_id, lambda c: c.get_buyer(shop_id, buyer_id))
 
@@ -1242,7 +1203,7 @@ class ClusterWatch:
             )
             thread.start()
         if failure is not None:
-            raise failure
+            raise error_from_rpc(failure)
         if refused:
             targets = self._owner._after_refusal(refused)
             self._open(_regroup([shop for shop, _, _ in refused], targets), retry=False)
@@ -1297,7 +1258,7 @@ class ClusterWatch:
         if isinstance(item, BaseException):
             self.cancel()
             self._done = True
-            raise item
+            raise error_from_rpc(item) if isinstance(item, grpc.RpcError) else item
         return cast(dispatch_pb2.Assignment, item)
 
     def cancel(self) -> None:

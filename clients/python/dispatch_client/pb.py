@@ -1,6 +1,11 @@
-"""Every message and enum of ``dispatch.v1`` in one namespace: ``pb.DispatchRequest``, ``pb.Reason``..."""
+"""Every message and enum of ``dispatch.v1`` in one namespace: ``pb.DispatchRequest``, ``pb.Reason``...
 
-from dispatcher._gen.dispatch.v1.admin_pb2 import (
+The classes are the client's own generated code (``dispatch_client._gen``, made by
+``protos/generate.py`` from the same protos as the server's): the client installs without
+the server. In a process that has both, they register the same descriptors, and protobuf's
+(upb) runtime gives both the same classes."""
+
+from ._gen.dispatch.v1.admin_pb2 import (
     Agent,
     AgentState,
     DeleteAgentRequest,
@@ -25,7 +30,7 @@ from dispatcher._gen.dispatch.v1.admin_pb2 import (
     ShopState,
     WaitingConversation,
 )
-from dispatcher._gen.dispatch.v1.common_pb2 import (
+from ._gen.dispatch.v1.common_pb2 import (
     Client,
     ConversationEvent,
     ConversationType,
@@ -38,7 +43,7 @@ from dispatcher._gen.dispatch.v1.common_pb2 import (
     Strategy,
     WaitKind,
 )
-from dispatcher._gen.dispatch.v1.dispatch_pb2 import (
+from ._gen.dispatch.v1.dispatch_pb2 import (
     Assignment,
     ClaimFromPoolRequest,
     ClaimFromPoolResponse,

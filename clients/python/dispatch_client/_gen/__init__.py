@@ -1,0 +1,1 @@
+"""Generated code of the dispatch.v1 protobuf package; regenerate with protos/generate.py."""
