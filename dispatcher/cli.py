@@ -106,6 +106,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             "HAProxy on this machine. k8s: deploy/k8s's generated ConfigMaps.",
         )
     )
+    from .simulate.runner import add_simulate_arguments
+
+    add_simulate_arguments(
+        commands.add_parser(
+            "simulate",
+            help="what-if: run a workload or a journal's traffic through other settings; an HTML report",
+            description="Runs a synthetic workload (--workload FILE.toml) or a data dir's recorded traffic "
+            "(--journal DIR) through the engine once per variant and writes report.html, PNGs, metrics.json "
+            "and metrics.csv into --out (dispatcher/docs/SIMULATE.md). Needs the sim extra (matplotlib).",
+        )
+    )
     return parser
 
 
@@ -449,6 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cluster_tools import cluster_command
 
         return cluster_command(ns)
+    if ns.command == "simulate":
+        from .simulate.runner import simulate_command
+
+        return simulate_command(ns)
     settings = settings_from_args(ns)
     try:
         configure_logging(settings.log_format, settings.log_level)
