@@ -7,10 +7,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 50051
+# Where `make serve` keeps its state (journal + snapshots); `make reset` removes it.
+DATA_DIR ?= var/dispatch
 
 FASTPATH_SRC := $(wildcard _fastpath/*.pyx _fastpath/*.pxd)
 
-.PHONY: all install serve cluster lint test test-tools test-fast bench bench-quick bench-tools protos clean fuzz
+.PHONY: all install serve reset cluster lint test test-tools test-fast bench bench-quick bench-tools protos clean fuzz
 
 all: install
 
@@ -29,7 +31,25 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/dispatcher serve --host $(HOST) --port $(PORT) \
 	    --bootstrap dispatcher/demo_bootstrap.json --log-format console --no-auth \
-	    --data-dir var/dispatch --create-data-dir
+	    --data-dir '$(DATA_DIR)' --create-data-dir
+
+# Starts `make serve` over from the demo bootstrap: removes its state, $(DATA_DIR), after saying
+# so. It stops nothing: while a server holds the directory (its flock) it refuses, so stop the
+# server first. `make reset DATA_DIR=...` for another one; a directory that is not empty and has
+# no MANIFEST is not a data dir and is left alone.
+reset:
+	@if [ ! -e '$(DATA_DIR)' ]; then \
+	    echo "nothing to remove: $(DATA_DIR) does not exist"; \
+	elif [ ! -e '$(DATA_DIR)/MANIFEST' ] && [ -n "$$(ls -A '$(DATA_DIR)')" ]; then \
+	    echo "not removing $(DATA_DIR): it has no MANIFEST, so it is not a data dir of dispatcher serve" >&2; \
+	    exit 1; \
+	elif command -v flock >/dev/null 2>&1 && ! flock -n '$(DATA_DIR)' true; then \
+	    echo "not removing $(DATA_DIR): a running server holds it; stop it (Ctrl-C) first" >&2; \
+	    exit 1; \
+	else \
+	    echo "removing $(DATA_DIR) (the state of make serve: journal, snapshots, MANIFEST)"; \
+	    rm -rf -- '$(DATA_DIR)'; \
+	fi
 
 # A cluster of 3 nodes on this machine (127.0.0.1:50061-50063, data under var/cluster) behind
 # HAProxy on $(PORT), which routes calls by their x-dispatch-shop metadata (deploy/README.md).
