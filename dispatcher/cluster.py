@@ -62,6 +62,7 @@ __all__ = [
     "load_map",
     "parse_ranges",
     "partition_of",
+    "shop_of_request",
     "wrong_node_info",
 ]
 
@@ -292,6 +293,27 @@ def dump_map(cluster: ClusterMap) -> str:
             f'partitions = "{format_ranges(node.ranges)}"',
         ]
     return "\n".join(lines) + "\n"
+
+
+def shop_of_request(request: Any) -> str:
+    """The shop a dispatch.v1 request is about, as a proxy routes it: ``shop_id``, the
+    ``shop_id`` of its shop/agent/group, of its first batch item or operation, or its
+    first watched shop; "" when it names none (ListShops, a watch of every shop)."""
+    for path in (("shop_id",), ("shop", "shop_id"), ("agent", "shop_id"), ("group", "shop_id")):
+        value: Any = request
+        for part in path:
+            value = getattr(value, part, None)
+        if isinstance(value, str) and value:
+            return value
+    if getattr(request, "requests", None):  # DispatchBatchRequest
+        return str(request.requests[0].shop_id)
+    if getattr(request, "operations", None):  # OperateRequest
+        first = request.operations[0]
+        kind = first.WhichOneof("kind")
+        return str(getattr(first, kind).shop_id) if kind else ""
+    if getattr(request, "shop_ids", None):  # a watch
+        return str(request.shop_ids[0])
+    return ""
 
 
 def wrong_node_info(shop_id: str, partition: int, owner: Node, epoch: int) -> error_details_pb2.ErrorInfo:

@@ -29,7 +29,7 @@ import test_server as scenarios
 from test_cluster_tools import Up
 
 from dispatch_client import AsyncClusterClient, AsyncDispatchClient
-from dispatcher.cluster import ClusterMap
+from dispatcher.cluster import ClusterMap, shop_of_request
 from dispatcher.cluster_tools import shop_header_value
 
 SCENARIOS = sorted(
@@ -51,27 +51,8 @@ SMART_CLIENT_ONLY = {
 }
 
 
-def _shop_of(request: Any) -> str:
-    """The shop a request is about (what HAProxy routes by)."""
-    for path in ("shop_id", "shop.shop_id", "agent.shop_id", "group.shop_id"):
-        value: Any = request
-        for part in path.split("."):
-            value = getattr(value, part, None)
-        if value:
-            return str(value)
-    if getattr(request, "requests", None):  # DispatchBatchRequest: its first item's shop
-        return str(request.requests[0].shop_id)
-    if getattr(request, "operations", None):  # OperateRequest: its first operation's shop
-        first = request.operations[0]
-        kind = first.WhichOneof("kind")
-        return str(getattr(first, kind).shop_id) if kind else ""
-    if getattr(request, "shop_ids", None):  # a watch: its first shop
-        return str(request.shop_ids[0])
-    return ""
-
-
 def _with_header(details: Any, request: Any) -> Any:
-    shop = _shop_of(request)
+    shop = shop_of_request(request)
     if not shop:
         return details
     metadata = grpc.aio.Metadata(*(tuple(details.metadata) if details.metadata else ()))

@@ -415,3 +415,29 @@ def test_usage_mistakes_exit_2() -> None:
     results = _run_all(("call",), ("replay",), ("shop",), ("call", "Admin/ListShops", "--cert", "c.pem"))
     assert [r.code for r in results] == [2, 2, 2, 2]
     assert "--list" in results[0].err and "--cert and --key go together" in results[3].err
+
+
+def test_commands_through_a_clusters_haproxy_reach_each_shops_node(tmp_path: Path) -> None:
+    # Through HAProxy, a command about a shop sends x-dispatch-shop: it reaches the shop's node
+    # whichever node HAProxy would pick otherwise (round robin gives a wrong node 2 times in 3).
+    from test_cluster_tools import Up, shop_of
+
+    up = Up(tmp_path / "cluster", 3)
+    try:
+        cluster = up.wait_ready()
+        shops = [shop_of(cluster, node.name) for node in cluster.nodes]
+        for shop_id in shops:
+            with grpc.insecure_channel(cluster.owner_of(shop_id).address) as channel:
+                admin_pb2_grpc.AdminStub(channel).PutShop(
+                    admin_pb2.PutShopRequest(shop=admin_pb2.ShopConfig(shop_id=shop_id, main_account=f"{shop_id}:m"))
+                )
+        target = ("--target", up.front)
+        for _ in range(2):  # every node's shop, twice: each lands on its owner
+            for shop_id in shops:
+                shown = _run("shop", "show", shop_id, "--json", *target)
+                assert shown.code == 0, shown.err
+                assert shown.json()["config"]["shop_id"] == shop_id
+                called = _run("call", "dispatch.v1.Admin/GetShopState", json.dumps({"shop_id": shop_id}), *target)
+                assert called.code == 0, called.err
+    finally:
+        up.kill()

@@ -15,10 +15,13 @@ import argparse
 import dataclasses
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any, Final
 
 import grpc
+
+from ..cluster import shop_of_request
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -99,6 +102,14 @@ class Connection:
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def metadata_for(self, request: Any) -> tuple[tuple[str, str], ...]:
+        """``metadata`` plus ``x-dispatch-shop`` for the request's shop, so that a cluster's
+        HAProxy (dispatcher/docs/CLUSTER.md) sends the call to the shop's node."""
+        shop = shop_of_request(request)
+        if not shop:
+            return self.metadata
+        return (*self.metadata, ("x-dispatch-shop", urllib.parse.quote(shop, safe="")))
 
     def call_timeout(self, streaming: bool = False) -> float | None:
         """``--timeout``, else 10 s for a unary call and none for a stream."""

@@ -257,7 +257,7 @@ def call_command(ns: argparse.Namespace, conn: Connection) -> int:
     with conn.channel() as channel:
         fn = _stub(channel, method)
         argument: Any = iter(requests) if method.client_streaming else requests[0]
-        kwargs = {"metadata": conn.metadata, "timeout": conn.call_timeout(streaming)}
+        kwargs = {"metadata": conn.metadata_for(requests[0]), "timeout": conn.call_timeout(streaming)}
         try:
             if not method.server_streaming:
                 show(fn(argument, **kwargs))
@@ -280,7 +280,7 @@ def call_command(ns: argparse.Namespace, conn: Connection) -> int:
 
 def _unary(conn: Connection, fn: Callable[..., Any], request: Message) -> Any:
     try:
-        return fn(request, metadata=conn.metadata, timeout=conn.call_timeout())
+        return fn(request, metadata=conn.metadata_for(request), timeout=conn.call_timeout())
     except grpc.RpcError as exc:
         raise CallFailed(error_report(exc)) from None
 

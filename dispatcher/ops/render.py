@@ -11,7 +11,9 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from .._gen.dispatch.v1 import admin_pb2
+from .._gen.dispatch.v1 import admin_pb2, common_pb2
+
+_OFFLINE: Final = common_pb2.PRESENCE_OFFLINE
 
 __all__ = [
     "format_duration",
@@ -210,7 +212,7 @@ def render_shop_state(state: admin_pb2.ShopState) -> str:
                     a.weight,
                     _yes(a.chat_permission),
                     ",".join(a.groups) or "-",
-                    format_timestamp(a.offline_at) if a.HasField("offline_at") else "-",
+                    format_timestamp(a.offline_at) if a.HasField("offline_at") and a.presence == _OFFLINE else "-",
                 )
             )
         headers = ("agent", "role", "presence", "client", "active/max", "unread", "today", "weight", "chat")
