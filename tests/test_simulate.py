@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +255,21 @@ def test_an_empty_journal_is_a_clear_error(tmp_path: Path, capsys: Any) -> None:
         proc.ensure_dead()
     assert main(["simulate", "--journal", str(data), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "no conversations to simulate (an empty trace)" in capsys.readouterr().err
+
+
+def test_the_readme_example_workload_runs_and_shows_the_late_agents_burst(tmp_path: Path) -> None:
+    # dispatcher/docs/examples/whatif.toml is the README's example: it must keep working, and
+    # keep showing what the README says (FEWEST_TODAY floods the agent who comes online late).
+    example = Path(__file__).resolve().parents[1] / "dispatcher" / "docs" / "examples" / "whatif.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "simulate", "--workload", str(example), "--out", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "report.html").exists() and (tmp_path / "load.png").exists()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    by_name = {v["name"]: v["agents"]["demo:dave"] for v in metrics["variants"]}
+    assert set(by_name) == {"least-saturation", "fewest-today", "capacity-round-robin"}
+    # dave, online from 13:00, is driven to full capacity under FEWEST_TODAY only.
+    assert by_name["fewest-today"]["saturated_share"] > 5 * by_name["least-saturation"]["saturated_share"]
+    assert by_name["fewest-today"]["received"] > by_name["least-saturation"]["received"]
