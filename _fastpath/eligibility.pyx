@@ -62,6 +62,15 @@ cdef inline ContactState contact_state(Shop shop, int32_t s, int64_t now) noexce
     return CONTACT_NONE
 
 
+cdef inline int32_t contact_reason(Shop shop, int32_t s, ContactState state) noexcept:
+    """Step 2's answer for recent contact ``s`` in ``state``: REASON_AFFINITY,
+    REASON_AFFINITY_HELD, or 0 when it is unavailable or (unless the shop lets
+    affinity exceed capacity) full."""
+    if state == CONTACT_NONE or not (shop.may_exceed or has_room(&shop.agents[s])):
+        return 0
+    return REASON_AFFINITY_HELD if state == CONTACT_HELD else REASON_AFFINITY
+
+
 cdef inline bint group_bound(const Group* g, int32_t source, int32_t order_state) noexcept:
     """Step 5: the group is bound to this order state or entry source (handle, -1: none)."""
     cdef int32_t i

@@ -310,10 +310,9 @@ cdef class CompiledEngine(Router):
             idx = self.conversations.insert(shop.handle, p, n, bp, bn, hash_key(shop.handle, p, n))
             self.conversations.entries[idx].at_ms = now
             shop.live += 1
-            if self.timers.tracks_shop(shop.handle):
+            if shop.timed & TIMED_TRACKS:
                 self.timers.track_new(shop, self.conversations, idx, NULL, 0, 0)
-            self.assign(shop, idx, slot, now)
-            set_reason(&self.conversations.entries[idx], REASON_DIRECT)  # given directly, outside the dispatcher
+            self.assign(shop, idx, slot, now, REASON_DIRECT)  # given directly, outside the dispatcher
             self.settle(shop, -1)
             return agent_id_of(shop, slot)
         if idx < 0:
@@ -428,7 +427,7 @@ cdef class CompiledEngine(Router):
         if ctype == 0:
             ctype = TYPE_BUYER_TO_SHOP
         sp = utf8_id(shop_id, &sn, "shop_id", False)
-        if ctype != TYPE_BUYER_TO_SHOP:
+        if unlikely(ctype != TYPE_BUYER_TO_SHOP):
             # Section 3: point-to-point, no state change.
             utf8_id(to_account, &tn, "to_account", False)
             self.decisions[REASON_DIRECT][0] += 1
@@ -448,12 +447,12 @@ cdef class CompiledEngine(Router):
         shop = core.shop_at(self.shop_map.entries[idx].handle)
         rq.conversation_hash = hash_key(shop.handle, rq.conversation, rq.conversation_len)
         core.prefetch_decision(shop, &rq)
-        if core.timers.due(shop.handle, rq.at_ms):
+        if unlikely(shop.timed) and core.timers.due(shop.handle, rq.at_ms):
             timers_fire_due(self, shop, rq.at_ms)  # §10: what time passing did comes first
         idx = self.conversations.find(shop.handle, rq.conversation, rq.conversation_len, rq.conversation_hash)
-        if idx >= 0:
-            return self.retry_answer(shop, idx, conversation_id, &rq, trace)
-        if trace:
+        if unlikely(idx >= 0):
+            return self.retry_answer(shop, idx, conversation_id, &rq, trace)  # §12
+        if unlikely(trace):
             tr = []
         reason = core.decide(shop, &rq, tr, &d)
         return (reason, agent_id_of(shop, d.slot) if d.slot >= 0 else None,
@@ -543,6 +542,11 @@ cdef class CompiledEngine(Router):
         if idx < 0:
             return 0
         return timers_fire_due(self, self.shop_at(self.shop_map.entries[idx].handle), at_ms)
+
+    def _check_timers(self):
+        """Test support: raise AssertionError if a §10 track list disagrees with the conversations
+        (or Shop.timed with the rules in use)."""
+        return timers_check(self)
 
     def pending_deadlines(self):
         """Deadlines pending in every shop (a gauge)."""

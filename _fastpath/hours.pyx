@@ -5,23 +5,36 @@
 
 
 cdef inline bint hours_shop_open(Shop shop, int64_t now) except -1:
-    """Step 1: the shop's business hours are open at ``now`` (a C comparison until they may change)."""
+    """Step 1: the shop's business hours are open at ``now`` (a C comparison until they may
+    change). Callers test TIMED_HOURS first: without a schedule it is always open."""
     if now >= shop.hours_until:
-        is_open, until = hours_state(shop.config.business_hours, shop.config.timezone, now)
-        shop.hours_open = is_open
-        shop.hours_until = until
+        hours_shop_state(shop, now)
     return shop.hours_open
 
 
+cdef int hours_shop_state(Shop shop, int64_t now) except -1:
+    """Out of line (about twice a day per schedule): the shop's open state from ``now`` on."""
+    is_open, until = hours_state(shop.config.business_hours, shop.config.timezone, now)
+    shop.hours_open = is_open
+    shop.hours_until = until
+    return 0
+
+
 cdef inline bint hours_group_open(Shop shop, int32_t gi, int64_t now) except -1:
-    """Step 5: group ``gi``'s business hours are open at ``now``."""
-    cdef Group* g = &shop.groups[gi]
-    if now >= g.hours_until:
-        is_open, until = hours_state(shop.group_configs[gi].business_hours, shop.config.timezone, now)
-        g = &shop.groups[gi]
-        g.hours_open = is_open
-        g.hours_until = until
-    return g.hours_open
+    """Step 5: group ``gi``'s business hours are open at ``now`` (as hours_shop_open)."""
+    if now >= shop.groups[gi].hours_until:
+        hours_group_state(shop, gi, now)
+    return shop.groups[gi].hours_open
+
+
+cdef int hours_group_state(Shop shop, int32_t gi, int64_t now) except -1:
+    """Out of line: group ``gi``'s open state from ``now`` on."""
+    cdef Group* g
+    is_open, until = hours_state(shop.group_configs[gi].business_hours, shop.config.timezone, now)
+    g = &shop.groups[gi]
+    g.hours_open = is_open
+    g.hours_until = until
+    return 0
 
 
 cdef int32_t hours_closed(Router router, Shop shop, const Request* rq, Py_ssize_t conv, int64_t now,
@@ -35,8 +48,7 @@ cdef int32_t hours_closed(Router router, Shop shop, const Request* rq, Py_ssize_
         reason = router.affinity_step(shop, rq.buyer, rq.buyer_len, hash_key(shop.handle, rq.buyer, rq.buyer_len),
                                       now, trace, out)
         if reason:
-            router.assign(shop, conv, out.slot, now)
-            set_reason(&router.conversations.entries[conv], reason)
+            router.assign(shop, conv, out.slot, now, reason)
             router.decisions[reason][0] += 1
             return reason
     reason = router.offline(shop, rq, conv, now, trace, out)
@@ -76,12 +88,15 @@ cdef int hours_cancel(Timers tm, Shop shop) except -1:
 
 cdef int hours_configure(Router router, Shop shop) except -1:
     """After any configuration change, after timers_configure (reference: hours.configure)."""
-    shop.has_hours = hours_any(shop)
+    if hours_any(shop):
+        shop.timed |= TIMED_HOURS
+    else:
+        shop.timed &= ~TIMED_HOURS
     shop.hours_until = 0 if shop.config.business_hours else HOURS_NEVER
     for gi in range(shop.n_groups):
         shop.groups[gi].hours_until = 0 if shop.group_configs[gi].business_hours else HOURS_NEVER
     hours_cancel(router.timers, shop)
-    if shop.has_hours and hours_waiting(shop):
+    if shop.timed & TIMED_HOURS and hours_waiting(shop):
         hours_arm(router, shop, shop.clock)
     return 0
 
@@ -102,6 +117,6 @@ cdef int hours_fire(Router router, Shop shop, int64_t now) except -1:
         if available(shop, s):
             router.settle(shop, s)
     router.settle(shop, -1)
-    if shop.has_hours and hours_waiting(shop):
+    if shop.timed & TIMED_HOURS and hours_waiting(shop):
         hours_arm(router, shop, now)
     return 0

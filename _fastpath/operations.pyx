@@ -232,7 +232,7 @@ cdef bint presence_fast(Router router, const char* data, WireOperation* op, int6
     if slot < 0:
         return 0
     a = &shop.agents[slot]
-    if a.deleted or a.role == ROLE_ROBOT or router.timers.due(shop.handle, at):
+    if a.deleted or a.role == ROLE_ROBOT or (unlikely(shop.timed) and router.timers.due(shop.handle, at)):
         return 0  # (a §10 deadline due first: set_presence fires it)
     now = shop.advance(at)
     went_offline = op.presence == PRESENCE_OFFLINE and a.presence != PRESENCE_OFFLINE
@@ -271,7 +271,7 @@ cdef bint event_fast(Router router, const char* data, WireOperation* op, int64_t
     if idx < 0:
         return 0
     shop = router.shop_at(router.shop_map.entries[idx].handle)
-    if router.timers.due(shop.handle, at):
+    if unlikely(shop.timed) and router.timers.due(shop.handle, at):
         return 0  # a §10 deadline is due first: conversation_event fires it
     idx = router.conversations.find(shop.handle, cp, cn, hash_key(shop.handle, cp, cn))
     if idx < 0:

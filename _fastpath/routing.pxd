@@ -112,10 +112,13 @@ cdef class Router:
     cdef int32_t route(self, Shop shop, const char* bp, Py_ssize_t bn, int32_t source, int32_t order_state,
                        int64_t now, list trace, Decision* out) except -1
     @cython.final
+    cdef inline int32_t recent_contact(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t buyer_hash,
+                                       int64_t now) noexcept
+    @cython.final
     cdef int32_t affinity_step(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t buyer_hash, int64_t now,
                                list trace, Decision* out) except -1
     @cython.final
-    cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1
+    cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now, int32_t reason) except -1
     @cython.final
     cdef int forward(self, Shop shop, Py_ssize_t conv, int32_t holder, int32_t target, int64_t now) except -1
     @cython.final

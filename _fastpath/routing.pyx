@@ -21,6 +21,47 @@ for _bucket in range(N_ESTIMATE_BUCKETS):
     ESTIMATE_BOUNDS_MS[_bucket] = ESTIMATE_BUCKETS_MS[_bucket]
 
 
+# The decision trace's entries, written out of line: route() and decide() only test
+# `trace is not None` and call one of these, so their untraced path stays compact
+# (GCC then inlines what the decision calls; the f-string code is large).
+
+cdef int trace_agent(list trace, str step, Shop shop, int32_t s, str suffix) except -1:
+    """``step`` + agent ``s``'s id + ``suffix``: "exclusive:" "tb1:a" ":full"."""
+    trace.append(f"{step}{agent_id_of(shop, s)}{suffix}")
+    return 0
+
+
+cdef int trace_count(list trace, str step, Py_ssize_t n) except -1:
+    """``step`` + a number: "groups:ready:" "2"."""
+    trace.append(f"{step}{n}")
+    return 0
+
+
+cdef int trace_text(list trace, str step, object text) except -1:
+    """``step`` + a str: "group:" "g1"."""
+    trace.append(f"{step}{text}")
+    return 0
+
+
+cdef int trace_pick(list trace, str step, int32_t strategy, Shop shop, int32_t s) except -1:
+    """``step``:STRATEGY:agent (s -1: "none")."""
+    trace.append(f"{step}:{Strategy(strategy).name}:{agent_id_of(shop, s) if s >= 0 else 'none'}")
+    return 0
+
+
+cdef int trace_affinity(list trace, Shop shop, int32_t s, ContactState state, int32_t reason) except -1:
+    """Router.affinity_step's trace entry: no contact (s -1), unavailable, full, held or taken."""
+    if s < 0:
+        trace.append("affinity:none")
+    elif state == CONTACT_NONE:
+        trace_agent(trace, "affinity:", shop, s, ":unavailable")
+    elif not reason:
+        trace_agent(trace, "affinity:", shop, s, ":full")
+    else:
+        trace_agent(trace, "affinity:", shop, s, ":held" if reason == REASON_AFFINITY_HELD else "")
+    return 0
+
+
 cdef class Router:
 
     def __cinit__(self, seed=0):
@@ -183,34 +224,33 @@ cdef class Router:
                                          rq.buyer, rq.buyer_len, rq.conversation_hash)
         self.conversations.entries[conv].at_ms = now
         shop.live += 1
-        if self.timers.tracks_shop(shop.handle):  # §10: remembered with its source and order state
+        if unlikely(shop.timed & TIMED_TRACKS):  # §10: remembered with its source and order state
             self.timers.track_new(shop, self.conversations, conv, rq.source, rq.source_len, rq.order_state)
 
         # Step 1: is the shop online (and open, §10 business hours: hours.pyx)?
         if not shop_online(shop):
-            if trace is not None:
+            if unlikely(trace is not None):
                 trace.append("online:no")
             reason = self.offline(shop, rq, conv, now, trace, out)
             self.decisions[reason][0] += 1
             return reason
-        if not hours_shop_open(shop, now):
+        if unlikely(shop.timed & TIMED_HOURS) and not hours_shop_open(shop, now):
             return hours_closed(self, shop, rq, conv, now, trace, out)
-        if trace is not None:
+        if unlikely(trace is not None):
             trace.append("online:yes")
 
         # Steps 2 to 6.
         reason = self.route(shop, rq.buyer, rq.buyer_len, self.source_handle_bytes(rq.source, rq.source_len),
                             rq.order_state, now, trace, out)
         if reason:
-            self.assign(shop, conv, out.slot, now)
-            set_reason(&self.conversations.entries[conv], reason)
+            self.assign(shop, conv, out.slot, now, reason)
         else:
             # Step 7: everyone is full.
             reason = REASON_QUEUED
             out.strategy = 0
             self.wait_in(shop, conv, WAIT_QUEUE, rq, now)
-            if trace is not None:
-                trace.append(f"queued:{shop.waiting_queue.position_of_last(rq.priority)}")
+            if unlikely(trace is not None):
+                trace_count(trace, "queued:", shop.waiting_queue.position_of_last(rq.priority))
         self.decisions[reason][out.strategy] += 1
         return reason
 
@@ -219,17 +259,15 @@ cdef class Router:
                          list trace, Decision* out) except -1:
         """Section 6: nobody is online; the shop's offline rule takes conversation ``conv``."""
         cdef int32_t rule = shop.offline_rule
-        if trace is not None:
+        if unlikely(trace is not None):
             trace.append(f"offline:{OfflineRule(rule).name}")
         if rule == OFFLINE_MAIN_ACCOUNT:
             out.slot = shop.main_slot
-            self.assign(shop, conv, out.slot, now)
-            set_reason(&self.conversations.entries[conv], REASON_OFFLINE_MAIN_ACCOUNT)
+            self.assign(shop, conv, out.slot, now, REASON_OFFLINE_MAIN_ACCOUNT)
             return REASON_OFFLINE_MAIN_ACCOUNT
         if rule == OFFLINE_PROXY_ACCOUNT:
             out.slot = shop.proxy_slot
-            self.assign(shop, conv, out.slot, now)
-            set_reason(&self.conversations.entries[conv], REASON_OFFLINE_PROXY_ACCOUNT)
+            self.assign(shop, conv, out.slot, now, REASON_OFFLINE_PROXY_ACCOUNT)
             return REASON_OFFLINE_PROXY_ACCOUNT
         if rule == OFFLINE_MESSAGE_POOL:
             self.wait_in(shop, conv, WAIT_POOL, rq, now)
@@ -244,52 +282,59 @@ cdef class Router:
         out.slot/out.group set (out.strategy when a strategy chose), or 0 when everyone is full."""
         cdef Py_ssize_t idx
         cdef uint64_t buyer_hash = hash_key(shop.handle, bp, bn)
-        cdef int32_t s, gi, k, nb, nr, strategy
+        cdef int32_t s, gi, k, nb, nr, strategy, reason
+        cdef ContactState state
         cdef Group* g
         cdef bint groups_on, bound
+        cdef bint hours = shop.timed & TIMED_HOURS  # §10: else every group is open
         out.group = -1
 
-        # Step 2: recent contact.
-        s = self.affinity_step(shop, bp, bn, buyer_hash, now, trace, out)
-        if s:
-            return s
+        # Step 2: recent contact (affinity_step, inline here).
+        s = self.recent_contact(shop, bp, bn, buyer_hash, now)
+        state = contact_state(shop, s, now) if s >= 0 else CONTACT_NONE
+        reason = contact_reason(shop, s, state)
+        if unlikely(trace is not None):
+            trace_affinity(trace, shop, s, state, reason)
+        if reason:
+            out.slot = s
+            return reason
 
         # Step 3: exclusive agent.
         if not shop.exclusive_direct:
-            if trace is not None:
+            if unlikely(trace is not None):
                 trace.append("exclusive:off")
         else:
             idx = self.exclusive.find(shop.handle, bp, bn, buyer_hash)
             if idx < 0:
-                if trace is not None:
+                if unlikely(trace is not None):
                     trace.append("exclusive:none")
             else:
                 s = self.exclusive.entries[idx].handle
                 if not available(shop, s):
-                    if trace is not None:
-                        trace.append(f"exclusive:{agent_id_of(shop, s)}:unavailable")
+                    if unlikely(trace is not None):
+                        trace_agent(trace, "exclusive:", shop, s, ":unavailable")
                 elif not (shop.may_exceed or has_room(&shop.agents[s])):
-                    if trace is not None:
-                        trace.append(f"exclusive:{agent_id_of(shop, s)}:full")
+                    if unlikely(trace is not None):
+                        trace_agent(trace, "exclusive:", shop, s, ":full")
                 else:
-                    if trace is not None:
-                        trace.append(f"exclusive:{agent_id_of(shop, s)}")
+                    if unlikely(trace is not None):
+                        trace_agent(trace, "exclusive:", shop, s, "")
                     out.slot = s
                     return REASON_EXCLUSIVE
 
         # Step 4: robot first.
         if not shop.robot_first:
-            if trace is not None:
+            if unlikely(trace is not None):
                 trace.append("robot_first:off")
         else:
             s = shop.robot_slot
             if has_room(&shop.agents[s]):
-                if trace is not None:
-                    trace.append(f"robot_first:{agent_id_of(shop, s)}")
+                if unlikely(trace is not None):
+                    trace_agent(trace, "robot_first:", shop, s, "")
                 out.slot = s
                 return REASON_ROBOT
-            if trace is not None:
-                trace.append(f"robot_first:{agent_id_of(shop, s)}:full")
+            if unlikely(trace is not None):
+                trace_agent(trace, "robot_first:", shop, s, ":full")
 
         # Step 5: group (§7 case A: no groups for ONLY_MAIN).
         groups_on = shop.mode != MODE_ONLY_MAIN and shop.n_groups > 0
@@ -299,62 +344,61 @@ cdef class Router:
                 if group_bound(&shop.groups[gi], source, order_state):
                     nb += 1
             bound = nb > 0
-            if trace is not None:
-                trace.append(f"groups:{'bound' if bound else 'unbound'}:{nb if bound else shop.n_groups}")
+            if unlikely(trace is not None):
+                trace_count(trace, "groups:bound:" if bound else "groups:unbound:", nb if bound else shop.n_groups)
             nr = 0
             for gi in range(shop.n_groups):
                 g = &shop.groups[gi]
                 if ((not bound or group_bound(g, source, order_state)) and group_ready(shop, g)
-                        and hours_group_open(shop, gi, now)):
+                        and (not hours or hours_group_open(shop, gi, now))):
                     nr += 1
-            if trace is not None:
-                trace.append(f"groups:ready:{nr}")
+            if unlikely(trace is not None):
+                trace_count(trace, "groups:ready:", nr)
             if nr:
                 k = shop.rand_below(nr)
                 for gi in range(shop.n_groups):
                     g = &shop.groups[gi]
                     if ((not bound or group_bound(g, source, order_state)) and group_ready(shop, g)
-                            and hours_group_open(shop, gi, now)):
+                            and (not hours or hours_group_open(shop, gi, now))):
                         if k == 0:
                             break
                         k -= 1
                 out.group = gi
-                if trace is not None:
-                    trace.append(f"group:{<object>g.id}")
+                if unlikely(trace is not None):
+                    trace_text(trace, "group:", <object>g.id)
                 s = group_robot(shop, g)
                 if s >= 0:
-                    if trace is not None:
-                        trace.append(f"robot:{agent_id_of(shop, s)}")
+                    if unlikely(trace is not None):
+                        trace_agent(trace, "robot:", shop, s, "")
                     out.slot = s
                     return REASON_ROBOT
                 strategy = g.strategy or shop.strategy
                 s = pick(shop, g.roster, strategy, -1, now)
                 out.strategy = strategy
-                if trace is not None:
-                    trace.append(f"strategy:{Strategy(strategy).name}:{agent_id_of(shop, s)}")
+                if unlikely(trace is not None):
+                    trace_pick(trace, "strategy", strategy, shop, s)
                 out.slot = s
                 return REASON_GROUP
-        elif trace is not None:
+        elif unlikely(trace is not None):
             trace.append("groups:none")
 
         # Step 6: fallback (or, without groups, the strategy over everyone).
         s = pick(shop, 0, shop.strategy, -1, now)
         if s >= 0:
             out.strategy = shop.strategy
-            if trace is not None:
-                step = "fallback" if groups_on else "strategy"
-                trace.append(f"{step}:{Strategy(shop.strategy).name}:{agent_id_of(shop, s)}")
+            if unlikely(trace is not None):
+                trace_pick(trace, "fallback" if groups_on else "strategy", shop.strategy, shop, s)
             out.slot = s
             return REASON_FALLBACK if groups_on else REASON_GROUP
-        if trace is not None:
-            trace.append(f"{'fallback' if groups_on else 'strategy'}:{Strategy(shop.strategy).name}:none")
+        if unlikely(trace is not None):
+            trace_pick(trace, "fallback" if groups_on else "strategy", shop.strategy, shop, -1)
         if shop.mode == MODE_FALLBACK:
             # §7 case C: the main account receives only when every other agent is offline.
             s = shop.main_slot
             if (shop.rosters[0].n_avail == 0 and available(shop, s)
                     and shop.agents[s].active < shop.agents[s].max_capacity):
-                if trace is not None:
-                    trace.append(f"fallback:main:{agent_id_of(shop, s)}")
+                if unlikely(trace is not None):
+                    trace_agent(trace, "fallback:main:", shop, s, "")
                 out.slot = s
                 return REASON_FALLBACK
         return 0
@@ -362,54 +406,48 @@ cdef class Router:
     # ------------------------------------------------------------ state changes (§8)
 
     @cython.final
-    cdef int32_t affinity_step(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t buyer_hash, int64_t now,
-                               list trace, Decision* out) except -1:
-        """Step 2 (also asked while closed, §10): the recent contact's reason with out.slot set, or 0."""
+    cdef inline int32_t recent_contact(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t buyer_hash,
+                                       int64_t now) noexcept:
+        """Step 2's lookup (small: inline in route()): the slot of the buyer's recent contact,
+        -1 if none or expired (an expired one is forgotten)."""
         cdef Py_ssize_t idx = self.affinity.find(shop.handle, bp, bn, buyer_hash)
-        cdef int32_t s
-        cdef ContactState state
-        cdef Agent* a
-        if idx >= 0 and now - self.affinity.entries[idx].at_ms >= shop.window_ms:
-            self.affinity.remove_at(idx)  # expired: forget it
-            idx = -1
         if idx < 0:
-            if trace is not None:
-                trace.append("affinity:none")
-        else:
-            s = self.affinity.entries[idx].handle
-            a = &shop.agents[s]
-            state = contact_state(shop, s, now)
-            if state == CONTACT_NONE:
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}:unavailable")
-            elif not (shop.may_exceed or has_room(a)):
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}:full")
-            elif state == CONTACT_HELD:
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}:held")
-                out.slot = s
-                return REASON_AFFINITY_HELD
-            else:
-                if trace is not None:
-                    trace.append(f"affinity:{agent_id_of(shop, s)}")
-                out.slot = s
-                return REASON_AFFINITY
-        return 0
+            return -1
+        if now - self.affinity.entries[idx].at_ms >= shop.window_ms:
+            self.affinity.remove_at(idx)  # expired: forget it
+            return -1
+        return self.affinity.entries[idx].handle
 
     @cython.final
-    cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now) except -1:
-        """Conversation ``conv`` goes to ``slot``: active +1, today +1, unread +1."""
+    cdef int32_t affinity_step(self, Shop shop, const char* bp, Py_ssize_t bn, uint64_t buyer_hash, int64_t now,
+                               list trace, Decision* out) except -1:
+        """Step 2 (also asked while closed, §10): the recent contact's reason with out.slot set, or 0.
+        (route() does the same, inline.)"""
+        cdef int32_t s = self.recent_contact(shop, bp, bn, buyer_hash, now)
+        cdef ContactState state = contact_state(shop, s, now) if s >= 0 else CONTACT_NONE
+        cdef int32_t reason = contact_reason(shop, s, state)
+        if unlikely(trace is not None):
+            trace_affinity(trace, shop, s, state, reason)
+        if reason:
+            out.slot = s
+        return reason
+
+    @cython.final
+    cdef int assign(self, Shop shop, Py_ssize_t conv, int32_t slot, int64_t now, int32_t reason) except -1:
+        """Conversation ``conv`` goes to ``slot`` for ``reason`` (kept for §12 retries, as
+        set_reason): active +1, today +1, unread +1."""
         cdef Entry* e = &self.conversations.entries[conv]
         cdef Agent* a = &shop.agents[slot]
         e.handle = slot
-        e.flags = (e.flags & (CONV_FORWARDED | CONV_TRACKED)) | CONV_UNREAD  # the opening message awaits a reply
+        # The opening message awaits a reply.
+        e.flags = ((e.flags & (CONV_FORWARDED | CONV_TRACKED)) | CONV_UNREAD
+                   | ((reason << CONV_REASON_SHIFT) & CONV_REASON_MASK))
+        if unlikely(e.flags & CONV_TRACKED):  # (first: nothing below needs self or conv: fewer registers kept)
+            self.timers.on_assign(shop, self.conversations, conv, slot, now)  # §10: its re-route deadline
         a.active += 1
         a.unread += 1
         shop.bump_today(slot, now)
         shop.refresh(slot)
-        if e.flags & CONV_TRACKED:
-            self.timers.on_assign(shop, self.conversations, conv, slot, now)  # §10: its re-route deadline
         return 0
 
     @cython.final
@@ -467,9 +505,9 @@ cdef class Router:
         cdef Entry* e = &self.conversations.entries[conv]
         e.flags = kind | (e.flags & CONV_TRACKED)
         (<WaitList>self.waiting_of(shop, kind)).push(self.waiting_item(rq, now))
-        if e.flags & CONV_TRACKED:
+        if unlikely(e.flags & CONV_TRACKED):
             self.timers.on_wait(shop, self.conversations, conv, kind, now)  # §11: its max_queue_wait
-        if shop.has_hours:
+        if unlikely(shop.timed & TIMED_HOURS):
             hours_on_wait(self, shop, kind, now)  # §10: handed out at the next opening
         return 0
 
@@ -540,7 +578,7 @@ cdef class Router:
         cdef Agent* a
         cdef const char* bp
         cdef Py_ssize_t bn
-        if not hours_shop_open(shop, now):
+        if unlikely(shop.timed & TIMED_HOURS) and not hours_shop_open(shop, now):
             return 0  # §10: nothing is handed out while the shop is closed
         staging = shop.waiting_staging
         if focus >= 0 and staging and available(shop, focus):
@@ -578,8 +616,7 @@ cdef class Router:
         """A conversation taken off ``waiting`` goes to ``slot`` (``reason``): assigned, and
         counted in the list's hand-out rate (§11). The caller appends the outbox entry."""
         cdef Py_ssize_t conv = self.conversation_index(shop, conversation_id)
-        self.assign(shop, conv, slot, now)
-        set_reason(&self.conversations.entries[conv], reason)
+        self.assign(shop, conv, slot, now, reason)
         waiting.note_handout(now)
         return 0
 

@@ -5,6 +5,11 @@
 cdef enum:
     PREFETCH_BYTES = 2048  # per array: Shop.prefetch's hint stops there (big shops touch little of it)
 
+# Shop.timed: the §10-§11 rules a shop uses, as bits.
+cdef enum:
+    TIMED_TRACKS = 1   # == its ShopTimers.tracking: every conversation has a Track (timers_configure)
+    TIMED_HOURS = 2    # the shop or one of its groups has a schedule (hours_configure)
+
 
 # An agent of a shop. Invariants: slot == registration ordinal; a deleted agent
 # keeps its slot (re-adding the same id reuses it); `avail` == available(shop,
@@ -137,7 +142,11 @@ cdef class Shop:
     cdef int64_t live               # conversations in the table (served or waiting)
     cdef int64_t hours_until        # §10 (hours.pxd): hours_open holds while clock < hours_until
     cdef bint hours_open            # the shop's business hours are open (always, without a schedule)
-    cdef bint has_hours             # the shop or one of its groups has a schedule (hours_configure)
+    # §10-§11: the timed rules in use, TIMED_* bits; 0 for a shop that uses none, the
+    # common case: its decision then reads nothing else of them (one test of this byte
+    # stands for the track, deadline and hours checks). Invariant: a shop with a Track or
+    # a pending deadline has timed != 0 (tracks and deadlines go when their rules go).
+    cdef uint8_t timed
 
     cdef int add_agent_slot(self, object agent_id) except -1
     cdef int index_agent(self, int32_t slot) except -1

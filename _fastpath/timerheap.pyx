@@ -2,7 +2,8 @@
 # Track slab (one per conversation of a shop that uses a timed rule), the
 # Timer slab, each shop's binary min-heap of timer ids by (deadline, seq), the
 # global heap of shops by their next deadline, and the hooks that routing's
-# state changes call (on_assign, on_wait, on_reply, on_close, on_presence).
+# state changes call (on_assign, on_wait, on_reply, on_close, on_presence),
+# which also keep each agent's list of the tracks it holds (link, unlink).
 # Compiled-only, like hashtable.pyx and heap.pyx: the reference keeps its
 # deadlines in plain Python structures (reference/timers.py). Structures and
 # invariants: timerheap.pxd.
@@ -35,6 +36,7 @@ cdef class Timers:
             for i in range(self.n_shops):
                 free(self.shops[i].agent_reroute)
                 free(self.shops[i].reclaim)
+                free(self.shops[i].held)
                 free(self.shops[i].heap)
             free(self.shops)
         free(self.gheap)
@@ -52,6 +54,7 @@ cdef class Timers:
             for i in range(self.n_shops, n):
                 grown[i].gpos = -1
                 grown[i].hours = -1
+                grown[i].unheld = -1
             self.shops = grown
             self.n_shops = n
         return &self.shops[handle]
@@ -214,6 +217,7 @@ cdef class Timers:
         cdef int32_t tid, n
         cdef Track* grown
         cdef Track* t
+        cdef ShopTimers* st
         cdef char* block = <char*>malloc(kn + sn + 1)
         if block == NULL:
             raise MemoryError()
@@ -222,7 +226,7 @@ cdef class Timers:
             memcpy(block + kn, s, sn)
         if self.free_track >= 0:
             tid = self.free_track
-            self.free_track = self.tracks[tid].next_free
+            self.free_track = self.tracks[tid].next
         else:
             if self.n_tracks == self.cap_tracks:
                 n = max(16, 2 * self.cap_tracks)
@@ -243,18 +247,85 @@ cdef class Timers:
         t.order_state = order_state
         t.reroutes = 0
         t.timer = -1
-        t.next_free = -1
+        # First in the shop's unheld list (its ShopTimers exists: the shop tracks).
+        st = &self.shops[shop]
+        t.prev = -1
+        t.next = st.unheld
+        if st.unheld >= 0:
+            self.tracks[st.unheld].prev = tid
+        st.unheld = tid
         return tid
 
     cdef void free_track_slot(self, int32_t tid) noexcept:
         cdef Track* t = &self.tracks[tid]
         if t.timer >= 0:
             self.cancel(t.timer)
+        self.unlink(tid)
         free(t.key)
         t.key = NULL
         t.timer = -1
-        t.next_free = self.free_track
+        t.agent = -1
+        t.prev = -1
+        t.next = self.free_track
         self.free_track = tid
+
+    cdef int grow_slots(self, ShopTimers* st, int32_t n) except -1:
+        """Room for agent slots [0, n) in the shop's per-slot arrays (new slots: no delay,
+        no reclaim, nothing held)."""
+        cdef int64_t* reroute
+        cdef int32_t* ints
+        cdef int32_t s
+        if n <= st.n_slots:
+            return 0
+        reroute = <int64_t*>realloc(st.agent_reroute, n * sizeof(int64_t))
+        if reroute == NULL:
+            raise MemoryError()
+        st.agent_reroute = reroute
+        ints = <int32_t*>realloc(st.reclaim, n * sizeof(int32_t))
+        if ints == NULL:
+            raise MemoryError()
+        st.reclaim = ints
+        ints = <int32_t*>realloc(st.held, n * sizeof(int32_t))
+        if ints == NULL:
+            raise MemoryError()
+        st.held = ints
+        for s in range(st.n_slots, n):
+            st.agent_reroute[s] = 0
+            st.reclaim[s] = -1
+            st.held[s] = -1
+        st.n_slots = n
+        return 0
+
+    cdef void unlink(self, int32_t tid) noexcept:
+        """Take a live track out of its list (held[agent] or unheld)."""
+        cdef Track* t = &self.tracks[tid]
+        cdef ShopTimers* st = &self.shops[t.shop]
+        if t.prev >= 0:
+            self.tracks[t.prev].next = t.next
+        elif t.agent >= 0:
+            st.held[t.agent] = t.next
+        else:
+            st.unheld = t.next
+        if t.next >= 0:
+            self.tracks[t.next].prev = t.prev
+        t.prev = t.next = -1
+
+    cdef int link(self, int32_t tid, int32_t slot) except -1:
+        """A live track's holder is now ``slot`` (-1: nobody, it waits): it moves to the
+        head of that list. The only way Track.agent changes (see timerheap.pxd)."""
+        cdef Track* t = &self.tracks[tid]
+        cdef ShopTimers* st = &self.shops[t.shop]
+        cdef int32_t* head
+        if slot >= st.n_slots:
+            self.grow_slots(st, slot + 1)
+        self.unlink(tid)
+        t.agent = slot
+        head = &st.held[slot] if slot >= 0 else &st.unheld
+        t.next = head[0]
+        if t.next >= 0:
+            self.tracks[t.next].prev = tid
+        head[0] = tid
+        return 0
 
     # ------------------------------------------------------------ hooks (reference: timers.on_*)
 
@@ -286,7 +357,8 @@ cdef class Timers:
         if t.timer >= 0:
             self.cancel(t.timer)
             t.timer = -1
-        t.agent = slot
+        self.link(tid, slot)
+        t = &self.tracks[tid]
         st = &self.shops[shop.handle]
         delay = st.agent_reroute[slot] if slot < st.n_slots else 0
         if delay and t.reroutes < st.max_reroutes:
@@ -301,7 +373,8 @@ cdef class Timers:
         if not (e.flags & CONV_TRACKED):
             return 0
         t = &self.tracks[<int32_t>e.at_ms]
-        t.agent = -1
+        if t.agent >= 0:
+            self.link(<int32_t>e.at_ms, -1)
         st = &self.shops[shop.handle]
         if kind == WAIT_QUEUE and st.queue_ms:
             t.timer = self.arm(shop.handle, TIMER_QUEUE, <int32_t>e.at_ms, now + st.queue_ms, -1)

@@ -3,8 +3,11 @@
 # by _core.pyx after routing; the structures and invariants are in timers.pxd,
 # the rules and every choice in _fastpath/reference/timers.py (the same, plainly).
 #
-# A shop that uses none of the rules never has a Track or a Timer: every hook
-# starts with a flag test (CONV_TRACKED, ShopTimers.tracking) and returns.
+# A shop that uses none of the rules never has a Track or a Timer: the decision
+# tests one byte (Shop.timed) and every hook starts with a flag test
+# (CONV_TRACKED, ShopTimers.tracking) and returns. A reclaim reads only its
+# agent's list of held tracks (timers_reclaim); nothing here scans every
+# conversation except a configuration change that starts tracking a shop.
 # The C storage and the hooks (class Timers) are in timerheap.pyx.
 
 
@@ -26,8 +29,10 @@ cdef int timers_configure(Router router, Shop shop) except -1:
     cdef Entry* e
     cdef const char* sp
     cdef bint on = timers_tracking(shop)
-    cdef int64_t* reroute
-    cdef int32_t* reclaim
+    if on:
+        shop.timed |= TIMED_TRACKS  # (ShopTimers.tracking is set below)
+    else:
+        shop.timed &= ~TIMED_TRACKS
     if not on and not tm.tracks_shop(shop.handle):
         if shop.handle < tm.n_shops and tm.shops[shop.handle].size:
             timers_drop(tm, shop.handle)
@@ -35,35 +40,18 @@ cdef int timers_configure(Router router, Shop shop) except -1:
     st = tm.shop_timers(shop.handle)
     config = shop.config
     if not on:
+        timers_untrack(router, shop)  # the conversations forget their tracks (reached through the lists)
         timers_drop(tm, shop.handle)
         st.tracking = 0
         st.reroute_ms = st.reclaim_ms = st.queue_ms = 0
         for s in range(st.n_slots):
             st.agent_reroute[s] = 0
-        k = 0
-        while k < router.conversations.n:
-            e = &router.conversations.entries[k]
-            if e.ns == shop.handle and (e.flags & CONV_TRACKED):
-                e.flags &= ~CONV_TRACKED
-                e.at_ms = 0
-            k += 1
         return 0
     st.reroute_ms = config.reroute_unanswered_after_ms
     st.reclaim_ms = config.reclaim_after_offline_ms
     st.queue_ms = config.max_queue_wait_ms
     st.max_reroutes = config.max_reroutes
-    if st.n_slots < n:
-        reroute = <int64_t*>realloc(st.agent_reroute, n * sizeof(int64_t))
-        if reroute == NULL:
-            raise MemoryError()
-        st.agent_reroute = reroute
-        reclaim = <int32_t*>realloc(st.reclaim, n * sizeof(int32_t))
-        if reclaim == NULL:
-            raise MemoryError()
-        st.reclaim = reclaim
-        for s in range(st.n_slots, n):
-            st.reclaim[s] = -1
-        st.n_slots = n
+    tm.grow_slots(st, n)
     # Each agent's re-route delay: the shortest its groups set, else the shop's; never a robot's.
     own = {}
     for g in shop.group_configs:
@@ -76,6 +64,8 @@ cdef int timers_configure(Router router, Shop shop) except -1:
         else:
             st.agent_reroute[s] = own.get(agent_id_of(shop, s), st.reroute_ms)
     if not st.tracking:
+        # Tracking starts: every conversation of the shop gets a Track (a scan of the
+        # conversation table, at this configuration change only), in its holder's list.
         st.tracking = 1
         origin = {}
         for kind in (WAIT_QUEUE, WAIT_STAGING, WAIT_POOL):
@@ -91,10 +81,12 @@ cdef int timers_configure(Router router, Shop shop) except -1:
                 sp = PyUnicode_AsUTF8AndSize(src, &sn)
                 tid = tm.new_track(shop.handle, entry_bytes(e), e.klen, sp, sn, order)
                 e = &router.conversations.entries[k]
-                tm.tracks[tid].agent = -1 if e.flags & CONV_WAIT_MASK else e.handle
+                if not (e.flags & CONV_WAIT_MASK):
+                    tm.link(tid, e.handle)
                 e.flags |= CONV_TRACKED
                 e.at_ms = tid
             k += 1
+        st = &tm.shops[shop.handle]
     # Rules now off: their deadlines go.
     i = 0
     while i < st.size:
@@ -113,13 +105,33 @@ cdef int timers_configure(Router router, Shop shop) except -1:
     return 0
 
 
+cdef void timers_untrack(Router router, Shop shop) noexcept:
+    """The shop stops tracking: each of its tracked conversations (found from its track,
+    through the shop's track lists) loses CONV_TRACKED; timers_drop then frees the tracks."""
+    cdef Timers tm = router.timers
+    cdef ShopTimers* st = &tm.shops[shop.handle]
+    cdef int32_t s, tid
+    cdef Py_ssize_t idx
+    cdef Track* t
+    for s in range(-1, st.n_slots):
+        tid = st.unheld if s < 0 else st.held[s]
+        while tid >= 0:
+            t = &tm.tracks[tid]
+            idx = router.conversations.find(shop.handle, t.key, t.klen, hash_key(shop.handle, t.key, t.klen))
+            router.conversations.entries[idx].flags &= ~CONV_TRACKED
+            router.conversations.entries[idx].at_ms = 0
+            tid = t.next
+
+
 cdef void timers_drop(Timers tm, int32_t handle) noexcept:
     """Every track and deadline of a shop goes (its rules are off, or it is deleted)."""
     cdef ShopTimers* st = &tm.shops[handle]
     cdef int32_t i
-    for i in range(tm.n_tracks):
-        if tm.tracks[i].key != NULL and tm.tracks[i].shop == handle:
-            tm.free_track_slot(i)
+    while st.unheld >= 0:
+        tm.free_track_slot(st.unheld)  # unlinks it: the next one becomes the head
+    for i in range(st.n_slots):
+        while st.held[i] >= 0:
+            tm.free_track_slot(st.held[i])
     while st.size:
         tm.cancel(st.heap[0])
     st.hours = -1
@@ -158,7 +170,7 @@ cdef int timers_fire(Router router, Shop shop, int32_t tid) except -1:
     cdef Timers tm = router.timers
     cdef int32_t kind = tm.slab[tid].kind, ref = tm.slab[tid].ref, holder
     cdef int64_t now
-    cdef Py_ssize_t idx, k
+    cdef Py_ssize_t idx
     cdef Track* t
     cdef Entry* e
     tm.cancel(tid)
@@ -168,17 +180,7 @@ cdef int timers_fire(Router router, Shop shop, int32_t tid) except -1:
         return 0
     if kind == TIMER_RECLAIM:
         tm.shops[shop.handle].reclaim[ref] = -1
-        held = []
-        for k in range(tm.n_tracks):
-            t = &tm.tracks[k]
-            if t.key != NULL and t.shop == shop.handle and t.agent == ref:
-                held.append(PyBytes_FromStringAndSize(t.key, t.klen))
-        held.sort()
-        for key in held:
-            idx = router.conversations.find(shop.handle, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                                            hash_key(shop.handle, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)))
-            if router.conversations.entries[idx].flags & CONV_UNREAD:
-                timers_reroute(router, shop, idx, ref, REASON_RECLAIMED, now)
+        timers_reclaim(router, shop, ref, now)
         router.settle(shop, ref)
         return 0
     t = &tm.tracks[ref]
@@ -202,6 +204,56 @@ cdef int timers_fire(Router router, Shop shop, int32_t tid) except -1:
     router.outbox.append((shop.shop_id, cid, item[1], "", REASON_QUEUE_TIMEOUT, now))
     router.decisions[REASON_QUEUE_TIMEOUT][0] += 1
     router.settle(shop, -1)
+    return 0
+
+
+cdef int held_key_cmp(const void* a, const void* b) noexcept nogil:
+    """HeldKey order: the key bytes, a prefix first (the conversation id order: UTF-8
+    bytes sort as their code points do, as the reference's sorted() of str)."""
+    cdef const HeldKey* x = <const HeldKey*>a
+    cdef const HeldKey* y = <const HeldKey*>b
+    cdef int c = memcmp(x.key, y.key, x.klen if x.klen < y.klen else y.klen)
+    if c:
+        return c
+    return (x.klen > y.klen) - (x.klen < y.klen)
+
+
+cdef int timers_reclaim(Router router, Shop shop, int32_t slot, int64_t now) except -1:
+    """§10 reclaim of offline agent ``slot`` (reference: timers._fire, RECLAIM): each
+    conversation it holds whose buyer awaits a reply, in conversation id order, is routed
+    again without it. Only the agent's held-track list is read (timerheap.pxd)."""
+    cdef Timers tm = router.timers
+    cdef ShopTimers* st = &tm.shops[shop.handle]
+    cdef int32_t tid, n = 0, i
+    cdef HeldKey* held
+    cdef Track* t
+    cdef Py_ssize_t idx
+    if slot >= st.n_slots or st.held[slot] < 0:
+        return 0
+    tid = st.held[slot]
+    while tid >= 0:
+        n += 1
+        tid = tm.tracks[tid].next
+    # A copy: each move takes its track out of this list (on_assign links it to the receiver's).
+    held = <HeldKey*>malloc(n * sizeof(HeldKey))
+    if held == NULL:
+        raise MemoryError()
+    try:
+        tid = st.held[slot]
+        for i in range(n):
+            t = &tm.tracks[tid]
+            held[i].key = t.key
+            held[i].klen = t.klen
+            held[i].tid = tid
+            tid = t.next
+        qsort(held, n, sizeof(HeldKey), held_key_cmp)
+        for i in range(n):
+            t = &tm.tracks[held[i].tid]
+            idx = router.conversations.find(shop.handle, t.key, t.klen, hash_key(shop.handle, t.key, t.klen))
+            if router.conversations.entries[idx].flags & CONV_UNREAD:
+                timers_reroute(router, shop, idx, slot, REASON_RECLAIMED, now)
+    finally:
+        free(held)
     return 0
 
 
@@ -329,6 +381,63 @@ cdef int timers_import(Router router, object data, dict handles) except -1:
             tid = <int32_t>router.conversations.entries[idx].at_ms
             tm.tracks[tid].timer = tm.arm(shop.handle, kind, tid, deadline, seq)
     return 0
+
+
+cdef object timers_check(Router router):
+    """Test support (CompiledEngine._check_timers): the track invariants of timerheap.pxd
+    and Shop.timed's (shop.pxd), checked against the conversation table by a full scan; an
+    AssertionError names the first one broken. Changes nothing."""
+    cdef Timers tm = router.timers
+    cdef ShopTimers* st
+    cdef Track* t
+    cdef Entry* e
+    cdef Shop shop
+    cdef int32_t h, s, tid, prev, listed
+    cdef Py_ssize_t k, idx, tracked
+    live_tracks = {}
+    for tid in range(tm.n_tracks):
+        if tm.tracks[tid].key != NULL:
+            live_tracks[tm.tracks[tid].shop] = live_tracks.get(tm.tracks[tid].shop, 0) + 1
+    for h in range(router.n_handles):
+        if router.shop_ptrs[h] == NULL:  # deleted
+            assert live_tracks.get(h, 0) == 0, (h, "tracks of a deleted shop")
+            continue
+        shop = router.shop_at(h)
+        tracked = 0
+        for k in range(router.conversations.n):
+            e = &router.conversations.entries[k]
+            if e.ns == h and e.flags & CONV_TRACKED:
+                tracked += 1
+        # Shop.timed (shop.pxd): its bits say what the shop uses; a deadline implies one.
+        assert bool(shop.timed & TIMED_TRACKS) == tm.tracks_shop(h), (shop.shop_id, "TIMED_TRACKS", shop.timed)
+        assert bool(shop.timed & TIMED_HOURS) == hours_any(shop), (shop.shop_id, "TIMED_HOURS", shop.timed)
+        assert shop.timed or h >= tm.n_shops or tm.shops[h].size == 0, (shop.shop_id, "a deadline, timed 0")
+        if not tm.tracks_shop(h):
+            assert tracked == 0 and live_tracks.get(h, 0) == 0, (shop.shop_id, "tracks while not tracking")
+            assert h >= tm.n_shops or tm.shops[h].unheld < 0, (shop.shop_id, "an unheld list while not tracking")
+            continue
+        st = &tm.shops[h]
+        assert tracked == shop.live, (shop.shop_id, "tracked conversations", tracked, shop.live)
+        listed = 0
+        for s in range(-1, st.n_slots):
+            tid = st.unheld if s < 0 else st.held[s]
+            prev = -1
+            while tid >= 0:
+                t = &tm.tracks[tid]
+                assert t.key != NULL and t.shop == h, (shop.shop_id, s, tid, "a free or foreign track listed")
+                assert t.agent == s and t.prev == prev, (shop.shop_id, s, tid, t.agent, t.prev, "list links")
+                idx = router.conversations.find(h, t.key, t.klen, hash_key(h, t.key, t.klen))
+                assert idx >= 0, (shop.shop_id, tid, "a track without its conversation")
+                e = &router.conversations.entries[idx]
+                assert e.flags & CONV_TRACKED and e.at_ms == tid, (shop.shop_id, tid, "entry and track disagree")
+                expected = -1 if e.flags & CONV_WAIT_MASK else e.handle
+                assert t.agent == expected, (shop.shop_id, PyUnicode_DecodeUTF8(t.key, t.klen, NULL),
+                                             "listed under", s, "held by", expected)
+                listed += 1
+                prev = tid
+                tid = t.next
+        assert listed == tracked == live_tracks.get(h, 0), (shop.shop_id, "listed", listed, tracked)
+    return None
 
 
 cdef object timers_next(Router router, Shop shop, int32_t limit):

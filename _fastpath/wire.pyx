@@ -62,10 +62,28 @@ cdef inline Py_ssize_t next_element(const unsigned char* d, Py_ssize_t pos, Py_s
 
 
 cdef inline bint valid_utf8(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    # Exactly what Python's strict UTF-8 decoder accepts (Unicode table 3-7):
-    # no overlong forms, no surrogates, nothing above U+10FFFF. ASCII runs are
-    # skipped eight bytes at a time.
+    # Exactly what Python's strict UTF-8 decoder accepts (utf8_from). ASCII, what
+    # ids nearly always are, is checked here, eight bytes at a time, so that this
+    # stays small enough to be inlined into the readers; from the first byte
+    # above 0x7F on, utf8_from (out of line) decides.
     cdef Py_ssize_t i = 0
+    cdef uint64_t x
+    while i + 8 <= n:
+        memcpy(&x, p + i, 8)
+        if (x & <uint64_t>0x8080808080808080) != 0:
+            return utf8_from(p, n, i)
+        i += 8
+    while i < n:
+        if p[i] >= 0x80:
+            return utf8_from(p, n, i)
+        i += 1
+    return True
+
+
+cdef bint utf8_from(const unsigned char* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    # p[i:n] (i at a character boundary) is what Python's strict UTF-8 decoder
+    # accepts (Unicode table 3-7): no overlong forms, no surrogates, nothing above
+    # U+10FFFF. ASCII runs are skipped eight bytes at a time.
     cdef uint64_t x
     cdef unsigned char c, c1
     while i < n:
@@ -365,7 +383,6 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
     cdef const char* ap = NULL
     cdef const char* gp = NULL
     cdef Shop shop
-    cdef WaitList waiting
     cdef Py_ssize_t position
     cdef int64_t eta
     rq.buyer = data + it.off[WIRE_BUYER]
@@ -380,7 +397,7 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
     rq.py_conversation = rq.py_buyer = rq.py_source = NULL
     # Declines (return 0) come before any change: the caller's dispatch() then
     # decides or refuses the item with its own checks and messages.
-    if it.trace or not 0 <= it.type <= TYPE_MAX or not 0 < sn <= MAX_ID or has_control_byte(sp, sn):
+    if unlikely(it.trace or not 0 <= it.type <= TYPE_MAX or not 0 < sn <= MAX_ID or has_control_byte(sp, sn)):
         return 0
     if it.has_at:
         if not (0 <= it.nanos < 1000000000 and 0 <= it.seconds <= LATEST_SECONDS):
@@ -388,28 +405,29 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
         rq.at_ms = it.seconds * 1000 + it.nanos // 1000000
     if not 0 <= rq.at_ms <= MAX_TIME:
         return 0
-    if it.type > TYPE_BUYER_TO_SHOP:
+    if unlikely(it.type > TYPE_BUYER_TO_SHOP):
         # Section 3, as dispatch(): point to point, to_account gets it, no state change.
         if not 0 < tn <= MAX_ID or has_control_byte(tp, tn):
             return 0
         router.decisions[REASON_DIRECT][0] += 1
         write_response(out, tp, tn, REASON_DIRECT, NULL, 0, rq.conversation, rq.conversation_len, element, 0, -1)
         return 1
-    if it.priority > MAX_PRIORITY:
+    if unlikely(it.priority > MAX_PRIORITY):
         return 0  # dispatch() refuses it, naming the field
-    if (not 0 < rq.buyer_len <= MAX_ID or not 0 < rq.conversation_len <= MAX_ID or rq.source_len > MAX_ID
-            or has_control_byte(rq.buyer, rq.buyer_len) or has_control_byte(rq.conversation, rq.conversation_len)
-            or has_control_byte(rq.source, rq.source_len) or not 0 <= rq.order_state <= ORDER_STATE_MAX):
+    if unlikely(not 0 < rq.buyer_len <= MAX_ID or not 0 < rq.conversation_len <= MAX_ID or rq.source_len > MAX_ID
+                or has_control_byte(rq.buyer, rq.buyer_len) or has_control_byte(rq.conversation, rq.conversation_len)
+                or has_control_byte(rq.source, rq.source_len) or not 0 <= rq.order_state <= ORDER_STATE_MAX):
         return 0
     idx = router.shop_map.find(0, sp, sn, hash_key(0, sp, sn))
-    if idx < 0:
+    if unlikely(idx < 0):
         return 0
     shop = router.shop_at(router.shop_map.entries[idx].handle)
     rq.conversation_hash = hash_key(shop.handle, rq.conversation, rq.conversation_len)
     router.prefetch_decision(shop, &rq)
-    if router.conversations.find(shop.handle, rq.conversation, rq.conversation_len, rq.conversation_hash) >= 0:
-        return 0
-    if router.timers.due(shop.handle, rq.at_ms):
+    if unlikely(router.conversations.find(shop.handle, rq.conversation, rq.conversation_len,
+                                          rq.conversation_hash) >= 0):
+        return 0  # a retry (§12) or ALREADY_EXISTS: dispatch() answers it
+    if unlikely(shop.timed) and router.timers.due(shop.handle, rq.at_ms):
         return 0  # a §10 deadline is due first: dispatch() fires it
 
     reason = router.decide(shop, &rq, None, &d)
@@ -419,17 +437,25 @@ cdef bint wire_decide(Router router, WireBuffer* out, const char* data, WireItem
     if d.slot >= 0:
         ap = PyUnicode_AsUTF8AndSize(<object>shop.agents[d.slot].id, &an)
     else:
-        # It waits (§11): its position is the end of its priority's FIFO, as just appended.
-        waiting = <WaitList>router.waiting_of(shop, WAIT_QUEUE if reason == REASON_QUEUED else
-                                              WAIT_STAGING if reason == REASON_OFFLINE_STAGING else WAIT_POOL)
-        position = waiting.position_of_last(rq.priority)
-        eta = waiting.estimate(position)
-        if eta >= 0:
-            router.count_estimate(eta)
+        position = wire_waiting_place(router, shop, reason, rq.priority, &eta)
     if d.group >= 0:
         gp = PyUnicode_AsUTF8AndSize(<object>shop.groups[d.group].id, &gn)
     write_response(out, ap, an, reason, gp, gn, rq.conversation, rq.conversation_len, element, position, eta)
     return 1
+
+
+cdef Py_ssize_t wire_waiting_place(Router router, Shop shop, int32_t reason, int32_t priority,
+                                   int64_t* eta) except -1:
+    """wire_decide's answer for a conversation that waits (§11; out of line): its position, the
+    end of its priority's FIFO as just appended, and the estimated wait in ``eta`` (-1: unknown,
+    else counted)."""
+    cdef WaitList waiting = <WaitList>router.waiting_of(shop, WAIT_QUEUE if reason == REASON_QUEUED else
+                                                        WAIT_STAGING if reason == REASON_OFFLINE_STAGING else WAIT_POOL)
+    cdef Py_ssize_t position = waiting.position_of_last(priority)
+    eta[0] = waiting.estimate(position)
+    if eta[0] >= 0:
+        router.count_estimate(eta[0])
+    return position
 
 
 cdef inline Py_ssize_t duration_size(int64_t ms) noexcept nogil:

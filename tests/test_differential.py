@@ -327,6 +327,9 @@ def run_both(ops: list[tuple], seed: int) -> None:
         got = fast.step(op)
         assert got == expected, f"step {i} {op}: compiled {got} != reference {expected}"
         assert fast.observe() == ref.observe(), f"state differs after step {i} {op}"
+        # §10: the compiled engine's per-agent track lists (what a reclaim reads) match its
+        # conversations after every kind of step (timerheap.pxd).
+        fast.engine._check_timers()
         # A retry (§12) is not a decision: both engines count decisions and retries alike.
         assert (fast.engine.decision_counts(), fast.engine.retry_count()) == (
             ref.engine.decision_counts(),

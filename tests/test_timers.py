@@ -194,6 +194,80 @@ def test_reclaim_cancelled_by_coming_back(engine_cls):
     assert conv_agent(engine, "c1") == A
 
 
+def check_tracks(engine):
+    """The compiled engine's §10 track lists agree with its conversations (timerheap.pxd)."""
+    if hasattr(engine, "_check_timers"):
+        engine._check_timers()
+
+
+def test_reclaim_moves_what_the_agent_holds_after_transfers_closes_reroutes_and_handouts(engine_cls):
+    """Every path that gives or takes a conversation keeps the compiled engine's per-agent
+    list (what a reclaim looks at) in step: a reclaim moves exactly the unread conversations
+    the agent holds, in conversation id order (UTF-8 byte order is code point order: "é1"
+    after "c9")."""
+    engine = fresh(engine_cls, reclaim_after_offline_ms=10 * MIN)
+    add_agent(engine, A, cap=4)
+    add_agent(engine, B, cap=10)
+    add_agent(engine, C, cap=1)
+    add_group(engine, "g", [C], reroute_unanswered_after_ms=2 * MIN)  # only C's conversations time out
+    for conv, agent in (("c5", B), ("c3", B), ("c9", A), ("é1", B), ("c7", A)):
+        engine.conversation_event(SHOP, conv, 5, T0, buyer_id=f"buyer-{conv}", agent_id=agent)  # ASSIGNED
+    check_tracks(engine)
+    assert transfer(engine, "c5", to_agent=A) == A  # out of B's list, into A's
+    close(engine, "c7")  # out of A's list
+    check_tracks(engine)
+    presence(engine, B, Presence.OFFLINE, at=T0 + 1)  # B's reclaim deadline: 10 min
+    engine.conversation_event(SHOP, "c1", 5, T0 + 1, buyer_id="buyer-c1", agent_id=C)
+    assert engine.tick(T0 + 2 * MIN + 1) == 1  # c1: C -> A (re-routed; B is offline)
+    assert engine.drain_outbox() == [(SHOP, "c1", "buyer-c1", A, int(Reason.REROUTED), T0 + 2 * MIN + 1, C)]
+    presence(engine, B, Presence.ONLINE, at=T0 + 3 * MIN)  # cancels B's reclaim
+    presence(engine, B, Presence.OFFLINE, at=T0 + 3 * MIN)  # and starts a new one (13 min)
+    check_tracks(engine)
+    # A hand-out from the queue: A (4: c5, c9, c1, c8) and C (c0) are full, B is offline.
+    engine.conversation_event(SHOP, "c8", 5, T0 + 3 * MIN, buyer_id="buyer-c8", agent_id=A)
+    engine.conversation_event(SHOP, "c0", 5, T0 + 3 * MIN, buyer_id="buyer-c0", agent_id=C)
+    reply(engine, "c0", at=T0 + 3 * MIN)  # no re-route for c0
+    assert picked(dispatch(engine, "c6", "buyer-c6", at=T0 + 3 * MIN))[0] == Reason.QUEUED
+    close(engine, "c8", at=T0 + 4 * MIN)  # c6: the queue -> A
+    assert engine.drain_outbox()[0][:4] == (SHOP, "c6", "buyer-c6", A)
+    reply(engine, "c9", at=T0 + 4 * MIN)  # c9 is answered: a reclaim leaves it with A
+    check_tracks(engine)
+    # Tracking off and on again (every rule off, then reclaim on): the lists are rebuilt.
+    engine.put_shop(ShopConfig(SHOP, MAIN))
+    add_group(engine, "g", [C])
+    check_tracks(engine)
+    engine.put_shop(ShopConfig(SHOP, MAIN, reclaim_after_offline_ms=10 * MIN))
+    check_tracks(engine)
+    assert engine.pending_deadlines() == 0  # B's reclaim went with the rule
+    presence(engine, B, Presence.ONLINE, at=T0 + 5 * MIN)
+    presence(engine, A, Presence.OFFLINE, at=T0 + 5 * MIN)
+    assert engine.tick(T0 + 15 * MIN) == 1
+    assert engine.drain_outbox() == [
+        (SHOP, conv, f"buyer-{conv}", B, int(Reason.RECLAIMED), T0 + 15 * MIN, A) for conv in ("c1", "c5", "c6")
+    ]
+    assert conv_agent(engine, "c9") == A
+    check_tracks(engine)
+    # B now holds c1, c3, c5, c6 and é1; A comes back and B goes: everything moves to A, in id order.
+    presence(engine, A, Presence.ONLINE, at=T0 + 16 * MIN)
+    presence(engine, B, Presence.OFFLINE, at=T0 + 16 * MIN)
+    assert engine.tick(T0 + 26 * MIN) == 1
+    moved = [item[1] for item in engine.drain_outbox()]
+    assert moved == ["c1", "c3", "c5", "c6", "é1"][: len(moved)] and len(moved) == 3  # A has room for 3 (c9 + 3)
+    check_tracks(engine)
+    # A snapshot, in either engine, rebuilds the lists; closing everything empties them.
+    import _fastpath
+
+    state = json.loads(json.dumps(engine.export_state()))
+    for other_cls in (_fastpath.ReferenceEngine, _fastpath.CompiledEngine):
+        other = other_cls()
+        other.import_state(state)
+        check_tracks(other)
+        for conv in ("c1", "c3", "c5", "c6", "c9", "c0", "é1"):
+            close(other, conv, at=T0 + 30 * MIN)
+        check_tracks(other)
+        assert other.totals()["live_conversations"] == 0
+
+
 # ----------------------------------------------------------------- max_queue_wait (§11)
 
 
