@@ -74,7 +74,7 @@ ctypedef struct Roster:
 # between two, -1 until known). reference.shop.WaitList is the definition.
 @cython.final
 cdef class WaitList:
-    cdef list levels                # N_PRIORITIES deques
+    cdef list levels                # N_PRIORITIES deques, None until a level's first push
     cdef Py_ssize_t n               # items in all levels
     cdef readonly int64_t last_handout_ms   # -1: no hand-out yet
     cdef readonly int64_t interval_ms       # -1: unknown (fewer than two hand-outs)
@@ -100,6 +100,13 @@ cdef class Shop:
     cdef readonly object shop_id    # the shop id str
     cdef object config              # the normalized ShopConfig
     cdef int32_t handle             # engine-wide shop handle (namespace in the ByteMaps)
+    # §10-§11: the timed rules in use, TIMED_* bits; 0 for a shop that uses none, the
+    # common case: its decision then reads nothing else of them (one test of this byte
+    # stands for the track, deadline and hours checks). Next to `handle`, which every
+    # call reads first: the test costs no other cache line of the shop. Invariant: a
+    # shop with a Track or a pending deadline has timed != 0 (tracks and deadlines go
+    # when their rules go).
+    cdef uint8_t timed
     cdef int32_t strategy           # the shop's strategy (STRATEGY_*)
     cdef int32_t offline_rule       # OFFLINE_*
     cdef int32_t mode               # MODE_* (main account participation)
@@ -142,11 +149,6 @@ cdef class Shop:
     cdef int64_t live               # conversations in the table (served or waiting)
     cdef int64_t hours_until        # §10 (hours.pxd): hours_open holds while clock < hours_until
     cdef bint hours_open            # the shop's business hours are open (always, without a schedule)
-    # §10-§11: the timed rules in use, TIMED_* bits; 0 for a shop that uses none, the
-    # common case: its decision then reads nothing else of them (one test of this byte
-    # stands for the track, deadline and hours checks). Invariant: a shop with a Track or
-    # a pending deadline has timed != 0 (tracks and deadlines go when their rules go).
-    cdef uint8_t timed
 
     cdef int add_agent_slot(self, object agent_id) except -1
     cdef int index_agent(self, int32_t slot) except -1

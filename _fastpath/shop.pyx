@@ -19,7 +19,10 @@ cdef class WaitList:
     """A shop's queue, staging or message pool: one FIFO per priority (see shop.pxd)."""
 
     def __cinit__(self):
-        self.levels = [deque() for _ in range(N_PRIORITIES)]
+        # A level's deque is made by its first push (an empty deque is ~760 bytes: ten
+        # per list, three lists per shop, would be ~23 KB for every shop, most of which
+        # never wait). None: the level never held an item.
+        self.levels = [None] * N_PRIORITIES
         self.n = 0
         self.last_handout_ms = -1
         self.interval_ms = -1
@@ -33,7 +36,9 @@ cdef class WaitList:
     def __iter__(self):
         cdef int32_t p
         for p in range(N_PRIORITIES - 1, -1, -1):
-            yield from self.levels[p]
+            level = self.levels[p]
+            if level is not None:
+                yield from level
 
     def __getitem__(self, index):
         if index != 0 or not self.n:
@@ -67,7 +72,11 @@ cdef class WaitList:
         return best
 
     cdef int push(self, tuple item) except -1:
-        (<object>self.levels[item[5]]).append(item)
+        cdef Py_ssize_t p = item[5]
+        level = self.levels[p]
+        if level is None:
+            level = self.levels[p] = deque()
+        (<object>level).append(item)
         self.n += 1
         return 0
 
@@ -93,7 +102,9 @@ cdef class WaitList:
         cdef Py_ssize_t k = 0
         cdef int32_t p
         for p in range(priority, N_PRIORITIES):
-            k += len(<object>self.levels[p])
+            level = self.levels[p]
+            if level is not None:
+                k += len(<object>level)
         return k
 
     cdef Py_ssize_t position(self, object conversation_id) except -1:
@@ -101,7 +112,10 @@ cdef class WaitList:
         cdef Py_ssize_t k = 0
         cdef int32_t p
         for p in range(N_PRIORITIES - 1, -1, -1):
-            for item in <object>self.levels[p]:
+            level = self.levels[p]
+            if level is None:
+                continue
+            for item in <object>level:
                 k += 1
                 if (<tuple>item)[0] == conversation_id:
                     return k

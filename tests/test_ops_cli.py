@@ -439,5 +439,29 @@ def test_commands_through_a_clusters_haproxy_reach_each_shops_node(tmp_path: Pat
                 assert shown.json()["config"]["shop_id"] == shop_id
                 called = _run("call", "dispatch.v1.Admin/GetShopState", json.dumps({"shop_id": shop_id}), *target)
                 assert called.code == 0, called.err
+        # shops: every node of the map, each shop with its node (HAProxy alone reaches one node).
+        owners = {shop_id: cluster.owner_of(shop_id).name for shop_id in shops}
+        listed = _run("shops", "--json", *target)
+        assert listed.code == 0, listed.err
+        assert listed.json() == {"shop_ids": sorted(shops), "nodes": owners}
+        long = _run("shops", "--long", "--json", *target)
+        assert long.code == 0, long.err
+        assert {row["shop_id"]: row["node"] for row in long.json()["shops"]} == owners
+        text = _run("shops", *target)
+        assert text.code == 0 and "(3 shops on 3 of 3 nodes)" in text.out, text.out + text.err
+        first = cluster.nodes[0]
+        alone = _run("shops", "--this-node", "--json", "--target", first.address)
+        assert alone.json() == {"shop_ids": [s for s in shops if owners[s] == first.name]}
+        # A node that does not answer is named; the others are still listed; exit 1.
+        stopped = cluster.nodes[2]
+        pid = next(p for p in up.children() if f"--node\0{stopped.name}\0" in Path(f"/proc/{p}/cmdline").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            partial = _run("shops", "--json", "--timeout", "2", "--target", first.address)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert partial.code == 1
+        assert partial.json()["shop_ids"] == sorted(s for s in shops if owners[s] != stopped.name)
+        assert f"node {stopped.name} ({stopped.address}): DEADLINE_EXCEEDED" in partial.err
     finally:
         up.kill()

@@ -3,7 +3,7 @@
 Online (each takes the same server options, ``connection.py``):
 
 - ``call SERVICE/METHOD [JSON]``: any RPC, grpcurl-style (``--list`` shows them);
-- ``shops``: ListShops (``--long``: a line of counts per shop);
+- ``shops``: ListShops (``--long``: a line of counts per shop), of every node of a cluster;
 - ``shop show ID``: GetShopState as tables;
 - ``health``: grpc.health.v1 Check of the server and each dispatch service.
 
@@ -107,8 +107,17 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     add_connection_options(p)
     p.set_defaults(ops_handler=_online("call_command"))
 
-    p = commands.add_parser("shops", help="list the shops (ListShops)", description="ListShops, sorted.")
+    p = commands.add_parser(
+        "shops",
+        help="list the shops (ListShops; in a cluster, of every node)",
+        description="ListShops, sorted. In a cluster, every node of the cluster map is asked, at its address.",
+    )
     p.add_argument("-l", "--long", action="store_true", help="with agents, online agents, live and waiting counts")
+    p.add_argument(
+        "--this-node",
+        action="store_true",
+        help="in a cluster, only the shops of the node the target reaches [every node of the cluster map]",
+    )
     _json_flag(p)
     add_connection_options(p)
     p.set_defaults(ops_handler=_online("shops_command"))

@@ -12,6 +12,7 @@ cluster's WRONG_NODE ``ErrorInfo``) on stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ __all__ = [
     "EXIT_USAGE",
     "FILES",
     "call_command",
+    "cluster_nodes",
     "error_report",
     "get_shop_state",
     "health_command",
@@ -304,31 +306,83 @@ def _list_shops(conn: Connection, channel: grpc.Channel) -> list[str]:
     return list(response.shop_ids)
 
 
-def shops_command(ns: argparse.Namespace, conn: Connection) -> int:
-    """``dispatcher shops [--long]``: ListShops (with --long, a GetShopState summary per shop)."""
+def cluster_nodes(conn: Connection, channel: grpc.Channel) -> list[tuple[str, str]]:
+    """``(name, address)`` of each node of the cluster the target serves in (GetClusterMap), in
+    the map's order; ``[]`` for a server outside a cluster (its map is empty) or one older than
+    the Cluster service (UNIMPLEMENTED)."""
+    fn = _stub(channel, cluster_pb2.DESCRIPTOR.services_by_name["Cluster"].methods_by_name["GetClusterMap"])
+    try:
+        answer: cluster_pb2.GetClusterMapResponse = _unary(conn, fn, cluster_pb2.GetClusterMapRequest())
+    except CallFailed as exc:
+        if exc.report["code"] == grpc.StatusCode.UNIMPLEMENTED.name:
+            return []
+        raise
+    return [(node.name, node.address) for node in answer.nodes]
+
+
+def _node_shops(conn: Connection, long: bool) -> tuple[list[str], list[admin_pb2.ShopState]]:
     with conn.channel() as channel:
         shop_ids = _list_shops(conn, channel)
-        states = [get_shop_state(conn, channel, s) for s in shop_ids] if ns.long else []
+        return shop_ids, [get_shop_state(conn, channel, s) for s in shop_ids] if long else []
+
+
+def shops_command(ns: argparse.Namespace, conn: Connection) -> int:
+    """``dispatcher shops [--long]``: ListShops (with --long, a GetShopState summary per shop).
+
+    In a cluster (the target's GetClusterMap names nodes), every node of the map is asked at
+    the address the map gives, and each shop is listed with its node: a node that does not
+    answer is reported on stderr (exit 1) and the others are still listed. ``--this-node``
+    asks only the server the target reaches."""
+    with conn.channel() as channel:
+        nodes = [] if ns.this_node else cluster_nodes(conn, channel)
+    rows: list[tuple[str, str]] = []  # (node, shop_id); node "" outside a cluster
+    states: dict[str, admin_pb2.ShopState] = {}
+    failed = 0
+    for name, address in nodes or [("", conn.target)]:
+        try:
+            shop_ids, found = _node_shops(dataclasses.replace(conn, target=address), ns.long)
+        except CallFailed as exc:
+            if not nodes:
+                raise
+            failed += 1
+            print(f"node {name} ({address}): {exc.report['code']}: {exc.report['message']}", file=sys.stderr)
+            continue
+        rows.extend((name, s) for s in shop_ids)
+        states.update((st.shop_id, st) for st in found)
+    rows.sort(key=lambda row: (row[1], row[0]))
     if ns.json:
         if ns.long:
-            print(json.dumps({"shops": [_summary_json(s) for s in states]}, ensure_ascii=False))
+            print(json.dumps({"shops": [_summary_json(states[s], node) for node, s in rows]}, ensure_ascii=False))
         else:
-            print(json.dumps({"shop_ids": shop_ids}, ensure_ascii=False))
-        return EXIT_OK
+            out: dict[str, Any] = {"shop_ids": [s for _, s in rows]}
+            if nodes:
+                out["nodes"] = {s: node for node, s in rows}
+            print(json.dumps(out, ensure_ascii=False))
+        return EXIT_FAILED if failed else EXIT_OK
+    node_header = ("node",) if nodes else ()
     if ns.long:
-        headers = ("shop", "agents", "online", "live", "queue", "staging", "pool", "open")
-        print(table(headers, [shop_summary_row(s) for s in states]))
+        headers = ("shop", *node_header, "agents", "online", "live", "queue", "staging", "pool", "open")
+        body = [_with_node(shop_summary_row(states[s]), node, bool(nodes)) for node, s in rows]
     else:
-        print(table(("shop",), [(s,) for s in shop_ids]))
-    print(f"({len(shop_ids)} shop{'' if len(shop_ids) == 1 else 's'})")
-    return EXIT_OK
+        headers = ("shop", *node_header)
+        body = [(s, node) if nodes else (s,) for node, s in rows]
+    print(table(headers, body))
+    where = f" on {len(nodes) - failed} of {len(nodes)} nodes" if nodes else ""
+    print(f"({len(rows)} shop{'' if len(rows) == 1 else 's'}{where})")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
-def _summary_json(state: admin_pb2.ShopState) -> dict[str, Any]:
+def _with_node(row: tuple[Any, ...], node: str, clustered: bool) -> tuple[Any, ...]:
+    return (row[0], node, *row[1:]) if clustered else row
+
+
+def _summary_json(state: admin_pb2.ShopState, node: str = "") -> dict[str, Any]:
     row = shop_summary_row(state)
     keys = ("shop_id", "agents", "online", "live_conversations", "queue", "staging", "pool", "open_now")
     out = dict(zip(keys, row, strict=True))
     out["open_now"] = state.open_now
+    if node:
+        out["node"] = node
     return out
 
 
