@@ -458,6 +458,10 @@ def _memory_probe(what: str, size: int, kind: str) -> int:
         gc.collect()
         before = rss_bytes()
         build_many_affinity_only(engine, n_shops, size)
+    elif what == "shops":  # shops of 2 agents and two groups: what a shop costs beyond its agents
+        before = rss_bytes()
+        for i in range(size):
+            build_shop(engine, f"s{i}", 2, STRATEGIES[i % 5], capacity=50, seed=i)
     else:  # agents
         before = rss_bytes()
         n_shops = 1000
@@ -490,8 +494,10 @@ def bench_memory(
     kind: str = "compiled",
     affinity_sizes: tuple[int, int] = (1_000_000, 3_000_000),
     agent_sizes: tuple[int, int] = (50_000, 250_000),
+    shop_sizes: tuple[int, int] = (10_000, 50_000),
 ) -> dict[str, Any]:
-    """RSS per affinity entry and per agent: (RSS(size2) - RSS(size1)) / (size2 - size1), each in a fresh process."""
+    """RSS per affinity entry, per agent and per shop: (RSS(size2) - RSS(size1)) / (size2 - size1),
+    each in a fresh process."""
 
     def probe(what: str, size: int) -> int:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -504,6 +510,7 @@ def bench_memory(
 
     a1, a2 = (probe("affinity", n) for n in affinity_sizes)
     g1, g2 = (probe("agents", n) for n in agent_sizes)
+    s1, s2 = (probe("shops", n) for n in shop_sizes)
     return {
         "kind": kind,
         "affinity_sizes": list(affinity_sizes),
@@ -512,6 +519,9 @@ def bench_memory(
         "agent_sizes": list(agent_sizes),
         "agent_rss": [g1, g2],
         "bytes_per_agent": (g2 - g1) / (agent_sizes[1] - agent_sizes[0]),
+        "shop_sizes": list(shop_sizes),
+        "shop_rss": [s1, s2],
+        "bytes_per_shop": (s2 - s1) / (shop_sizes[1] - shop_sizes[0]),
     }
 
 

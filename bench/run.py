@@ -284,7 +284,7 @@ def main() -> None:
             "ref_decisions": 2000,
             "churn": a.churn,
         }
-        mem = {"affinity_sizes": (100_000, 300_000), "agent_sizes": (20_000, 60_000)}
+        mem = {"affinity_sizes": (100_000, 300_000), "agent_sizes": (20_000, 60_000), "shop_sizes": (5_000, 15_000)}
         grpc_cfg = {"runs": 1, "duration": 2.0, "stream_decisions": {1: 5000, 16: 20_000, 128: 50_000, 1024: 100_000}}
     else:
         single = {"agents": 5000, "decisions": 20_000, "ref_decisions": 150, "churn": a.churn}
@@ -299,7 +299,7 @@ def main() -> None:
             "ref_decisions": 5000,
             "churn": a.churn,
         }
-        mem = {"affinity_sizes": (1_000_000, 3_000_000), "agent_sizes": (50_000, 250_000)}
+        mem = {"affinity_sizes": (1_000_000, 3_000_000), "agent_sizes": (50_000, 250_000), "shop_sizes": (10_000, 50_000)}
         grpc_cfg = {
             "runs": 3,
             "duration": 5.0,
@@ -374,7 +374,7 @@ def main() -> None:
     log("engine (b)")
     res_b = engine_many(many, runs, overhead)
     log("memory")
-    memory = eb.bench_memory("compiled", mem["affinity_sizes"], mem["agent_sizes"])
+    memory = eb.bench_memory("compiled", mem["affinity_sizes"], mem["agent_sizes"], mem["shop_sizes"])
     log(f"memory {memory}")
     allocs = [eb.bench_alloc(100_000) for _ in range(runs)]
     log(f"alloc {allocs}")
@@ -481,6 +481,9 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
         )
     )
     targets.append(("RSS per agent", "≤ 256 B", f"{memory['bytes_per_agent']:.1f} B", memory["bytes_per_agent"] <= 256))
+    if "bytes_per_shop" in memory:
+        per_shop = memory["bytes_per_shop"]
+        targets.append(("RSS per shop (2 agents, two groups)", "≤ 6 KiB", f"{per_shop:,.0f} B", per_shop <= 6144))
     targets.append(("allocations per decision (compiled)", "~0 (< 0.01)", f"{alloc_pd:.5f}", abs(alloc_pd) < 0.01))
     if g:
         bu = med([u["req_per_s"] for u in g.get("paired_empty_unary") or g["baseline"]["unary"]])
@@ -632,6 +635,14 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
         f"{memory['agent_rss'][1] >> 20} MiB → **{memory['bytes_per_agent']:.1f} B/agent**. Hash tables grow by "
         "doubling, so the per-entry figure depends on where the two sizes fall relative to a resize.\n"
     )
+    if "bytes_per_shop" in memory:
+        w(
+            f"Shops (what a shop costs beyond its agents: each with 2 agents and two groups, as `build_shop` makes "
+            f"them): {memory['shop_sizes'][0]:,} vs {memory['shop_sizes'][1]:,} → RSS {memory['shop_rss'][0] >> 20} / "
+            f"{memory['shop_rss'][1] >> 20} MiB → **{memory['bytes_per_shop']:,.0f} B/shop** (the configuration "
+            "objects, the C arrays and the empty waiting lists; see bench/ANALYSIS_TICKS.md for the 28 KB a shop "
+            "cost when every priority level of its waiting lists had its deque from the start).\n"
+        )
     w(
         f"`sys.getallocatedblocks()` delta over 100,000 compiled decisions after 20,000 warm-up (each followed by a "
         f"reply and a close so live state is steady): {[x['blocks_delta'] for x in raw['alloc']]} blocks → "

@@ -64,8 +64,9 @@ def test_batched_stream_decides_like_the_per_call_stream() -> None:
 
 
 def test_memory_and_alloc() -> None:
-    mem = eb.bench_memory("compiled", affinity_sizes=(2000, 4000), agent_sizes=(2000, 4000))
+    mem = eb.bench_memory("compiled", affinity_sizes=(2000, 4000), agent_sizes=(2000, 4000), shop_sizes=(300, 600))
     assert math.isfinite(mem["bytes_per_affinity_entry"]) and math.isfinite(mem["bytes_per_agent"])
+    assert mem["shop_sizes"] == [300, 600] and math.isfinite(mem["bytes_per_shop"])
     alloc = eb.bench_alloc(2000, n_agents=5, warmup=500)
     assert alloc["decisions"] == 2000 and isinstance(alloc["blocks_delta"], int)
 

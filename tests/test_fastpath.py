@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import _fastpath
-from _fastpath import AgentConfig, ConversationEvent, Presence, ShopConfig
+from _fastpath import AgentConfig, ConversationEvent, Presence, Reason, ShopConfig
 
 HOUR = 3_600_000
 
@@ -113,6 +113,38 @@ def test_expired_recent_contacts_are_reclaimed() -> None:
     assert sizes["conversations"] == 0
     assert engine.recent_contact("s", "old-buyer-1") is None
     assert engine.recent_contact("s", "new-buyer-1") == ("a", 1_000 + 2 * HOUR)
+
+
+def test_a_shop_that_never_waits_holds_no_waiting_list_storage() -> None:
+    """A marketplace has millions of shops: one that never queues must not carry a deque per
+    priority level of its three waiting lists (~760 bytes each, ~23 KB a shop), as it once did.
+    Python-heap bytes per shop of 2 agents, measured with tracemalloc (the C arrays are not in
+    it): ~2.5 KB of configuration objects; 10 KB would mean storage made ahead of need."""
+    import tracemalloc
+
+    engine = _fastpath.CompiledEngine(seed=1)
+
+    def shop(i: int) -> None:
+        engine.put_shop(ShopConfig(f"s{i}", f"s{i}:main"))
+        for a in ("a", "b"):
+            engine.put_agent(AgentConfig(f"s{i}", a, max_capacity=5))
+            engine.set_presence(f"s{i}", a, Presence.ONLINE, 1, 0)
+
+    shop(-1)  # the engine's own first-use allocations happen before measuring
+    tracemalloc.start()
+    try:
+        for i in range(300):
+            shop(i)
+        per_shop = tracemalloc.get_traced_memory()[0] / 300
+    finally:
+        tracemalloc.stop()
+    assert per_shop < 10_000, per_shop
+    # Waiting still works once it is needed: both agents full, then a queue of two with priority.
+    for n in range(10):
+        engine.dispatch("s0", f"b{n}", f"c{n}", 10)
+    answers = [engine.dispatch("s0", f"w{p}", f"cw{p}", 20, priority=p)[0] for p in (1, 7)]
+    assert answers == [Reason.QUEUED, Reason.QUEUED]
+    assert [engine.waiting_position("s0", c)[0] for c in ("cw7", "cw1")] == [1, 2]  # priority first
 
 
 @pytest.mark.parametrize("engine_name", ["ReferenceEngine", "CompiledEngine"])
