@@ -67,7 +67,9 @@ ctypedef struct Roster:
 # One waiting list of a shop (the step 7 queue, §6 staging, §6 message pool):
 # one FIFO per priority level (spec §11), items are the tuples
 # (conversation, buyer, source, order_state, since, priority). Invariants:
-# levels[p] holds the items of priority p in arrival order; n == their total;
+# levels[p] holds the items of priority p in arrival order (None until the
+# level's first push: an empty deque is ~760 bytes, and most shops never
+# wait); n == their total;
 # the hand-out order (iteration, head, pop_head) is highest priority first,
 # then oldest first. last_handout_ms / interval_ms: the list's hand-out rate
 # (the reference's WaitList: shop clock of the last hand-out, EWMA of the time
@@ -93,8 +95,8 @@ cdef class WaitList:
 # group_configs on every configuration change (rebuild), while load and
 # presence changes go through refresh(), which keeps every roster exact.
 # Invariant: live == conversations of the shop in the conversation table
-# (served or waiting); each waiting deque holds the waiting conversations of
-# its kind, oldest first.
+# (served or waiting); each WaitList holds the waiting conversations of its
+# kind in hand-out order (highest priority, then oldest, first).
 @cython.final
 cdef class Shop:
     cdef readonly object shop_id    # the shop id str

@@ -299,7 +299,11 @@ def main() -> None:
             "ref_decisions": 5000,
             "churn": a.churn,
         }
-        mem = {"affinity_sizes": (1_000_000, 3_000_000), "agent_sizes": (50_000, 250_000), "shop_sizes": (10_000, 50_000)}
+        mem = {
+            "affinity_sizes": (1_000_000, 3_000_000),
+            "agent_sizes": (50_000, 250_000),
+            "shop_sizes": (10_000, 50_000),
+        }
         grpc_cfg = {
             "runs": 3,
             "duration": 5.0,
