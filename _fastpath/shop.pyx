@@ -58,7 +58,10 @@ cdef class WaitList:
         return self.pop_head()
 
     def remove(self, tuple item):
-        (<object>self.levels[item[5]]).remove(item)
+        level = self.levels[item[5]]
+        if level is None:
+            raise ValueError("WaitList.remove(item): item not in list")
+        (<object>level).remove(item)
         self.n -= 1
 
     def oldest(self):

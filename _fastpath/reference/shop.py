@@ -149,7 +149,9 @@ class WaitList:
     __slots__ = ("levels", "n", "last_handout_ms", "interval_ms")
 
     def __init__(self) -> None:
-        self.levels: list[deque[Waiting]] = [deque() for _ in range(N_PRIORITIES)]
+        # A level's deque is made by its first append: an empty deque is ~760 bytes,
+        # and most shops never wait (None: the level never held an item).
+        self.levels: list[deque[Waiting] | None] = [None] * N_PRIORITIES
         self.n = 0
         self.last_handout_ms = -1  # shop clock of the last hand-out; -1: none yet
         self.interval_ms = -1  # mean time between hand-outs; -1: unknown
@@ -162,7 +164,8 @@ class WaitList:
 
     def __iter__(self) -> Iterator[Waiting]:
         for level in reversed(self.levels):
-            yield from level
+            if level is not None:
+                yield from level
 
     def __getitem__(self, index: int) -> Waiting:
         if index != 0 or not self.n:
@@ -177,7 +180,10 @@ class WaitList:
         raise IndexError("head of an empty WaitList")
 
     def append(self, item: Waiting) -> None:
-        self.levels[item.priority].append(item)
+        level = self.levels[item.priority]
+        if level is None:
+            level = self.levels[item.priority] = deque()
+        level.append(item)
         self.n += 1
 
     def extend(self, items: Iterable[Waiting]) -> None:
@@ -192,7 +198,10 @@ class WaitList:
         raise IndexError("pop from an empty WaitList")
 
     def remove(self, item: Waiting) -> None:
-        self.levels[item.priority].remove(item)
+        level = self.levels[item.priority]
+        if level is None:
+            raise ValueError("WaitList.remove(item): item not in list")
+        level.remove(item)
         self.n -= 1
 
     def oldest(self) -> Waiting | None:
@@ -205,7 +214,7 @@ class WaitList:
 
     def position_of_last(self, priority: int) -> int:
         """The position of the conversation just appended at ``priority``."""
-        return sum(len(level) for level in self.levels[priority:])
+        return sum(len(level) for level in self.levels[priority:] if level is not None)
 
     def position(self, conversation_id: str) -> int:
         """The position of a conversation of this list (1 = next), 0 if it is not in it."""
