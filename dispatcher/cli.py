@@ -26,10 +26,11 @@ import _fastpath
 from . import aio
 from .auth import AuthPolicy, PolicyError, hash_token, new_token
 from .bootstrap import BootstrapError, apply_bootstrap, load_bootstrap
-from .cluster import ClusterMapError, Membership, format_ranges, load_map
+from .cluster import NODE_RECORD, ClusterMapError, Membership, NodeRecord, format_ranges, load_map
 from .config import ServeSettings, add_serve_arguments, apply_config_file, settings_from_args
 from .convert import now_ms
 from .durability import DurabilityOptions, DurableStore, RecoveryError
+from .durability.datadir import DataDir
 from .logging import configure_logging
 from .security import is_loopback, server_credentials
 from .server import MAX_BATCH, MAX_MESSAGE_BYTES, DispatchServer
@@ -53,7 +54,9 @@ EXIT_BAD_CONFIG: Final = 2
 """Invalid flags, config file, security settings or bootstrap file."""
 EXIT_REFUSED: Final = 3
 """The data dir cannot be used: damaged, incomplete, missing, locked or unwritable
-(log ``durability.recovery_failed``). No file was changed."""
+(log ``durability.recovery_failed``); or, for a cluster node, it holds other nodes' shops
+or its ``CLUSTER`` record refuses the map (``cluster.foreign_shops``, ``cluster.refused``).
+No file was changed."""
 EXIT_JOURNAL_UNAVAILABLE: Final = 4
 """Stopped while the journal could not write (disk full, I/O error, data dir gone): every
 acknowledged call is on disk; calls answered UNAVAILABLE may be missing."""
@@ -315,6 +318,12 @@ async def serve(settings: ServeSettings) -> int:
             if store is not None:
                 await store.close(snapshot=False)
             return EXIT_REFUSED
+    if store is not None:
+        refusal = _check_node_record(store.datadir, membership)
+        if refusal is not None:
+            log.error("cluster.refused", data_dir=str(settings.data_dir), error=refusal)
+            await store.close(snapshot=False)
+            return EXIT_REFUSED
     if _fastpath.ENGINE_KIND != "compiled" and os.environ.get("DISPATCH_ENGINE", "").lower() != "reference":
         log.warning(
             "engine.fallback",
@@ -475,3 +484,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _check_node_record(datadir: DataDir, membership: Membership | None) -> str | None:
+    """The data dir's cluster record (``cluster.NODE_RECORD``): why this start must be refused
+    (a stale map, another partition count, another node's data dir), or None after recording
+    this start's node, epoch and partition count. A node's data dir served alone is allowed
+    (it holds a subset of the shops) and logged."""
+    record = None
+    if datadir.exists(NODE_RECORD):
+        try:
+            record = NodeRecord.from_json(datadir.read(NODE_RECORD))
+        except ClusterMapError as exc:
+            return f"{exc}; it is rewritten only by a start that passes this check: fix or remove the file"
+    if membership is None:
+        if record is not None:
+            log.warning("cluster.data_dir_of_a_node", node=record.node, epoch=record.epoch, served_as="alone")
+        return None
+    if record is not None:
+        refusal = record.refusal(membership)
+        if refusal is not None:
+            return refusal
+    if record != NodeRecord.of(membership):
+        try:
+            datadir.write_atomic(NODE_RECORD, NodeRecord.of(membership).to_json())
+        except OSError as exc:
+            return f"cannot write {NODE_RECORD}: {exc.strerror or exc}"
+    return None

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import zlib
@@ -50,11 +51,13 @@ __all__ = [
     "DEFAULT_PARTITIONS",
     "ERROR_DOMAIN",
     "MAX_PARTITIONS",
+    "NODE_RECORD",
     "WRONG_NODE",
     "ClusterMap",
     "ClusterMapError",
     "Membership",
     "Node",
+    "NodeRecord",
     "WrongNodeError",
     "dump_map",
     "even_map",
@@ -380,3 +383,61 @@ class Membership:
         error = self.error(shop_id)
         if error is not None:
             raise error
+
+
+# ------------------------------------------------------------------ the data dir's record
+
+NODE_RECORD: Final = "CLUSTER"
+"""The file in a node's data dir that says which node, map epoch and partition count it was
+served with (JSON, replaced atomically at each start of a node)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """What a node's data dir was last served as (``NODE_RECORD``)."""
+
+    node: str
+    epoch: int
+    partition_count: int
+
+    @classmethod
+    def of(cls, membership: Membership) -> NodeRecord:
+        return cls(membership.node.name, membership.map.epoch, membership.map.partition_count)
+
+    def to_json(self) -> bytes:
+        body = {"node": self.node, "epoch": self.epoch, "partitions": self.partition_count}
+        return (json.dumps(body, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> NodeRecord:
+        """The record, or ClusterMapError naming what is wrong with the file."""
+        try:
+            body = json.loads(data)
+            record = cls(body["node"], body["epoch"], body["partitions"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ClusterMapError(f"{NODE_RECORD}: not a node record ({exc})") from None
+        if not (
+            isinstance(record.node, str) and isinstance(record.epoch, int) and isinstance(record.partition_count, int)
+        ):
+            raise ClusterMapError(f"{NODE_RECORD}: node must be a string, epoch and partitions integers")
+        return record
+
+    def refusal(self, membership: Membership) -> str | None:
+        """Why a data dir served as this record must not be served under ``membership``'s map and
+        node, or None. The map's epoch fences stale maps (dispatcher/docs/CLUSTER.md): an older
+        one than the data dir has seen is refused; so are another partition count (fixed when a
+        cluster is created: every shop would move) and another node's data dir."""
+        cluster, name = membership.map, membership.node.name
+        if self.partition_count != cluster.partition_count:
+            return (
+                f"the data dir was served with {self.partition_count} partitions and the cluster map has "
+                f"{cluster.partition_count}: the partition count is fixed when a cluster is created"
+            )
+        if self.node != name:
+            return f"the data dir is node {self.node!r}'s, not {name!r}'s"
+        if cluster.epoch < self.epoch:
+            return (
+                f"the cluster map's epoch {cluster.epoch} is older than epoch {self.epoch}, which this data dir "
+                "was already served with: a stale map"
+            )
+        return None

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import zlib
@@ -31,10 +32,12 @@ from dispatcher._gen.dispatch.v1 import (
     dispatch_pb2_grpc,
 )
 from dispatcher.cluster import (
+    NODE_RECORD,
     ClusterMap,
     ClusterMapError,
     Membership,
     Node,
+    NodeRecord,
     WrongNodeError,
     dump_map,
     even_map,
@@ -338,3 +341,53 @@ def test_a_node_takes_its_own_shops_from_a_shared_bootstrap_and_refuses_a_data_d
     )
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "cluster.foreign_shops" in refused.stdout + refused.stderr
+
+
+def test_a_nodes_data_dir_refuses_a_stale_map_another_partition_count_or_another_node(tmp_path: Path) -> None:
+    """The epoch fences stale maps (CLUSTER.md): a node's data dir records the node, epoch and
+    partition count it was served with (``CLUSTER``); a start with an older map, another P or as
+    another node is refused (exit 3) and changes nothing; a newer epoch is recorded."""
+    data, path = tmp_path / "data", tmp_path / "map.toml"
+    record = data / NODE_RECORD
+
+    def start(cluster: ClusterMap, node: str = "dispatch-0", *extra: str) -> Proc:
+        path.write_text(dump_map(cluster))
+        return Proc(
+            "serve", "--port", "0", "--log-format", "json", "--data-dir", str(data), *extra,
+            "--cluster-map", str(path), "--node", node,
+        )  # fmt: skip
+
+    def stop(proc: Proc) -> None:
+        proc.port()  # started (its checks passed)
+        assert proc.finish(signal.SIGTERM) == 0
+
+    def refused(cluster: ClusterMap, node: str = "dispatch-0") -> str:
+        path.write_text(dump_map(cluster))
+        before = {p.name: p.read_bytes() for p in data.iterdir()}
+        done = _serve("--data-dir", str(data), "--cluster-map", str(path), "--node", node, "--log-format", "json")
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "cluster.refused" in done.stdout + done.stderr
+        assert {p.name: p.read_bytes() for p in data.iterdir()} == before  # a refused start changes no file
+        return done.stdout + done.stderr
+
+    stop(start(even_map(NODES, 4096, epoch=2), "dispatch-0", "--create-data-dir"))
+    assert NodeRecord.from_json(record.read_bytes()) == NodeRecord("dispatch-0", 2, 4096)
+    assert "a stale map" in refused(even_map(NODES, 4096, epoch=1))
+    assert "fixed when a cluster is created" in refused(even_map(NODES, 64, epoch=3))
+    # dispatch-1 owning everything: no foreign shop, but the data dir is dispatch-0's.
+    everything = ClusterMap.of(4096, 3, [Node("dispatch-1", "127.0.0.1:1", ((0, 4096),))])
+    assert "node 'dispatch-0''s, not 'dispatch-1''s" in refused(everything, "dispatch-1")
+    stop(start(even_map(NODES, 4096, epoch=3)))  # a newer map is taken and recorded
+    assert NodeRecord.from_json(record.read_bytes()).epoch == 3
+    # Served alone (no map): allowed, said in the log; the record stays.
+    alone = Proc("serve", "--port", "0", "--log-format", "json", "--data-dir", str(data))
+    try:
+        alone.port()
+        assert alone.events("cluster.data_dir_of_a_node")[0]["node"] == "dispatch-0"
+    finally:
+        stop(alone)
+    # A damaged record is refused, naming the file, until fixed or removed.
+    record.write_text("{not json")
+    path.write_text(dump_map(even_map(NODES, 4096, epoch=3)))
+    done = _serve("--data-dir", str(data), "--cluster-map", str(path), "--node", "dispatch-0", "--log-format", "json")
+    assert done.returncode == 3 and f"{NODE_RECORD}: not a node record" in done.stdout + done.stderr
