@@ -313,7 +313,7 @@ async def serve(settings: ServeSettings) -> int:
                 shop_ids=foreign[:20],
                 count=len(foreign),
                 error="the data dir holds shops of partitions this node does not own in the cluster map; "
-                "moving partitions between nodes is not implemented yet (see dispatcher/docs/CLUSTER.md)",
+                "regroup the stopped cluster's data dirs with `dispatcher cluster rebalance` (dispatcher/docs/CLUSTER.md)",
             )
             if store is not None:
                 await store.close(snapshot=False)
