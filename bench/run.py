@@ -228,6 +228,14 @@ def run_durability(quick: bool) -> str:
     return out.read_text()
 
 
+def run_rebalance(quick: bool) -> str:
+    """bench/rebalance_bench.py in its own process: an offline rebalance of a stopped cluster, timed."""
+    out = ROOT / "bench" / ("RESULTS_REBALANCE-quick.md" if quick else "RESULTS_REBALANCE.md")
+    cmd = [sys.executable, "-m", "bench.rebalance_bench", "--out", str(out), *(["--quick"] if quick else [])]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return out.read_text()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -236,6 +244,7 @@ def main() -> None:
     p.add_argument("--churn", type=float, default=0.5, help="churn events per decision")
     p.add_argument("--skip-grpc", action="store_true")
     p.add_argument("--skip-durability", action="store_true")
+    p.add_argument("--skip-rebalance", action="store_true")
     p.add_argument("--skip-lifecycle", action="store_true")
     p.add_argument(
         "--lifecycle-only",
@@ -399,6 +408,10 @@ def main() -> None:
     if not a.skip_durability:
         log("durability")
         durability = run_durability(quick)
+    rebalance_md = None
+    if not a.skip_rebalance:
+        log("rebalance")
+        rebalance_md = run_rebalance(quick)
     lifecycle = None
     if not a.skip_lifecycle:
         log("lifecycle")
@@ -419,6 +432,7 @@ def main() -> None:
         "ticks": ticks,
         "grpc": grpc_res,
         "durability_md": durability,
+        "rebalance_md": rebalance_md,
         "lifecycle": lifecycle,
         "cluster": cluster,
         "elapsed_s": elapsed,
@@ -770,6 +784,8 @@ def render(raw: dict[str, Any], quick: bool, single: dict, many: dict, mem: dict
         for line in raw["durability_md"].splitlines():
             w(("#" + line) if line.startswith("#") else line)
         w("")
+    if raw.get("rebalance_md"):
+        w(raw["rebalance_md"].rstrip("\n") + "\n")
     w(ANALYSIS_MARKER)
     analysis = ROOT / "bench" / "ANALYSIS.md"
     if analysis.exists():

@@ -784,6 +784,8 @@ def _rebalance_command(ns: argparse.Namespace) -> int:
         f"{report.moved:,} of {report.shops:,} shops moved; map epoch {report.epoch} and data dirs in {report.out}; "
         "the old data dirs are unchanged"
     )
+    steps = ", ".join(f"{step.replace('_', ' ')} {t:.1f}" for step, t in report.seconds.items())
+    print(f"took {sum(report.seconds.values()):.1f} s ({steps})")
     return 0
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -60,6 +61,8 @@ class RebalanceReport:
     nodes: dict[str, dict[str, int]]
     moved: int
     shops: int
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall time of each step: recover, split, check, write, read_back."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"out": str(self.out)}
@@ -179,6 +182,15 @@ def rebalance(
         raise RebalanceError(f"the new map's epoch {new_map.epoch} must be newer than the old map's {old_map.epoch}")
     if out.exists() and any(out.iterdir()):
         raise RebalanceError(f"{out} is not empty: give a new directory for the new data dirs")
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = now - clock
+        clock = now
+
     old: dict[str, dict[str, Any]] = {}
     for node in old_map.nodes:
         directory = data_root / node.name
@@ -186,7 +198,9 @@ def rebalance(
             old[node.name] = _load_old(directory, node.name, old_map, lambda: factory(0))
     if not old:
         raise RebalanceError(f"no data dir of the old map's nodes is under {data_root}")
+    lap("recover")
     new = split_states(old, old_map, new_map)
+    lap("split")
     for name, state in new.items():  # the engine must take each state and give it back unchanged
         engine = factory(state["seed"])
         try:
@@ -197,15 +211,18 @@ def rebalance(
         back["outbox"] = []
         if _canonical(back) != _canonical(state):
             raise RebalanceError(f"node {name}'s new state does not survive an import and export unchanged")
+    lap("check")
     out.mkdir(parents=True, exist_ok=True)
     for name, state in new.items():
         _write_new(out / name, state, Membership(new_map, name))
     (out / "cluster.toml").write_text(dump_map(new_map))
+    lap("write")
     for name, state in new.items():  # read back what a start will load
         recovered = recover(out / name, lambda: factory(0), repair=False).engine.export_state()
         recovered["outbox"] = []
         if _canonical(recovered) != _canonical(state):
             raise RebalanceError(f"{out / name} does not read back as written")
+    lap("read_back")
     before = {shop["config"]["shop_id"]: name for name, s in old.items() for shop in s["shops"]}
     after = {shop["config"]["shop_id"]: name for name, s in new.items() for shop in s["shops"]}
     return RebalanceReport(
@@ -222,4 +239,5 @@ def rebalance(
         },
         moved=sum(1 for shop_id, name in after.items() if before[shop_id] != name),
         shops=len(after),
+        seconds=seconds,
     )

@@ -236,3 +236,16 @@ def test_tick_section_renders_and_splices() -> None:
     once = run.splice_ticks(old, raw)
     assert once.index("## Engine") < once.index(run.TICKS_HEADING) < once.index("## gRPC")
     assert run.splice_ticks(once, raw) == once  # replaced, not added again
+
+
+def test_rebalance_bench_moves_every_shop_and_reports() -> None:
+    """bench/rebalance_bench.py at a tiny size: a 2-node cluster's data dirs regrouped to 3."""
+    from bench import rebalance_bench as rb
+
+    res = rb.run(shops=30, conversations=3000)
+    assert res["shops"] == 30 and res["conversations"] + res["contacts"] == 3000
+    # 100 a shop for 10 agents of capacity 8: 20 wait in each queue, less one per close (its head is handed out)
+    assert res["waiting"] == 30 * 20 - res["contacts"] and res["contacts"] == 15
+    # every conversation handed out and not answered has a re-route deadline; the waiting ones do not
+    assert res["pending_deadlines"] == res["conversations"] - res["waiting"] and 0 < res["moved"] < 30
+    assert "s per million open conversations" in rb.render(res, ["--shops", "30"])
