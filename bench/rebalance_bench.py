@@ -123,7 +123,7 @@ def render(r: dict[str, Any], argv: list[str]) -> str:
             "",
             f"Machine: {platform.machine()}, Python {platform.python_version()}, engine {_fastpath.ENGINE_KIND}. "
             f"Generated {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC. "
-            f"Command: `python -m bench.rebalance_bench {' '.join(argv)}`.",
+            f"Command: `{' '.join(['python -m bench.rebalance_bench', *argv])}`.",
             "",
             f"A stopped 2-node cluster: {r['shops']:,} shops, {r['agents']:,} agents, {r['conversations']:,} open "
             f"conversations ({r['waiting']:,} of them waiting; {r['pending_deadlines']:,} re-route deadlines pending), "
