@@ -122,10 +122,16 @@ def local_map(
 
 
 def k8s_map(
-    nodes: int, namespace: str = K8S_NAMESPACE, port: int = K8S_PORT, partitions: int = DEFAULT_PARTITIONS
+    nodes: int,
+    namespace: str = K8S_NAMESPACE,
+    port: int = K8S_PORT,
+    partitions: int = DEFAULT_PARTITIONS,
+    epoch: int = 1,
 ) -> ClusterMap:
     """An even map of the StatefulSet ``dispatch``: ``dispatch-i.dispatch.<ns>.svc.cluster.local:<port>``."""
-    return even_map([(n, f"{n}.dispatch.{namespace}.svc.cluster.local:{port}") for n in node_names(nodes)], partitions)
+    return even_map(
+        [(n, f"{n}.dispatch.{namespace}.svc.cluster.local:{port}") for n in node_names(nodes)], partitions, epoch
+    )
 
 
 def shop_header_value(shop_id: str) -> str:
@@ -276,15 +282,21 @@ def _configmap(name: str, component: str, namespace: str, files: dict[str, str],
 
 
 def k8s_configmaps(
-    nodes: int, namespace: str = K8S_NAMESPACE, port: int = K8S_PORT, partitions: int = DEFAULT_PARTITIONS
+    nodes: int,
+    namespace: str = K8S_NAMESPACE,
+    port: int = K8S_PORT,
+    partitions: int = DEFAULT_PARTITIONS,
+    epoch: int = 1,
 ) -> dict[str, str]:
     """deploy/k8s's generated files (file name -> YAML): the cluster map and HAProxy's ConfigMaps."""
-    cluster = k8s_map(nodes, namespace, port, partitions)
+    cluster = k8s_map(nodes, namespace, port, partitions, epoch)
     command = f"dispatcher cluster k8s --nodes {nodes} --namespace {namespace}"
     if partitions != DEFAULT_PARTITIONS:
         command += f" --partitions {partitions}"
     if port != K8S_PORT:
         command += f" --port {port}"
+    if epoch != 1:
+        command += f" --epoch {epoch}"
     return {
         K8S_CLUSTER_MAP_FILE: _configmap(
             "dispatch-cluster-map", "cluster-map", namespace, {"cluster.toml": dump_map(cluster)}, command
@@ -655,6 +667,13 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="host:port of each node, comma separated, in the same order "
         f"(default: 127.0.0.1:BASE_PORT+i, --base-port {DEFAULT_BASE_PORT})",
     )
+    m.add_argument(
+        "--k8s",
+        action="store_true",
+        help="the addresses of deploy/k8s's StatefulSet pods (as `cluster k8s` writes them; with --nodes)",
+    )
+    m.add_argument("--namespace", default=K8S_NAMESPACE, help=f"with --k8s [{K8S_NAMESPACE}]")
+    m.add_argument("--port", type=_port, default=K8S_PORT, help=f"with --k8s: the pods' gRPC port [{K8S_PORT}]")
     m.add_argument("--base-port", type=_port, default=DEFAULT_BASE_PORT)
     m.add_argument("--partitions", type=_positive, default=DEFAULT_PARTITIONS, help="P, fixed for the cluster's life")
     m.add_argument("--epoch", type=_positive, default=1)
@@ -724,6 +743,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--namespace", default=K8S_NAMESPACE, help=f"[{K8S_NAMESPACE}]")
     k.add_argument("--partitions", type=_positive, default=DEFAULT_PARTITIONS, help=f"P [{DEFAULT_PARTITIONS}]")
     k.add_argument("--port", type=_port, default=K8S_PORT, help=f"the nodes' and HAProxy's gRPC port [{K8S_PORT}]")
+    k.add_argument(
+        "--epoch", type=_positive, default=1, help="the map's epoch; above the old one after a rebalance [1]"
+    )
     k.add_argument("--out", default="deploy/k8s", help="[deploy/k8s]")
 
 
@@ -791,13 +813,18 @@ def _rebalance_command(ns: argparse.Namespace) -> int:
 
 def _map_command(ns: argparse.Namespace) -> int:
     names = node_names(ns.nodes) if ns.nodes else [n.strip() for n in ns.names.split(",")]
-    if ns.addresses:
-        addresses = [a.strip() for a in ns.addresses.split(",")]
-        if len(addresses) != len(names):
-            raise ClusterMapError(f"{len(addresses)} addresses for {len(names)} nodes")
+    if ns.k8s:
+        if not ns.nodes or ns.addresses:
+            raise ClusterMapError("--k8s takes --nodes (the StatefulSet's replicas) and no --addresses")
+        text = dump_map(k8s_map(ns.nodes, ns.namespace, ns.port, ns.partitions, ns.epoch))
     else:
-        addresses = [f"127.0.0.1:{ns.base_port + i}" for i in range(len(names))]
-    text = dump_map(even_map(list(zip(names, addresses, strict=True)), ns.partitions, ns.epoch))
+        if ns.addresses:
+            addresses = [a.strip() for a in ns.addresses.split(",")]
+            if len(addresses) != len(names):
+                raise ClusterMapError(f"{len(addresses)} addresses for {len(names)} nodes")
+        else:
+            addresses = [f"127.0.0.1:{ns.base_port + i}" for i in range(len(names))]
+        text = dump_map(even_map(list(zip(names, addresses, strict=True)), ns.partitions, ns.epoch))
     if ns.out == "-":
         sys.stdout.write(text)
     else:
@@ -809,7 +836,7 @@ def _map_command(ns: argparse.Namespace) -> int:
 def _k8s_command(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in k8s_configmaps(ns.nodes, ns.namespace, ns.port, ns.partitions).items():
+    for name, text in k8s_configmaps(ns.nodes, ns.namespace, ns.port, ns.partitions, ns.epoch).items():
         _write(out / name, text)
         print(f"wrote {out / name}")
     replicas = _statefulset_replicas(out)

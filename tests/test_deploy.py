@@ -25,7 +25,7 @@ import yaml
 from server_fixtures import ROOT
 
 from dispatcher.cli import main
-from dispatcher.cluster import load_map
+from dispatcher.cluster import dump_map, load_map
 from dispatcher.cluster_tools import HAPROXY_CONFIG, PARTITIONS_MAP, find_haproxy, k8s_configmaps, k8s_map
 
 K8S = ROOT / "deploy" / "k8s"
@@ -92,6 +92,15 @@ def test_the_generated_configmaps_equal_a_fresh_generation(
     assert {p.name: p.read_text() for p in out.iterdir()} == fresh
     shutil.copy(K8S / "statefulset.yaml", out)
     assert main(["cluster", "k8s", "--nodes", str(replicas + 1), "--out", str(out)]) == 1
+    # After a rebalance: the same map with a newer epoch, and `cluster map --k8s` writes it as TOML
+    # (what `cluster rebalance --to-map` takes).
+    later = tmp_path / "later"
+    assert main(["cluster", "k8s", "--nodes", "5", "--epoch", "2", "--out", str(later)]) == 0
+    assert "--nodes 5 --namespace dispatch --epoch 2" in (later / "cluster-map.yaml").read_text()
+    toml = tmp_path / "new.toml"
+    assert main(["cluster", "map", "--k8s", "--nodes", "5", "--epoch", "2", "--out", str(toml)]) == 0
+    assert load_map(toml) == k8s_map(5, epoch=2) and load_map(toml).epoch == 2
+    assert dump_map(load_map(toml)) in (later / "cluster-map.yaml").read_text().replace("\n    ", "\n")
 
 
 def test_the_cluster_map_names_the_statefulset_pods(
