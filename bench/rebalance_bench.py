@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import _fastpath  # noqa: E402
 from _fastpath import AgentConfig, ConversationEvent, Presence, ShopConfig  # noqa: E402
-from dispatcher.cluster import dump_map, even_map  # noqa: E402
-from dispatcher.rebalance import _write_new, rebalance, split_states  # noqa: E402
+from dispatcher.cluster import Membership, dump_map, even_map  # noqa: E402
+from dispatcher.rebalance import rebalance, split_states, write_node_dir  # noqa: E402
 
 T0 = 1_790_000_000_000
 MIN = 60_000
@@ -82,8 +82,6 @@ def run(shops: int, conversations: int) -> dict[str, Any]:
     built_s = time.perf_counter() - t
     old_map = even_map([("dispatch-0", "127.0.0.1:50061"), ("dispatch-1", "127.0.0.1:50062")], 4096)
     new_map = even_map([(f"dispatch-{i}", f"127.0.0.1:{50061 + i}") for i in range(3)], 4096, epoch=2)
-    from dispatcher.cluster import Membership
-
     work = Path(tempfile.mkdtemp(prefix="rebalance-bench-"))
     try:
         root = work / "old"
@@ -92,7 +90,7 @@ def run(shops: int, conversations: int) -> dict[str, Any]:
         del state
         t = time.perf_counter()
         for name, half in halves.items():
-            _write_new(root / name, half, Membership(old_map, name))
+            write_node_dir(root / name, half, Membership(old_map, name))
         written_s = time.perf_counter() - t
         (root / "cluster.toml").write_text(dump_map(old_map))
         del halves

@@ -448,6 +448,32 @@ def _durability_options(settings: ServeSettings) -> DurabilityOptions:
     )
 
 
+def _check_node_record(datadir: DataDir, membership: Membership | None) -> str | None:
+    """The data dir's cluster record (``cluster.NODE_RECORD``): why this start must be refused
+    (a stale map, another partition count, another node's data dir), or None after recording
+    this start's node, epoch and partition count. A node's data dir served alone is allowed
+    (it holds a subset of the shops) and logged."""
+    try:
+        record = NodeRecord.read(datadir)
+    except ClusterMapError as exc:
+        return f"{exc}; it is rewritten only by a start that passes this check: fix or remove the file"
+    if membership is None:
+        if record is not None:
+            log.warning("cluster.data_dir_of_a_node", node=record.node, epoch=record.epoch, served_as="alone")
+        return None
+    if record is not None:
+        refusal = record.refusal(membership)
+        if refusal is not None:
+            return refusal
+    now = NodeRecord.of(membership)
+    if record != now:
+        try:
+            datadir.write_atomic(NODE_RECORD, now.to_json())
+        except OSError as exc:
+            return f"cannot write {NODE_RECORD}: {exc.strerror or exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
@@ -484,30 +510,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _check_node_record(datadir: DataDir, membership: Membership | None) -> str | None:
-    """The data dir's cluster record (``cluster.NODE_RECORD``): why this start must be refused
-    (a stale map, another partition count, another node's data dir), or None after recording
-    this start's node, epoch and partition count. A node's data dir served alone is allowed
-    (it holds a subset of the shops) and logged."""
-    record = None
-    if datadir.exists(NODE_RECORD):
-        try:
-            record = NodeRecord.from_json(datadir.read(NODE_RECORD))
-        except ClusterMapError as exc:
-            return f"{exc}; it is rewritten only by a start that passes this check: fix or remove the file"
-    if membership is None:
-        if record is not None:
-            log.warning("cluster.data_dir_of_a_node", node=record.node, epoch=record.epoch, served_as="alone")
-        return None
-    if record is not None:
-        refusal = record.refusal(membership)
-        if refusal is not None:
-            return refusal
-    if record != NodeRecord.of(membership):
-        try:
-            datadir.write_atomic(NODE_RECORD, NodeRecord.of(membership).to_json())
-        except OSError as exc:
-            return f"cannot write {NODE_RECORD}: {exc.strerror or exc}"
-    return None

@@ -46,6 +46,7 @@ from google.rpc import error_details_pb2, status_pb2
 from _fastpath.model import FailedPreconditionError
 
 from ._gen.dispatch.v1 import cluster_pb2
+from .durability.datadir import DataDir
 
 __all__ = [
     "DEFAULT_PARTITIONS",
@@ -421,6 +422,13 @@ class NodeRecord:
         ):
             raise ClusterMapError(f"{NODE_RECORD}: node must be a string, epoch and partitions integers")
         return record
+
+    @classmethod
+    def read(cls, datadir: DataDir) -> NodeRecord | None:
+        """The record in ``datadir``, None when it has none; ClusterMapError when it is damaged."""
+        if not datadir.exists(NODE_RECORD):
+            return None
+        return cls.from_json(datadir.read(NODE_RECORD))
 
     def refusal(self, membership: Membership) -> str | None:
         """Why a data dir served as this record must not be served under ``membership``'s map and

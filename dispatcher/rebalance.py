@@ -38,11 +38,10 @@ from typing import Any, Final
 import _fastpath
 
 from .cluster import NODE_RECORD, ClusterMap, ClusterMapError, Membership, NodeRecord, dump_map
-from .durability.datadir import DataDir, Manifest, manifest_from
-from .durability.snapshot import write_snapshot
-from .durability.store import RecoveryError, recover
+from .durability.datadir import DataDir
+from .durability.store import RecoveryError, recover, snapshot_state, write_base
 
-__all__ = ["RebalanceError", "RebalanceReport", "rebalance", "split_states"]
+__all__ = ["RebalanceError", "RebalanceReport", "rebalance", "split_states", "write_node_dir"]
 
 _BY_SHOP: Final = ("conversations", "affinity", "exclusive")
 """The export's tables whose rows start with the shop id."""
@@ -139,11 +138,11 @@ def _load_old(directory: Path, name: str, old_map: ClusterMap, engine_factory: C
     except OSError as exc:
         raise RebalanceError(f"node {name}: {exc.strerror or exc} (stop every node first)") from None
     try:
-        if datadir.exists(NODE_RECORD):
-            try:
-                record = NodeRecord.from_json(datadir.read(NODE_RECORD))
-            except ClusterMapError as exc:
-                raise RebalanceError(f"node {name}: {exc}") from None
+        try:
+            record = NodeRecord.read(datadir)
+        except ClusterMapError as exc:
+            raise RebalanceError(f"node {name}: {exc}") from None
+        if record is not None:
             refusal = record.refusal(Membership(old_map, name))
             if refusal is not None:
                 raise RebalanceError(f"node {name}'s data dir does not fit the old map: {refusal}")
@@ -151,18 +150,17 @@ def _load_old(directory: Path, name: str, old_map: ClusterMap, engine_factory: C
             recovery = recover(directory, engine_factory, repair=False)
         except RecoveryError as exc:
             raise RebalanceError(f"node {name}: {exc}") from None
-        state: dict[str, Any] = recovery.engine.export_state()
-        state["outbox"] = []  # hand-outs already sent to watchers when the node ran
-        return state
+        return snapshot_state(recovery.engine)
     finally:
         datadir.close()
 
 
-def _write_new(directory: Path, state: dict[str, Any], membership: Membership) -> None:
+def write_node_dir(directory: Path, state: dict[str, Any], membership: Membership) -> None:
+    """A new data dir holding ``state`` as a fresh start of ``membership``'s node leaves it
+    (``write_base``), with that node's ``CLUSTER`` record."""
     datadir = DataDir(directory, create=True)
     try:
-        write_snapshot(datadir, 0, state)
-        Manifest(datadir, manifest_from([], [0], 0)).write()
+        write_base(datadir, state)
         datadir.write_atomic(NODE_RECORD, NodeRecord.of(membership).to_json())
     finally:
         datadir.close()
@@ -207,19 +205,16 @@ def rebalance(
             engine.import_state(state)
         except Exception as exc:
             raise RebalanceError(f"node {name}'s new state is refused by the engine: {exc}") from None
-        back = engine.export_state()
-        back["outbox"] = []
-        if _canonical(back) != _canonical(state):
+        if _canonical(snapshot_state(engine)) != _canonical(state):
             raise RebalanceError(f"node {name}'s new state does not survive an import and export unchanged")
     lap("check")
     out.mkdir(parents=True, exist_ok=True)
     for name, state in new.items():
-        _write_new(out / name, state, Membership(new_map, name))
+        write_node_dir(out / name, state, Membership(new_map, name))
     (out / "cluster.toml").write_text(dump_map(new_map))
     lap("write")
     for name, state in new.items():  # read back what a start will load
-        recovered = recover(out / name, lambda: factory(0), repair=False).engine.export_state()
-        recovered["outbox"] = []
+        recovered = snapshot_state(recover(out / name, lambda: factory(0), repair=False).engine)
         if _canonical(recovered) != _canonical(state):
             raise RebalanceError(f"{out / name} does not read back as written")
     lap("read_back")

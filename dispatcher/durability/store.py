@@ -62,9 +62,36 @@ from .snapshot import (
     write_snapshot,
 )
 
-__all__ = ["DurabilityOptions", "DurableStore", "Problem", "Recovery", "RecoveryError", "recover", "segment_last_seq"]
+__all__ = [
+    "DurabilityOptions",
+    "DurableStore",
+    "Problem",
+    "Recovery",
+    "RecoveryError",
+    "recover",
+    "segment_last_seq",
+    "snapshot_state",
+    "write_base",
+]
 
 log = structlog.get_logger("dispatcher.durability")
+
+
+def snapshot_state(engine: Any) -> dict[str, Any]:
+    """What a snapshot holds of an engine: its ``export_state()`` with an empty outbox (the
+    server drains the outbox after every call; a hand-out in it was already sent)."""
+    state: dict[str, Any] = engine.export_state()
+    state["outbox"] = []
+    return state
+
+
+def write_base(datadir: DataDir, state: dict[str, Any]) -> ManifestData:
+    """Make ``datadir`` (empty) hold ``state`` as a fresh start leaves it: snapshot 0 and a
+    MANIFEST listing it, no journal yet; returns that MANIFEST's data."""
+    manifest = manifest_from([], [0], 0)
+    write_snapshot(datadir, 0, state)
+    Manifest(datadir, manifest).write()
+    return manifest
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -474,11 +501,10 @@ class DurableStore:
         on a full disk the journal starts *stalled* instead and retries (reads work meanwhile)."""
         try:
             if self.fresh:
-                write_snapshot(self.datadir, 0, self._export())
-                self.recovery.manifest = manifest_from([], [0], 0)
+                self.recovery.manifest = write_base(self.datadir, self._export())
             assert self.recovery.manifest is not None
             self.manifest = Manifest(self.datadir, self.recovery.manifest)
-            if self.fresh or self.recovery.legacy:
+            if self.recovery.legacy:
                 self.manifest.write()
         except OSError as exc:
             raise RecoveryError(f"cannot write data dir {self.directory}: {exc.strerror or exc}") from None
@@ -499,9 +525,7 @@ class DurableStore:
         return self.engine
 
     def _export(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.raw_engine.export_state()
-        state["outbox"] = []  # the server drains the outbox after every call
-        return state
+        return snapshot_state(self.raw_engine)
 
     def _arm(self) -> None:
         assert self.journal is not None

@@ -365,7 +365,7 @@ def shops_command(ns: argparse.Namespace, conn: Connection) -> int:
         body = [_with_node(shop_summary_row(states[s]), node, bool(nodes)) for node, s in rows]
     else:
         headers = ("shop", *node_header)
-        body = [(s, node) if nodes else (s,) for node, s in rows]
+        body = [_with_node((s,), node, bool(nodes)) for node, s in rows]
     print(table(headers, body))
     where = f" on {len(nodes) - failed} of {len(nodes)} nodes" if nodes else ""
     print(f"({len(rows)} shop{'' if len(rows) == 1 else 's'}{where})")
