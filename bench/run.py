@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,21 +220,23 @@ def engine_many(cfg: dict[str, Any], runs: int, overhead: int) -> dict[str, Any]
     }
 
 
-def run_durability(quick: bool) -> str:
-    """bench/bench_durability.py in its own process: Dispatch calls/s per fsync mode, recovery per 1 M events."""
-    out = ROOT / "bench" / ("RESULTS_DURABILITY-quick.md" if quick else "RESULTS_DURABILITY.md")
-    cmd = [sys.executable, "-m", "bench.bench_durability", "--out", str(out)]
-    cmd += ["--quick"] if quick else ["--seconds", "4", "--events", "1000000"]
+def _own_report(module: str, stem: str, quick: bool, full_args: Sequence[str] = ()) -> str:
+    """Run ``python -m module --out bench/STEM[-quick].md`` (``--quick``, else ``full_args``) in
+    its own process; the Markdown report it wrote."""
+    out = ROOT / "bench" / (f"{stem}-quick.md" if quick else f"{stem}.md")
+    cmd = [sys.executable, "-m", module, "--out", str(out), *(["--quick"] if quick else full_args)]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return out.read_text()
 
 
+def run_durability(quick: bool) -> str:
+    """bench/bench_durability.py: Dispatch calls/s per fsync mode, recovery per 1 M events."""
+    return _own_report("bench.bench_durability", "RESULTS_DURABILITY", quick, ["--seconds", "4", "--events", "1000000"])
+
+
 def run_rebalance(quick: bool) -> str:
-    """bench/rebalance_bench.py in its own process: an offline rebalance of a stopped cluster, timed."""
-    out = ROOT / "bench" / ("RESULTS_REBALANCE-quick.md" if quick else "RESULTS_REBALANCE.md")
-    cmd = [sys.executable, "-m", "bench.rebalance_bench", "--out", str(out), *(["--quick"] if quick else [])]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return out.read_text()
+    """bench/rebalance_bench.py: an offline rebalance of a stopped cluster, timed."""
+    return _own_report("bench.rebalance_bench", "RESULTS_REBALANCE", quick)
 
 
 def main() -> None:
